@@ -1,0 +1,130 @@
+"""RFC 822 parsing into named fields, tolerant of the malformed mail that real corpora hold."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import html
+from email.message import Message
+from html.parser import HTMLParser
+
+import regex
+
+_HEADER_LINE = regex.compile(r"^(From |[A-Za-z0-9][A-Za-z0-9_-]*:)")
+_SKIP_TAGS = {"script", "style", "head", "title"}
+_BLOCK_TAGS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "td", "hr"}
+
+
+def looks_like_mail(text: str) -> bool:
+    """True when the text opens with a header block: an mbox ``From `` line or ``Name: value`` lines
+    followed by an empty line, at least two of them, one a well-known mail header."""
+    head, sep, _ = text.partition("\n\n")
+    if not sep and "\r\n\r\n" in text:
+        head = text.split("\r\n\r\n", 1)[0]
+    lines = [ln for ln in head.splitlines() if ln and not ln[0].isspace()]
+    if len(lines) < 1 or not all(_HEADER_LINE.match(ln) for ln in lines[:3]):
+        return False
+    names = {ln.split(":", 1)[0].lower() for ln in lines if ":" in ln}
+    known = {"from", "to", "subject", "received", "return-path", "date", "message-id", "delivered-to",
+             "content-type", "mime-version"}
+    return bool(names & known) or lines[0].startswith("From ")
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP_TAGS:
+            self._skip += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+        if tag == "a":
+            # Link targets are evidence (spam is mostly links); keep them as text.
+            for name, value in attrs:
+                if name == "href" and value:
+                    self.parts.append(f" {value} ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP_TAGS and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    """Reduce HTML to its visible text (plus link targets); never raises on broken markup."""
+    parser = _TextExtractor()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:  # html.parser can choke on pathological markup; fall back to tag stripping
+        return html.unescape(regex.sub(r"<[^>]*>", " ", markup))
+    text = "".join(parser.parts)
+    return regex.sub(r"\n\s*\n+", "\n\n", regex.sub(r"[ \t\r\f\v]+", " ", text)).strip()
+
+
+def _decode_part(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, errors="replace")
+    except LookupError:  # unknown charset names are common in spam
+        return payload.decode("latin-1")
+
+
+def _header_str(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    if value is None:
+        return ""
+    try:
+        return str(email.header.make_header(email.header.decode_header(str(value))))
+    except Exception:
+        return str(value)
+
+
+def parse_mail(text: str) -> dict[str, str]:
+    """Parse an RFC 822 message into fields: ``headers``, ``subject``, ``from``, ``to``, ``body`` and
+    ``header:<name>`` (lower case; repeated headers joined by newlines). Never raises."""
+    # Split the header block ourselves so that `headers` is exactly what was sent.
+    norm = text.replace("\r\n", "\n")
+    head, _, _ = norm.partition("\n\n")
+    try:
+        msg = email.message_from_string(norm, policy=email.policy.compat32)
+    except Exception:
+        return {"headers": head, "subject": "", "from": "", "to": "", "body": norm}
+    fields: dict[str, str] = {"headers": head}
+    for name in {k.lower() for k in msg.keys()}:
+        values = msg.get_all(name) or []
+        fields[f"header:{name}"] = "\n".join(str(v) for v in values)
+    fields["subject"] = _header_str(msg, "subject")
+    fields["from"] = _header_str(msg, "from")
+    fields["to"] = _header_str(msg, "to")
+    bodies: list[str] = []
+    try:
+        parts = list(msg.walk())
+    except Exception:
+        parts = [msg]
+    for part in parts:
+        if part.is_multipart():
+            continue
+        ctype = (part.get_content_type() or "text/plain").lower()
+        if not ctype.startswith("text/") and ctype != "message/rfc822":
+            # Attachments count as evidence by name and type only.
+            name = part.get_filename() or ""
+            bodies.append(f"[attachment {ctype} {name}]".strip())
+            continue
+        try:
+            content = _decode_part(part)
+        except Exception:
+            content = ""
+        bodies.append(html_to_text(content) if ctype == "text/html" else content)
+    fields["body"] = "\n".join(b for b in bodies if b).strip()
+    return fields
