@@ -1,0 +1,233 @@
+"""The rules tier: a rule set served behind the :class:`~tiergate.tiers.Tier` interface, hot-swappable.
+
+A new set (from its path, or a YAML upload) is loaded, linted, compiled and its examples run *before* it
+replaces the served one; the swap is one attribute assignment, so a request sees either the old engine or the
+new one, never a mix. A failed reload raises :class:`~tiergate.errors.RuleError` with every problem, keeps the
+old set and counts a metric.
+
+>>> tier = RulesTier.from_path(pack_path("spamassassin"))      # doctest: +SKIP
+>>> tier.predict([make_item("Subject: hi\\n\\nhello")])[0].label  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge
+
+from tiergate.data.items import DEFAULT_MAX_CHARS, Item
+from tiergate.errors import RuleError
+from tiergate.rules.engine import DEFAULT_REGEX_TIMEOUT_S, Decision, Engine, forget_rule_metrics
+from tiergate.rules.examples import run_examples
+from tiergate.rules.lint import lint
+from tiergate.rules.loader import RuleSource, load_path, load_text
+from tiergate.tiers import Tier, TierOutput
+
+log = logging.getLogger(__name__)
+
+RELOAD_SOURCES = ("startup", "file", "api", "manual")
+RELOAD_ATTEMPTS = Counter("tiergate_rules_reload_attempts_total", "Attempts to load a new rule set", ["source"])
+RELOAD_FAILURES = Counter("tiergate_rules_reload_failures_total", "Rule set loads rejected (the old set kept "
+                          "serving)", ["source"])
+RULES_VERSION = Gauge("tiergate_rules_version_info", "The served rule set: 1 for its content hash", ["version"])
+RULES_LOADED = Gauge("tiergate_rules_loaded", "Rules in the served set by state", ["state"])
+LAST_RELOAD = Gauge("tiergate_rules_last_reload_success_timestamp_seconds", "When the served set was loaded")
+for _src in RELOAD_SOURCES:
+    RELOAD_ATTEMPTS.labels(source=_src)
+    RELOAD_FAILURES.labels(source=_src)
+for _state in ("active", "shadow", "disabled"):
+    RULES_LOADED.labels(state=_state)
+
+PACKS_DIR = Path(__file__).parent / "packs"
+
+
+def pack_path(name: str) -> Path:
+    """The path of a shipped pack (``spamassassin``, ``debian-packages``)."""
+    path = PACKS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PACKS_DIR.glob("*.yaml"))
+        raise RuleError(f"no shipped pack named {name!r}: use one of {', '.join(known)}")
+    return path
+
+
+def build_engine(src: RuleSource, *, regex_timeout_s: float, max_chars: int, shadow: Iterable[str] = (),
+                 run_tests: bool = True) -> Engine:
+    """Validate ``src`` fully (lint errors, compile, examples) and return its engine, or raise RuleError."""
+    problems = [str(p) for p in lint(src) if p.severity == "error"]
+    if problems:
+        raise RuleError(f"{src.origin}: {len(problems)} problem(s); the rule set was not loaded", problems)
+    engine = Engine(src, regex_timeout_s=regex_timeout_s, max_chars=max_chars, shadow=shadow)
+    if run_tests:
+        failures = [str(f) for f in run_examples(engine)]
+        if failures:
+            raise RuleError(f"{src.origin}: {len(failures)} example(s) fail; the rule set was not loaded",
+                            failures)
+    return engine
+
+
+def output_of(d: Decision) -> TierOutput:
+    extras: dict = {}
+    if d.contributors:
+        extras["rules"] = d.contributors
+    if d.shadow_hits:
+        extras["shadow_hits"] = d.shadow_hits
+    if d.kind == "label":
+        return TierOutput(label=d.label, confidence=d.confidence, reason=d.rule_id, extras=extras)
+    if d.kind == "escalate":
+        return TierOutput(label=None, escalate_to=d.escalate_to, reason=d.rule_id, extras=extras)
+    return TierOutput(label=None, reason=d.rule_id if d.kind == "abstain" else "", extras=extras)
+
+
+class RulesTier(Tier):
+    """A YAML rule set as a tier. Build with :meth:`from_path` (or :meth:`from_text`)."""
+
+    name = "rules"
+    kind = "rules"
+
+    def __init__(self, engine: Engine, path: Path | None = None, *,
+                 regex_timeout_s: float = DEFAULT_REGEX_TIMEOUT_S, max_chars: int = DEFAULT_MAX_CHARS):
+        self.labels: list[str] = []
+        self.path = path
+        self.regex_timeout_s = regex_timeout_s
+        self.max_chars = max_chars
+        self._lock = threading.Lock()  # serialises reloads; predict never takes it
+        self._shadow: set[str] = set(engine.shadow_overrides)
+        self._engine = engine
+        self._publish(engine)
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_path(cls, path: str | Path, *, regex_timeout_s: float = DEFAULT_REGEX_TIMEOUT_S,
+                  max_chars: int = DEFAULT_MAX_CHARS) -> RulesTier:
+        """Load, validate and test the rule file or directory at ``path``; RuleError lists every problem."""
+        path = Path(path)
+        RELOAD_ATTEMPTS.labels(source="startup").inc()
+        try:
+            engine = build_engine(load_path(path), regex_timeout_s=regex_timeout_s, max_chars=max_chars)
+        except RuleError:
+            RELOAD_FAILURES.labels(source="startup").inc()
+            raise
+        return cls(engine, path, regex_timeout_s=regex_timeout_s, max_chars=max_chars)
+
+    @classmethod
+    def from_text(cls, text: str, *, regex_timeout_s: float = DEFAULT_REGEX_TIMEOUT_S,
+                  max_chars: int = DEFAULT_MAX_CHARS) -> RulesTier:
+        engine = build_engine(load_text(text), regex_timeout_s=regex_timeout_s, max_chars=max_chars)
+        return cls(engine, None, regex_timeout_s=regex_timeout_s, max_chars=max_chars)
+
+    # ------------------------------------------------------------------------------------------- serving
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def predict(self, items: Sequence[Item]) -> list[TierOutput]:
+        engine = self._engine  # one read: the whole batch uses one set even if a swap happens meanwhile
+        out = []
+        for it in items:
+            try:
+                out.append(output_of(engine.decide(it)))
+            except Exception:  # the contract: never raise; an unexpected bug means "no rule decides"
+                log.exception("rules engine failed on an item; answering 'no decision'")
+                out.append(TierOutput(label=None, reason=""))
+        return out
+
+    def version(self) -> str:
+        return self._engine.version
+
+    def rules_hit(self, items: Sequence[Item]) -> list[str | None]:
+        """For each item, the id of the rule that acted on it (decided, escalated or abstained), else None.
+        Shadow rules never act, so they never appear; no metrics are touched."""
+        engine = self._engine
+        out: list[str | None] = []
+        for it in items:
+            d = engine.decide(it, record=False)
+            out.append(d.rule_id if d.kind != "none" else None)
+        return out
+
+    def matching_rules(self, items: Sequence[Item]) -> list[list[str]]:
+        """For each item, every enabled rule whose condition matches (shadow rules included)."""
+        engine = self._engine
+        return [engine.matching_rules(it) for it in items]
+
+    # ------------------------------------------------------------------------------------------ changing
+    def reload(self, *, source: str = "manual") -> str:
+        """Re-read the tier's path, validate and test it, then swap; returns the new version.
+
+        On failure raises RuleError with every problem and keeps serving the old set."""
+        if self.path is None:
+            raise RuleError("this rules tier was built from text and has no path to reload; use replace_text")
+        return self._swap(lambda: load_path(self.path), source)  # type: ignore[arg-type]
+
+    def replace_text(self, yaml_text: str, *, source: str = "api", name: str = "<upload>.yaml",
+                     persist: bool = False) -> str:
+        """Validate and test ``yaml_text``, then swap it in; returns the new version.
+
+        ``persist=True`` also writes the text to the tier's path (a single file) once it passed, so a restart
+        keeps it; a directory path is never overwritten."""
+        version = self._swap(lambda: load_text(yaml_text, name=name), source)
+        if persist and self.path is not None and self.path.is_file():
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            tmp.write_text(yaml_text, encoding="utf-8")
+            tmp.replace(self.path)
+        return version
+
+    def set_shadow(self, rule_ids: Iterable[str], shadow: bool = True) -> None:
+        """Run the named rules in shadow mode (evaluated and counted, never acting), or back out of it.
+
+        The override survives reloads for ids that remain in the set. Unknown ids raise RuleError."""
+        ids = set(rule_ids)
+        with self._lock:
+            engine = self._engine
+            unknown = ids - set(engine.all_by_id)
+            if unknown:
+                raise RuleError(f"unknown rule id(s) {sorted(unknown)}: the loaded set has {len(engine.all_by_id)} "
+                                "rules; see `tiergate rules eval` for their ids")
+            new_shadow = (self._shadow | ids) if shadow else (self._shadow - ids)
+            new = Engine(engine.source, regex_timeout_s=self.regex_timeout_s, max_chars=self.max_chars,
+                         shadow=new_shadow)
+            self._shadow = new_shadow
+            self._engine = new
+            self._publish(new)
+
+    def _swap(self, load, source: str) -> str:
+        RELOAD_ATTEMPTS.labels(source=source).inc()
+        with self._lock:
+            try:
+                src = load()
+                keep_shadow = self._shadow & {e.rule.id for e in src.entries if e.rule is not None}
+                engine = build_engine(src, regex_timeout_s=self.regex_timeout_s, max_chars=self.max_chars,
+                                      shadow=keep_shadow)
+            except RuleError as e:
+                RELOAD_FAILURES.labels(source=source).inc()
+                log.warning("rules reload (%s) rejected, still serving %s: %s", source, self._engine.version,
+                            "; ".join(e.problems) or e)
+                raise
+            except Exception as e:  # anything unexpected is a failed reload too, never a half swap
+                RELOAD_FAILURES.labels(source=source).inc()
+                log.exception("rules reload (%s) failed", source)
+                raise RuleError(f"reload failed: {e}", [str(e)]) from e
+            old = self._engine
+            self._shadow = keep_shadow
+            self._engine = engine
+            self._publish(engine, old)
+        log.info("rules reloaded (%s): %s -> %s, %d rules", source, old.version, engine.version, len(engine.rules))
+        return engine.version
+
+    @staticmethod
+    def _publish(engine: Engine, old: Engine | None = None) -> None:
+        if old is not None and old.version != engine.version:
+            try:
+                RULES_VERSION.remove(old.version)
+            except KeyError:
+                pass
+        RULES_VERSION.labels(version=engine.version).set(1)
+        RULES_LOADED.labels(state="active").set(len(engine.active))
+        RULES_LOADED.labels(state="shadow").set(len(engine.shadows))
+        RULES_LOADED.labels(state="disabled").set(len(engine.all_by_id) - len(engine.rules))
+        LAST_RELOAD.set(time.time())
+        if old is not None:
+            forget_rule_metrics(engine.all_by_id)
