@@ -1,0 +1,224 @@
+"""The cascade: items flow tier to tier until one is confident enough; the last tier always decides.
+
+One routing rule serves both the live path (:meth:`Cascade.classify`, which runs a tier only on the items
+still undecided) and the offline path (:func:`route`, which replays precomputed outputs of every tier, as
+evaluation and calibration need), so what is measured offline is what is served.
+
+Routing of one item at tier *i* (:func:`step`):
+  * the last tier always decides;
+  * a forced escalation (``escalate_to``) jumps to the named tier (or the next);
+  * a label whose confidence reaches the tier's threshold for that label decides;
+  * otherwise the item goes on to tier *i + 1*.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiergate.config import TiergateConfig, TierConfig, load_config
+from tiergate.data.items import Item
+from tiergate.errors import ConfigError
+from tiergate.tiers import Tier, TierOutput
+
+
+@dataclass(slots=True)
+class Decision:
+    """The answer for one item: what was decided, by which tier, why, how fast, at what cost."""
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float] | None
+    tier: str
+    reason: str
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0                   # every tier the item passed through
+    baseline_cost_usd: float = 0.0          # what sending it straight to the final tier would have cost
+    path: list[str] = field(default_factory=list)
+    request_id: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label, "confidence": round(self.confidence, 6),
+            "probabilities": None if self.probabilities is None else {k: round(v, 6) for k, v in self.probabilities.items()},
+            "tier": self.tier, "reason": self.reason, "latency_ms": round(self.latency_ms, 3),
+            "cost_usd": self.cost_usd, "baseline_cost_usd": self.baseline_cost_usd,
+            "cost_saved_usd": self.baseline_cost_usd - self.cost_usd, "path": self.path,
+            **({"request_id": self.request_id} if self.request_id else {}),
+        }
+
+
+def reason_for(tier: TierConfig, out: TierOutput, final: bool) -> str:
+    if out.reason and tier.kind == "rules":
+        return f"rule:{out.reason}"
+    if final:
+        return "final-tier"
+    return f"confidence {out.confidence:.4f} >= threshold {tier.threshold.for_label(out.label):.4f}"
+
+
+def step(i: int, out: TierOutput, tiers: Sequence[TierConfig]) -> int | None:
+    """Where an item at tier ``i`` goes: None if tier ``i`` decides it, else the index of the next tier."""
+    last = len(tiers) - 1
+    if i == last:
+        return None
+    if out.escalate_to:
+        if out.escalate_to == "next":
+            return i + 1
+        for j, t in enumerate(tiers):
+            if t.name == out.escalate_to and j > i:
+                return j
+        return i + 1  # unknown or earlier tier: the safe reading is "go on"
+    if out.label is not None and out.confidence >= tier_threshold(tiers[i], out.label):
+        return None
+    return i + 1
+
+
+def tier_threshold(tier: TierConfig, label: str | None) -> float:
+    return tier.threshold.for_label(label)
+
+
+@dataclass(slots=True)
+class Routed:
+    """Where one item ended in an offline replay."""
+
+    tier_index: int
+    output: TierOutput
+    path: list[int]
+
+
+def route(outputs: Sequence[Sequence[TierOutput]], tiers: Sequence[TierConfig]) -> list[Routed]:
+    """Replay the cascade over precomputed outputs (``outputs[i][n]``: tier ``i`` on item ``n``)."""
+    n = len(outputs[0]) if outputs else 0
+    routed = []
+    for k in range(n):
+        i, path = 0, []
+        while True:
+            path.append(i)
+            nxt = step(i, outputs[i][k], tiers)
+            if nxt is None:
+                routed.append(Routed(i, outputs[i][k], path))
+                break
+            i = nxt
+    return routed
+
+
+def load_tier(tc: TierConfig, base: Path) -> Tier:
+    """Build the tier a config entry describes (imports lazily: a rules-only host needs no torch)."""
+    path = (base / tc.path) if not Path(tc.path).is_absolute() else Path(tc.path)
+    if tc.kind == "rules":
+        from tiergate.rules.tier import RulesTier
+
+        tier: Tier = RulesTier.from_path(path)
+    elif tc.kind == "onnx":
+        from tiergate.models.small import OnnxTier
+
+        tier = OnnxTier(path, name=tc.name)
+    elif tc.kind == "torch":
+        from tiergate.models.large import LargeTier
+
+        tier = LargeTier.load(path)
+    else:  # pragma: no cover - pydantic restricts kind
+        raise ConfigError(f"tier {tc.name}: unknown kind {tc.kind!r}")
+    tier.name = tc.name
+    return tier
+
+
+class Cascade:
+    """Tiers in order with their thresholds and costs.
+
+    >>> cascade = Cascade.from_config("runs/spam/tiergate.yaml")          # doctest: +SKIP
+    >>> cascade.classify([make_item("Subject: win money now")])[0].tier   # doctest: +SKIP
+    'rules'
+    """
+
+    def __init__(self, config: TiergateConfig, tiers: Sequence[Tier], base: Path | None = None):
+        if len(tiers) != len(config.tiers):
+            raise ConfigError(f"{len(config.tiers)} tiers configured but {len(tiers)} given")
+        self.config = config
+        self.tiers = list(tiers)
+        self.base = base
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> Cascade:
+        cfg, base = load_config(path)
+        return cls(cfg, [load_tier(tc, base) for tc in cfg.tiers], base)
+
+    @property
+    def tier_configs(self) -> list[TierConfig]:
+        return self.config.tiers
+
+    @property
+    def final(self) -> Tier:
+        return self.tiers[-1]
+
+    def baseline_cost_per_item(self) -> float:
+        return self.config.tiers[-1].cost.usd_per_item
+
+    def versions(self) -> dict[str, str]:
+        return {t.name: t.version() for t in self.tiers}
+
+    def classify(self, items: Sequence[Item], *, final_only: bool = False,
+                 request_ids: Sequence[str] | None = None,
+                 on_batch: Callable[[str, int, float], None] | None = None) -> list[Decision]:
+        """Decide every item; each tier runs once, as one batch, on the items still undecided.
+
+        ``final_only`` sends every item straight to the final tier. ``on_batch(tier, n_items, seconds)``
+        is called after each tier's batch (the gateway's latency histogram listens there)."""
+        n = len(items)
+        cfgs = self.config.tiers
+        start = time.perf_counter()
+        elapsed = [0.0] * n
+        cost = [0.0] * n
+        paths: list[list[str]] = [[] for _ in range(n)]
+        decisions: list[Decision | None] = [None] * n
+        at: dict[int, list[int]] = {len(cfgs) - 1 if final_only else 0: list(range(n))}
+        for i, tier in enumerate(self.tiers):
+            idx = at.pop(i, [])
+            if not idx:
+                continue
+            t0 = time.perf_counter()
+            outs = tier.predict([items[k] for k in idx])
+            dt = time.perf_counter() - t0
+            if on_batch is not None:
+                on_batch(cfgs[i].name, len(idx), dt)
+            for k, out in zip(idx, outs, strict=True):
+                # A batch's wall time is shared by its items; each item also waited for the tiers before.
+                elapsed[k] += dt
+                cost[k] += cfgs[i].cost.usd_per_item
+                paths[k].append(cfgs[i].name)
+                nxt = step(i, out, cfgs)
+                if nxt is None:
+                    decisions[k] = self._decision(i, out, cfgs)
+                else:
+                    at.setdefault(nxt, []).append(k)
+        baseline = self.baseline_cost_per_item()
+        total_ms = (time.perf_counter() - start) * 1000
+        result = []
+        for k, d in enumerate(decisions):
+            assert d is not None  # the last tier always decides
+            d.latency_ms = min(elapsed[k] * 1000, total_ms)
+            d.cost_usd = cost[k]
+            d.baseline_cost_usd = baseline
+            d.path = paths[k]
+            d.request_id = request_ids[k] if request_ids else ""
+            result.append(d)
+        return result
+
+    def _decision(self, i: int, out: TierOutput, cfgs: Sequence[TierConfig]) -> Decision:
+        final = i == len(cfgs) - 1
+        label = out.label
+        if label is None:  # a final tier always names a label; guard against a misbehaving one
+            label = max(out.probabilities or {"": 0.0}, key=lambda k: (out.probabilities or {}).get(k, 0.0))
+        return Decision(label=label, confidence=out.confidence, probabilities=out.probabilities,
+                        tier=cfgs[i].name, reason=reason_for(cfgs[i], out, final))
+
+    def close(self) -> None:
+        for t in self.tiers:
+            t.close()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex

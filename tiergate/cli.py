@@ -1,0 +1,193 @@
+"""The ``tiergate`` command. Commands parse arguments, call :mod:`tiergate.pipeline` (or a sub-package's
+own CLI) and print; a :class:`~tiergate.errors.TiergateError` becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from tiergate.errors import TiergateError
+from tiergate.rules.cli import app as rules_app
+from tiergate.training.cli import plan_app, prune_app, train_app
+
+app = typer.Typer(help="tiergate: an inference cascade gateway (rules -> small ONNX models -> large sparse model).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Fetch and inspect data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(rules_app, name="rules")
+app.add_typer(train_app, name="train")
+app.add_typer(prune_app, name="prune")
+app.add_typer(plan_app, name="plan")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def clean_errors(fn):
+    """Turn tiergate's errors into one clear line and exit code 2 (no traceback for expected failures)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TiergateError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@data_app.command("fetch")
+@clean_errors
+def data_fetch(name: str = typer.Argument(..., help="spamassassin or debian-packages"),
+               force: bool = typer.Option(False, help="Fetch again even if cached")) -> None:
+    """Fetch a built-in corpus into the cache ($TIERGATE_HOME/datasets)."""
+    from tiergate.data.datasets import fetch_dataset
+
+    typer.echo(str(fetch_dataset(name, force=force)))
+
+
+@data_app.command("info")
+@clean_errors
+def data_info(name: str = typer.Argument(..., help="a built-in name or a JSONL/CSV path"),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
+    """Counts per split and label."""
+    from tiergate.data import load_dataset
+
+    info = load_dataset(name).info()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"{info['name']}: {info['n']} items, {info['n_labels']} labels")
+    for split, s in info["splits"].items():
+        top = ", ".join(f"{k} {v}" for k, v in sorted(s["labels"].items(), key=lambda kv: -kv[1])[:8])
+        typer.echo(f"  {split:<12} {s['n']:>7}   {top}{' ...' if len(s['labels']) > 8 else ''}")
+
+
+@app.command()
+@clean_errors
+def calibrate(config: Path = typer.Option(..., help="tiergate.yaml"),
+              data: str = typer.Option(..., help="data set name or path (its calibration split is used)"),
+              epsilon: float = typer.Option(0.01, help="Allowed risk (share of items)"),
+              delta: float = typer.Option(0.05, help="Allowed probability that the risk bound fails"),
+              risk: str = typer.Option("disagreement", help="disagreement | error"),
+              method: str = typer.Option("auto", help="auto (Learn-then-Test when available) | ltt | plain"),
+              no_measure: bool = typer.Option(False, "--no-measure", help="Keep the costs already in the config"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Measure tier costs and choose thresholds on the calibration split; writes them into CONFIG."""
+    _setup_logging()
+    from tiergate.pipeline import calibrate as run
+
+    result = run(config, data, epsilon=epsilon, delta=delta, risk=risk, method=method, measure=not no_measure)
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else _short(result))
+
+
+def _short(result: dict) -> str:
+    return "calibrated: " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+
+
+@app.command()
+@clean_errors
+def evaluate(config: Path = typer.Option(..., help="tiergate.yaml"),
+             data: str = typer.Option(..., help="data set name or path"),
+             split: str = typer.Option("test", help="train | calibration | test"),
+             as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout")) -> None:
+    """Run every tier on a split and report accuracy, shares and cost saved."""
+    from tiergate.evaluate import format_table
+    from tiergate.pipeline import evaluate as run
+
+    report = run(config, data, split, progress=not as_json)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
+
+
+@app.command()
+@clean_errors
+def classify(input: Path = typer.Argument(..., help="JSONL with a 'text' per line (or plain lines of text)"),
+             config: Path = typer.Option(..., help="tiergate.yaml"),
+             output: Path | None = typer.Option(None, help="Write decisions here (default: stdout)"),
+             batch_size: int = typer.Option(64)) -> None:
+    """Classify a file offline: one decision per input line."""
+    from tiergate.cascade import Cascade
+    from tiergate.data.items import make_item
+    from tiergate.errors import InputError
+
+    cascade = Cascade.from_config(config)
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        lines = input.read_text(encoding="utf-8").splitlines()
+        texts = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                text = obj["text"] if isinstance(obj, dict) else obj
+            except (json.JSONDecodeError, KeyError) as e:
+                raise InputError(f"{input}:{n}: expected a JSON object with 'text'") from e
+            if not isinstance(text, str):
+                raise InputError(f"{input}:{n}: 'text' must be a string")
+            texts.append(text)
+        for s in range(0, len(texts), batch_size):
+            for d in cascade.classify([make_item(t) for t in texts[s : s + batch_size]]):
+                out.write(json.dumps(d.to_dict()) + "\n")
+    finally:
+        if output:
+            out.close()
+        cascade.close()
+
+
+@app.command()
+@clean_errors
+def serve(config: Path = typer.Option(..., help="tiergate.yaml"),
+          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
+          log_level: str = typer.Option("info")) -> None:
+    """Serve the cascade over HTTP (FastAPI on uvicorn)."""
+    import uvicorn
+
+    from tiergate.config import load_config
+    from tiergate.gateway.app import create_app
+
+    _setup_logging()
+    load_config(config)  # fail fast, with the config's own error, before uvicorn starts
+    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+@clean_errors
+def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debian-packages, or a JSONL/CSV path"),
+               workdir: Path = typer.Option(Path("tiergate-quickstart"), help="Where models and config go"),
+               no_serve: bool = typer.Option(False, "--no-serve", help="Stop after evaluating"),
+               host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
+               epsilon: float = typer.Option(0.01, help="Calibration risk bound"),
+               delta: float = typer.Option(0.05)) -> None:
+    """From nothing to a served cascade: fetch, train, install rules, calibrate, evaluate, serve."""
+    import time
+
+    from tiergate.evaluate import format_table
+    from tiergate.pipeline import build, calibrate as run_calibrate, evaluate as run_evaluate, write_json
+
+    t0 = time.perf_counter()
+    path = build(data, workdir)
+    typer.echo("[4/5] calibrate: measure costs, choose thresholds on the calibration split")
+    result = run_calibrate(path, data, epsilon=epsilon, delta=delta)
+    typer.echo("      " + _short(result))
+    typer.echo("[5/5] evaluate on the test split")
+    report = run_evaluate(path, data, "test")
+    write_json(workdir / "evaluation.json", report)
+    typer.echo(format_table(report))
+    typer.echo(f"\nconfig: {path}   (total {time.perf_counter() - t0:.0f} s)")
+    if not no_serve:
+        typer.echo(f"serving on http://{host}:{port}  (try: curl -s localhost:{port}/v1/classify "
+                   "-H 'content-type: application/json' -d '{\"text\": \"Subject: hi\\n\\nhello\"}')")
+        serve(config=path, host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    app()

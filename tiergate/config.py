@@ -1,0 +1,132 @@
+"""Typed configuration: one YAML file (``tiergate.yaml``) plus environment overrides.
+
+Paths in the file are relative to the file's folder. Validation happens at load, and errors name the key and
+the fix. Environment overrides: ``TIERGATE_<SECTION>__<KEY>`` for the ``server`` section (for example
+``TIERGATE_SERVER__MAX_INFLIGHT=64``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tiergate.errors import ConfigError
+
+# Documented default prices per hour of hardware (USD). CPU: one 2-vCPU cloud instance of the kind these
+# figures are measured on (e.g. AWS c7i.large on demand, about 0.09 USD/h). GPU: one H200 rented by the hour.
+DEFAULT_HARDWARE = {"cpu-2core": 0.09, "h200": 3.50}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CostConfig(_Strict):
+    """A tier's measured cost per item, and how it was measured (written by ``tiergate calibrate``)."""
+
+    seconds_per_item: float = 0.0          # median compute seconds per item
+    batch_size: int = 32                   # batch size the median was measured at
+    usd_per_hour: float = 0.0              # price of the hardware it ran on
+    fixed_usd_per_call: float = 0.0        # optional price per item sent to the tier (e.g. an API fee)
+    measured: str = ""                     # how and where: machine, sample size, date
+
+    @property
+    def usd_per_item(self) -> float:
+        return self.seconds_per_item * self.usd_per_hour / 3600.0 + self.fixed_usd_per_call
+
+
+class Thresholds(_Strict):
+    """Confidence needed for a tier to decide: ``default``, optionally overridden per predicted class."""
+
+    default: float = 1.01                  # above 1: never decides until calibrated
+    per_class: dict[str, float] = Field(default_factory=dict)
+
+    def for_label(self, label: str | None) -> float:
+        if label is None:
+            return float("inf")
+        return self.per_class.get(label, self.default)
+
+
+class TierConfig(_Strict):
+    name: str
+    kind: Literal["rules", "onnx", "torch"]
+    path: str
+    hardware: str = "cpu-2core"
+    threshold: Thresholds = Field(default_factory=Thresholds)
+    cost: CostConfig = Field(default_factory=CostConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not v.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"tier name {v!r} must be letters, digits, '-' or '_'")
+        return v
+
+
+class ServerConfig(_Strict):
+    max_inflight: int = 64                 # requests in progress at once; more are answered 429
+    max_batch_items: int = 256             # items per request
+    max_text_chars: int = 200_000          # characters read per item
+    request_timeout_s: float = 30.0
+
+
+class TiergateConfig(_Strict):
+    version: int = 1
+    dataset: str = ""                      # the data set the models were trained on (informational)
+    labels: list[str] = Field(default_factory=list)
+    hardware: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_HARDWARE))  # USD per hour
+    tiers: list[TierConfig]
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    calibration: dict[str, Any] = Field(default_factory=dict)   # how thresholds were chosen
+    certificate: dict[str, Any] | None = None
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, v: list[TierConfig]) -> list[TierConfig]:
+        if not v:
+            raise ValueError("at least one tier is needed")
+        names = [t.name for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique (got {names})")
+        if v[-1].kind == "rules":
+            raise ValueError("the last tier must be a model: it always decides, and a rule set cannot")
+        return v
+
+
+def load_config(path: str | Path) -> tuple[TiergateConfig, Path]:
+    """Load and validate ``path``; returns the config and its folder (the base of relative paths)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such config file; `tiergate quickstart` writes one") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with a `tiers` list")
+    _apply_env(raw)
+    try:
+        cfg = TiergateConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{path}: " + ".".join(str(p) for p in err["loc"]) + f": {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from e
+    return cfg, path.parent
+
+
+def _apply_env(raw: dict) -> None:
+    prefix = "TIERGATE_SERVER__"
+    for key, value in os.environ.items():
+        if key.startswith(prefix):
+            raw.setdefault("server", {})[key[len(prefix):].lower()] = yaml.safe_load(value)
+
+
+def save_config(cfg: TiergateConfig, path: str | Path) -> None:
+    """Write atomically (a crash never leaves half a config)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

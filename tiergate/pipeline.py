@@ -1,0 +1,150 @@
+"""The workflows behind the CLI: build a cascade from data, calibrate it, evaluate it.
+
+Each function does one job and returns plain data; the CLI only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tiergate.cascade import Cascade
+from tiergate.config import TiergateConfig, TierConfig, Thresholds, load_config, save_config
+from tiergate.cost import measure_cost
+from tiergate.data import Dataset, load_dataset, make_item
+from tiergate.data.items import Item
+from tiergate.evaluate import score_tiers, summarize
+from tiergate.errors import CalibrationError
+
+log = logging.getLogger("tiergate")
+
+
+def items_of(ds: Dataset, split: str, progress: bool = False) -> tuple[list[Item], list[str]]:
+    exs = ds.split(split)
+    items = [make_item(e.text) for e in tqdm(exs, desc=f"parsing {split}", unit="item", disable=not progress, leave=False)]
+    return items, [e.label for e in exs]
+
+
+def measure_costs(cascade: Cascade, items: list[Item], *, batch_size: int = 32, max_batches: int = 8) -> None:
+    """Measure every tier's cost per item on ``items`` and write it into the cascade's config (in memory)."""
+    for tier, tc in zip(cascade.tiers, cascade.config.tiers, strict=True):
+        price = cascade.config.hardware.get(tc.hardware)
+        if price is None:
+            raise CalibrationError(f"tier {tc.name}: hardware {tc.hardware!r} has no price; add it under "
+                                   f"`hardware:` (known: {sorted(cascade.config.hardware)})")
+        tc.cost = measure_cost(tier, items, usd_per_hour=price, batch_size=batch_size, max_batches=max_batches,
+                               fixed_usd_per_call=tc.cost.fixed_usd_per_call)
+        log.info("cost of %s: %.3f ms per item (%s)", tc.name, tc.cost.seconds_per_item * 1000, tc.cost.measured)
+
+
+def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: float = 0.05,
+              risk: str = "disagreement", method: str = "auto", measure: bool = True,
+              progress: bool = True) -> dict:
+    """Measure costs, choose thresholds on the calibration split, write them into the config."""
+    cascade = Cascade.from_config(config_path)
+    ds = load_dataset(data)
+    items, y = items_of(ds, "calibration", progress)
+    if not items:
+        raise CalibrationError(f"{data}: the calibration split is empty; thresholds need held-out data")
+    if measure:
+        measure_costs(cascade, items)
+    outputs = score_tiers(cascade, items, progress=progress)
+    result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds)
+    save_config(cascade.config, config_path)
+    cascade.close()
+    return result
+
+
+def _choose(cascade: Cascade, outputs, y, *, epsilon, delta, risk, method, ds: Dataset) -> dict:
+    try:
+        from tiergate.calibration import ltt  # the guaranteed procedure, when present
+    except ImportError:
+        ltt = None
+    if ltt is not None and method in ("auto", "ltt"):
+        return ltt.calibrate_cascade(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk,
+                                     data_hash=ds.fingerprint())
+    from tiergate.calibration.plain import disagreement, plain_thresholds
+
+    tiers = plain_thresholds(outputs, cascade.config.tiers, epsilon=epsilon)
+    cascade.config.tiers = tiers
+    cascade.config.calibration = {"method": "plain", "epsilon": epsilon, "n": len(y),
+                                  "disagreement": disagreement(outputs, tiers), "data_hash": ds.fingerprint()}
+    return cascade.config.calibration
+
+
+def evaluate(config_path: Path, data: str, split: str = "test", *, progress: bool = True) -> dict:
+    cascade = Cascade.from_config(config_path)
+    ds = load_dataset(data)
+    items, y = items_of(ds, split, progress)
+    outputs = score_tiers(cascade, items, progress=progress)
+    cert = cascade.config.certificate
+    if cert is not None:
+        try:
+            from tiergate.calibration.ltt import certificate_status
+
+            cert = certificate_status(cascade, cert)
+        except ImportError:
+            pass
+    report = summarize(outputs, y, cascade.config.tiers, dataset=ds.name if data in ("spamassassin", "debian-packages") else data,
+                       split=split, certificate=cert)
+    cascade.close()
+    return report
+
+
+# ------------------------------------------------------------------------------------------ quickstart
+def rules_pack_for(data: str) -> Path | None:
+    try:
+        from tiergate.rules.packs import pack_path
+    except ImportError:
+        return None
+    try:
+        return pack_path(data)
+    except Exception:
+        return None
+
+
+def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bool = True,
+          say=print) -> Path:
+    """Fetch data, train the small and large tiers, install the rule pack, write ``workdir/tiergate.yaml``."""
+    from tiergate.models.large import train_large
+    from tiergate.models.small import SmallConfig, train_small
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    say(f"[1/5] data: {data}")
+    ds = load_dataset(data)
+    info = ds.info()
+    say(f"      {info['n']} items, {info['n_labels']} labels; train {info['splits']['train']['n']}, "
+        f"calibration {info['splits']['calibration']['n']}, test {info['splits']['test']['n']}")
+    train, y_train = items_of(ds, "train", progress)
+    say("[2/5] small tier: TF-IDF + logistic regression -> ONNX")
+    m_small = train_small([it.model_text for it in train], y_train, workdir / "small", SmallConfig(),
+                          data_fingerprint=ds.fingerprint())
+    say(f"      {m_small['n_features']} features, trained in {m_small['train_seconds']} s")
+    say("[3/5] large tier: sparse mixture-of-experts model (tiergate.training)")
+    train_large(ds, workdir / "large", preset=large_preset, progress=progress)
+    tiers = []
+    pack = rules_pack_for(data)
+    if pack is not None:
+        shutil.copy(pack, workdir / "rules.yaml")
+        tiers.append(TierConfig(name="rules", kind="rules", path="rules.yaml", threshold=Thresholds(default=0.0)))
+        say(f"      rule pack installed: {pack.name}")
+    tiers += [TierConfig(name="small", kind="onnx", path="small"),
+              TierConfig(name="large", kind="torch", path="large")]
+    cfg = TiergateConfig(dataset=data, labels=ds.labels, tiers=tiers)
+    path = workdir / "tiergate.yaml"
+    save_config(cfg, path)
+    say(f"      built in {time.perf_counter() - t0:.0f} s")
+    return path
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2))
+
+
+__all__ = ["build", "calibrate", "evaluate", "load_config"]
