@@ -1,0 +1,251 @@
+"""Dropless mixture-of-experts feed-forward: routing, expert-sorted dispatch, grouped expert matmuls, gated combine.
+
+Three layers, as for every op in this package:
+- ``moe_ffn_reference``: plain PyTorch (one sort, then a loop over the experts); the CPU path and the oracle;
+- ``MoEFFNFunction``: the autograd Function over the Triton kernels of ``_moe_triton`` (gather, activation,
+  gated combine and their backwards, plus a Triton grouped GEMM), with ``torch._grouped_mm`` as the expert
+  GEMM on CUDA where it applies (bf16, widths multiple of 8);
+- ``MoEFFN``: the module (router, experts, auxiliary losses).
+
+Forward, N = T*k routed rows in expert-sorted order (one stable sort of the expert ids, no host sync):
+    xs_ND = x_TD[perm // k]            (Triton gather; fused into the GEMM's operand load on the Triton GEMM path)
+    h_NH  = xs_ND @ w1_EDH[e]          (grouped GEMM)
+    a_NH  = act(h_NH)                  (Triton, fp32 math)
+    y_ND  = a_NH @ w2_EHD[e]           (grouped GEMM)
+    out_TD[t] = sum_j gate_Tk[t, j] * y_ND[pos[t, j]]   (Triton, fp32 sum over the k rows, no atomics)
+Saved for backward: h_NH, y_ND (and xs_ND on the torch GEMM path), not a_NH: the backward recomputes a = act(h)
+in the same pass that forms dh, writing a over h and dh over da, and writes dy over y, so the backward holds two
+N x H buffers where autograd over the plain layer holds four.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tiergate.kernels._backend import kernels, use_triton
+
+ACTIVATIONS = ("relu", "gelu", "silu")
+GEMMS = ("auto", "torch", "triton")
+
+
+def _act_torch(h: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return F.relu(h)
+    if activation == "gelu":
+        return F.gelu(h)
+    if activation == "silu":
+        return F.silu(h)
+    raise ValueError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
+
+
+def route(router_logits_TE: torch.Tensor, k: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing in float32: returns (expert_idx_Tk int64, gate_Tk float32).
+
+    normalize=True rescales the k gates of a token to sum to 1 (for k=1 that makes every gate 1 and the
+    router gets no gradient through the gate: use normalize=False with k=1, as Switch does).
+
+    >>> idx, gate = route(torch.randn(5, 4), k=2)
+    """
+    probs_TE = torch.softmax(router_logits_TE.float(), dim=-1)
+    gate_Tk, idx_Tk = torch.topk(probs_TE, k, dim=-1)
+    if normalize:
+        gate_Tk = gate_Tk / gate_Tk.sum(dim=-1, keepdim=True)
+    return idx_Tk, gate_Tk
+
+
+def sort_by_expert(expert_idx_Tk: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, ...]:
+    """Expert-sorted order of the T*k assignments, with no host sync.
+
+    Returns perm_N (int32, sorted row -> flat index t*k+j), pos_Tk (int32, the inverse), counts_E (int64) and
+    offs_E (int32 cumulative row ends, the layout torch._grouped_mm takes).
+    """
+    flat = expert_idx_Tk.reshape(-1)
+    sorted_e, perm = torch.sort(flat, stable=True)
+    experts = torch.arange(n_experts, device=flat.device, dtype=flat.dtype)
+    ends = torch.searchsorted(sorted_e, experts, right=True)
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))
+    pos = torch.empty_like(perm)
+    pos[perm] = torch.arange(perm.numel(), device=perm.device)
+    return (perm.to(torch.int32), pos.to(torch.int32).view(expert_idx_Tk.shape), counts,
+            ends.to(torch.int32))
+
+
+def moe_ffn_reference(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tensor,
+                      w1_EDH: torch.Tensor, w2_EHD: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+    """Plain PyTorch MoE FFN: out[t] = sum_j gate[t,j] * act(x[t] @ w1[e]) @ w2[e], e = expert_idx[t,j].
+
+    Differentiable in x, gate, w1 and w2 by autograd. Matmuls run in the input dtype; the gated sum is taken
+    in float32 and cast to x's dtype. One host sync (the per-expert row counts).
+    """
+    t, d = x_TD.shape
+    n_experts = w1_EDH.shape[0]
+    k = expert_idx_Tk.shape[1]
+    perm, _, counts, _ = sort_by_expert(expert_idx_Tk, n_experts)
+    perm = perm.long()
+    tok = perm // k
+    gate_sorted = gate_Tk.reshape(-1)[perm].float()
+    out = torch.zeros((t, d), dtype=torch.float32, device=x_TD.device)
+    start = 0
+    for e, c in enumerate(counts.tolist()):
+        if c == 0:
+            continue
+        rows = tok[start:start + c]
+        y = _act_torch(x_TD[rows] @ w1_EDH[e], activation) @ w2_EHD[e]
+        out = out.index_add(0, rows, y.float() * gate_sorted[start:start + c, None])
+        start += c
+    return out.to(x_TD.dtype)
+
+
+def _resolve_gemm(gemm: str, x: torch.Tensor, w1: torch.Tensor) -> str:
+    if gemm not in GEMMS:
+        raise ValueError(f"gemm={gemm!r}: expected one of {GEMMS}")
+    if gemm != "auto":
+        return gemm
+    ok = (x.is_cuda and hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16
+          and w1.shape[1] % 8 == 0 and w1.shape[2] % 8 == 0)
+    return "torch" if ok else "triton"
+
+
+class MoEFFNFunction(torch.autograd.Function):
+    """Autograd over the Triton path. Inputs: x_TD, gate_Tk, w1_EDH, w2_EHD, expert_idx_Tk, activation, gemm.
+
+    The backward overwrites the saved h and y buffers (see the module docstring), so it runs once: a second
+    backward through the same graph (retain_graph=True) raises instead of returning wrong gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x_TD: torch.Tensor, gate_Tk: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor,
+                expert_idx_Tk: torch.Tensor, activation: str, gemm: str) -> torch.Tensor:
+        km = kernels("_moe_triton")
+        n_experts = w1_EDH.shape[0]
+        k = expert_idx_Tk.shape[1]
+        x_TD = x_TD.contiguous()
+        gate_Tk = gate_Tk.contiguous()
+        perm, pos, counts, offs = sort_by_expert(expert_idx_Tk, n_experts)
+        if gemm == "torch":
+            xs = km.gather_rows(x_TD, perm, k)
+            h = torch._grouped_mm(xs, w1_EDH, offs=offs)
+        else:
+            xs = None
+            h = km.grouped_mm(x_TD, w1_EDH, offs, counts, perm, k)
+        a = km.act_fwd(h, activation)
+        if gemm == "torch":
+            y = torch._grouped_mm(a, w2_EHD, offs=offs)
+        else:
+            y = km.grouped_mm(a, w2_EHD, offs, counts)
+        del a
+        out = km.combine(y, pos, gate_Tk)
+        ctx.save_for_backward(x_TD, xs, h, y, gate_Tk, w1_EDH, w2_EHD, perm, pos, counts, offs)
+        ctx.activation, ctx.gemm, ctx.k, ctx.consumed = activation, gemm, k, False
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, do_TD: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.consumed:
+            raise RuntimeError("MoEFFNFunction.backward ran twice on one graph: its buffers are reused in place")
+        ctx.consumed = True
+        km = kernels("_moe_triton")
+        x, xs, h, y, gate, w1, w2, perm, pos, counts, offs = ctx.saved_tensors
+        need_x, need_gate, need_w1, need_w2 = ctx.needs_input_grad[:4]
+        torch_gemm = ctx.gemm == "torch"
+        do_TD = do_TD.contiguous()
+        dy, dgate = km.combine_bwd(do_TD, y, perm, gate, out_dy=y)  # dy overwrites y, read first
+        del y
+        w2_t = w2.transpose(1, 2)  # (E, D, H) view
+        da = torch._grouped_mm(dy, w2_t, offs=offs) if torch_gemm else km.grouped_mm(dy, w2_t, offs, counts)
+        a, dh = km.act_bwd_(h, da, ctx.activation)  # a overwrites h, dh overwrites da
+        dw2 = None
+        if need_w2:
+            dw2 = torch._grouped_mm(a.t(), dy, offs=offs) if torch_gemm else km.grouped_mm_wgrad(a, dy, offs)
+        del a, dy, h, da
+        dx = None
+        if need_x:
+            w1_t = w1.transpose(1, 2)  # (E, H, D) view
+            dxs = torch._grouped_mm(dh, w1_t, offs=offs) if torch_gemm else km.grouped_mm(dh, w1_t, offs, counts)
+            dx = km.combine(dxs, pos, None)
+            del dxs
+        dw1 = None
+        if need_w1:
+            if torch_gemm:
+                dw1 = torch._grouped_mm(xs.t(), dh, offs=offs)
+            else:
+                dw1 = km.grouped_mm_wgrad(x, dh, offs, perm, ctx.k)
+        dgate = dgate.to(gate.dtype) if need_gate else None
+        return dx, dgate, dw1, dw2, None, None, None
+
+
+def moe_ffn(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tensor, w1_EDH: torch.Tensor,
+            w2_EHD: torch.Tensor, activation: str = "gelu", backend: str = "auto", gemm: str = "auto") -> torch.Tensor:
+    """Dropless MoE feed-forward: out_TD[t] = sum_j gate_Tk[t,j] * act(x_TD[t] @ w1_EDH[e]) @ w2_EHD[e].
+
+    e = expert_idx_Tk[t, j] (int, in [0, E); not checked on the GPU path, which would cost a host sync).
+    Differentiable in x, gate, w1, w2. backend: "auto" (Triton for CUDA tensors when triton imports, else the
+    reference), "triton", "reference". gemm (Triton path only): "auto" (torch._grouped_mm for bf16 CUDA tensors
+    with D and H multiples of 8, else the Triton grouped GEMM), "torch", "triton".
+
+    >>> x, w1, w2 = torch.randn(6, 8), torch.randn(4, 8, 16), torch.randn(4, 16, 8)
+    >>> idx, gate = route(torch.randn(6, 4), k=2)
+    >>> moe_ffn(x, idx, gate, w1, w2).shape
+    torch.Size([6, 8])
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r}: expected one of {ACTIVATIONS}")
+    if x_TD.dim() != 2 or expert_idx_Tk.shape != gate_Tk.shape or expert_idx_Tk.shape[0] != x_TD.shape[0]:
+        raise ValueError(f"shapes: x_TD {tuple(x_TD.shape)}, expert_idx_Tk {tuple(expert_idx_Tk.shape)}, "
+                         f"gate_Tk {tuple(gate_Tk.shape)}: expected (T, D), (T, k), (T, k)")
+    if w1_EDH.shape[0] != w2_EHD.shape[0] or w1_EDH.shape[1:] != w2_EHD.shape[:0:-1] or w1_EDH.shape[1] != x_TD.shape[1]:
+        raise ValueError(f"shapes: w1_EDH {tuple(w1_EDH.shape)}, w2_EHD {tuple(w2_EHD.shape)} for D={x_TD.shape[1]}")
+    if not use_triton(backend, x_TD, w1_EDH, w2_EHD):
+        return moe_ffn_reference(x_TD, expert_idx_Tk, gate_Tk, w1_EDH, w2_EHD, activation)
+    return MoEFFNFunction.apply(x_TD, gate_Tk, w1_EDH, w2_EHD, expert_idx_Tk, activation,
+                                _resolve_gemm(gemm, x_TD, w1_EDH))
+
+
+@dataclass
+class MoEConfig:
+    d_model: int = 512  # D: token width
+    d_hidden: int = 2048  # H: hidden width of each expert
+    n_experts: int = 8  # E
+    top_k: int = 2  # k experts per token
+    activation: str = "gelu"  # one of ACTIVATIONS
+    normalize_gates: bool = True  # rescale each token's k gates to sum to 1 (set False for k=1)
+    backend: str = "auto"  # "auto" | "triton" | "reference"
+    init_std: float = 0.02  # std of the expert weights at init
+
+
+@dataclass
+class MoEAux:
+    balance_loss: torch.Tensor  # Switch load-balancing loss E * sum_i f_i * P_i (scale it by alpha, e.g. 0.01)
+    z_loss: torch.Tensor  # router z-loss mean(logsumexp(logits)^2) (scale it by a small coefficient)
+    counts_E: torch.Tensor  # assignments per expert in this batch
+
+
+class MoEFFN(nn.Module):
+    """Router (float32) + E expert FFNs. forward(x_..D) -> (out_..D, MoEAux); leading dims are flattened."""
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.w1_EDH = nn.Parameter(torch.randn(cfg.n_experts, cfg.d_model, cfg.d_hidden) * cfg.init_std)
+        self.w2_EHD = nn.Parameter(torch.randn(cfg.n_experts, cfg.d_hidden, cfg.d_model) * cfg.init_std)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
+        cfg = self.cfg
+        x_TD = x.reshape(-1, cfg.d_model)
+        logits_TE = F.linear(x_TD.float(), self.router.weight.float())
+        idx_Tk, gate_Tk = route(logits_TE, cfg.top_k, cfg.normalize_gates)
+        out_TD = moe_ffn(x_TD, idx_Tk, gate_Tk, self.w1_EDH.to(x.dtype), self.w2_EHD.to(x.dtype),
+                         cfg.activation, cfg.backend)
+        probs_TE = torch.softmax(logits_TE, dim=-1)
+        counts_E = torch.zeros(cfg.n_experts, device=x.device).index_add_(
+            0, idx_Tk.reshape(-1), torch.ones(idx_Tk.numel(), device=x.device))
+        frac_E = counts_E / idx_Tk.numel()
+        aux = MoEAux(balance_loss=cfg.n_experts * (frac_E * probs_TE.mean(0)).sum(),
+                     z_loss=torch.logsumexp(logits_TE, dim=-1).pow(2).mean(), counts_E=counts_E.detach())
+        return out_TD.reshape(x.shape), aux
