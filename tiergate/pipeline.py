@@ -112,7 +112,7 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
           say=print) -> Path:
     """Fetch data, train the small and large tiers, install the rule pack, write ``workdir/tiergate.yaml``."""
     from tiergate.models.large import train_large
-    from tiergate.models.small import SmallConfig, train_small
+    from tiergate.models.small import small_presets, train_small
 
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -122,10 +122,12 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
     say(f"      {info['n']} items, {info['n_labels']} labels; train {info['splits']['train']['n']}, "
         f"calibration {info['splits']['calibration']['n']}, test {info['splits']['test']['n']}")
     train, y_train = items_of(ds, "train", progress)
-    say("[2/5] small tier: TF-IDF + logistic regression -> ONNX")
-    m_small = train_small([it.model_text for it in train], y_train, workdir / "small", SmallConfig(),
-                          data_fingerprint=ds.fingerprint())
-    say(f"      {m_small['n_features']} features, trained in {m_small['train_seconds']} s")
+    say("[2/5] small tier(s): TF-IDF + logistic regression -> ONNX")
+    texts = [it.model_text for it in train]
+    smalls = small_presets(len(train), len(ds.labels))
+    for name, scfg in smalls:
+        m_small = train_small(texts, y_train, workdir / name, scfg, data_fingerprint=ds.fingerprint(), name=name)
+        say(f"      {name}: {m_small['n_features']} features, trained in {m_small['train_seconds']} s")
     say("[3/5] large tier: sparse mixture-of-experts model (tiergate.training)")
     train_large(ds, workdir / "large", preset=large_preset, progress=progress)
     tiers = []
@@ -134,8 +136,8 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
         shutil.copy(pack, workdir / "rules.yaml")
         tiers.append(TierConfig(name="rules", kind="rules", path="rules.yaml", threshold=Thresholds(default=0.0)))
         say(f"      rule pack installed: {pack.name}")
-    tiers += [TierConfig(name="small", kind="onnx", path="small"),
-              TierConfig(name="large", kind="torch", path="large")]
+    tiers += [TierConfig(name=name, kind="onnx", path=name) for name, _ in smalls]
+    tiers.append(TierConfig(name="large", kind="torch", path="large"))
     cfg = TiergateConfig(dataset=data, labels=ds.labels, tiers=tiers)
     path = workdir / "tiergate.yaml"
     save_config(cfg, path)

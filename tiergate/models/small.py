@@ -107,6 +107,11 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         return self
 
 
+def small_presets(n_train: int, n_labels: int) -> list[tuple[str, SmallConfig]]:
+    """The small tiers quickstart builds, cheapest first: ``[(tier name, config), ...]``."""
+    return [("small", SmallConfig())]
+
+
 def build_pipeline(cfg: SmallConfig) -> Pipeline:
     feats = TextFeatures(cfg.analyzer, cfg.ngram_min, cfg.ngram_max, cfg.min_df, cfg.max_features,
                          cfg.sublinear_tf, cfg.max_chars)
