@@ -1,0 +1,46 @@
+import json
+
+from typer.testing import CliRunner
+
+from tiergate.cli import app
+from tiergate.evaluate import format_table
+
+
+def test_evaluate_json_contract(tiny_workdir):
+    r = CliRunner().invoke(app, ["evaluate", "--config", str(tiny_workdir / "tiergate.yaml"), "--data", "spamassassin",
+                                 "--split", "test", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["n"] == 769 and d["dataset"] == "spamassassin" and d["split"] == "test"
+    assert [t["name"] for t in d["tiers"]] == ["small", "final"]
+    assert abs(sum(t["share"] for t in d["tiers"]) - 1) < 1e-9
+    assert 0.8 < d["accuracy"] <= 1 and 0.8 < d["final_tier_accuracy"] <= 1
+    small_share = d["tiers"][0]["share"]
+    # cost: small on every item (1 ms) + final on escalated items (20 ms), baseline 20 ms per item
+    expected = 1 - (0.001 + (1 - small_share) * 0.02) / 0.02
+    assert abs(d["cost"]["saved_fraction"] - expected) < 1e-9
+    assert d["on_escalated"]["n"] == round((1 - small_share) * 769)
+    assert "saved" in format_table(d)
+
+
+def test_classify_offline(tiny_workdir, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"text": "Subject: win money\n\nclick now"}) + "\n\n" + json.dumps({"text": "hello"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = CliRunner().invoke(app, ["classify", "--config", str(tiny_workdir / "tiergate.yaml"), str(inp), "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(row["label"] in ("ham", "spam") and row["tier"] in ("small", "final") for row in rows)
+
+
+def test_classify_bad_input_is_a_clear_error(tiny_workdir, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"txt": 1}\n')
+    r = CliRunner().invoke(app, ["classify", "--config", str(tiny_workdir / "tiergate.yaml"), str(inp)])
+    assert r.exit_code == 2 and "expected a JSON object with 'text'" in r.output
+
+
+def test_data_info_json():
+    r = CliRunner().invoke(app, ["data", "info", "spamassassin", "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["splits"]["test"]["n"] == 769
