@@ -90,3 +90,24 @@ def test_config_rejects_rules_as_last_tier_and_duplicates():
         TiergateConfig(tiers=[TierConfig(name="a", kind="onnx", path="x"), TierConfig(name="a", kind="onnx", path="y")])
     with pytest.raises(ConfigError):
         Cascade(_cfg(), [])
+
+
+def test_failing_final_tier_degrades_to_the_cheap_answer():
+    cfg = _cfg()
+    def broken(texts):
+        raise RuntimeError("GPU fell off the bus")
+    c = Cascade(cfg, [FunctionTier("t0", ["a", "b"], _by_first_char(0.95, 0.6)), FunctionTier("final", ["a", "b"], broken)])
+    ds = c.classify([make_item("a"), make_item("b")])
+    assert not ds[0].degraded and ds[0].tier == "t0"
+    assert ds[1].degraded and ds[1].label == "b" and ds[1].tier == "t0" and "final failed" in ds[1].reason
+    assert ds[1].to_dict()["degraded"] is True
+
+
+def test_failing_first_tier_is_unavailable():
+    from tiergate.errors import UnavailableError
+    cfg = _cfg()
+    def broken(texts):
+        raise RuntimeError("boom")
+    c = Cascade(cfg, [FunctionTier("t0", ["a", "b"], broken), FunctionTier("final", ["a", "b"], broken)])
+    with pytest.raises(UnavailableError, match="no earlier tier"):
+        c.classify([make_item("a")])

@@ -13,6 +13,7 @@ Routing of one item at tier *i* (:func:`step`):
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,8 +22,10 @@ from pathlib import Path
 
 from tiergate.config import TiergateConfig, TierConfig, load_config
 from tiergate.data.items import Item
-from tiergate.errors import ConfigError
+from tiergate.errors import ConfigError, UnavailableError
 from tiergate.tiers import Tier, TierOutput
+
+log = logging.getLogger("tiergate.cascade")
 
 
 @dataclass(slots=True)
@@ -39,6 +42,7 @@ class Decision:
     baseline_cost_usd: float = 0.0          # what sending it straight to the final tier would have cost
     path: list[str] = field(default_factory=list)
     request_id: str = ""
+    degraded: bool = False                  # a later tier failed; this is an earlier tier's answer
 
     def to_dict(self) -> dict:
         return {
@@ -46,7 +50,7 @@ class Decision:
             "probabilities": None if self.probabilities is None else {k: round(v, 6) for k, v in self.probabilities.items()},
             "tier": self.tier, "reason": self.reason, "latency_ms": round(self.latency_ms, 3),
             "cost_usd": self.cost_usd, "baseline_cost_usd": self.baseline_cost_usd,
-            "cost_saved_usd": self.baseline_cost_usd - self.cost_usd, "path": self.path,
+            "cost_saved_usd": self.baseline_cost_usd - self.cost_usd, "path": self.path, "degraded": self.degraded,
             **({"request_id": self.request_id} if self.request_id else {}),
         }
 
@@ -174,13 +178,19 @@ class Cascade:
         cost = [0.0] * n
         paths: list[list[str]] = [[] for _ in range(n)]
         decisions: list[Decision | None] = [None] * n
+        best: dict[int, tuple[int, TierOutput]] = {}  # the most recent model answer per item, for degradation
         at: dict[int, list[int]] = {len(cfgs) - 1 if final_only else 0: list(range(n))}
         for i, tier in enumerate(self.tiers):
             idx = at.pop(i, [])
             if not idx:
                 continue
             t0 = time.perf_counter()
-            outs = tier.predict([items[k] for k in idx])
+            try:
+                outs = tier.predict([items[k] for k in idx])
+            except Exception as e:  # a failing tier degrades the answer; it does not fail the request
+                log.exception("tier %s failed on %d items", cfgs[i].name, len(idx))
+                self._degrade(i, idx, best, decisions, paths, cost, e)
+                continue
             dt = time.perf_counter() - t0
             if on_batch is not None:
                 on_batch(cfgs[i].name, len(idx), dt)
@@ -189,6 +199,8 @@ class Cascade:
                 elapsed[k] += dt
                 cost[k] += cfgs[i].cost.usd_per_item
                 paths[k].append(cfgs[i].name)
+                if out.label is not None and cfgs[i].kind != "rules":
+                    best[k] = (i, out)
                 nxt = step(i, out, cfgs)
                 if nxt is None:
                     decisions[k] = self._decision(i, out, cfgs)
@@ -206,6 +218,22 @@ class Cascade:
             d.request_id = request_ids[k] if request_ids else ""
             result.append(d)
         return result
+
+    def _degrade(self, i: int, idx: list[int], best: dict, decisions: list, paths: list, cost: list,
+                 error: Exception) -> None:
+        """Tier ``i`` failed: answer each of its items with the last model answer it had, flagged
+        ``degraded``; an item with no earlier answer cannot be answered (UnavailableError)."""
+        cfgs = self.config.tiers
+        for k in idx:
+            if k not in best:
+                raise UnavailableError(f"tier {cfgs[i].name} failed ({type(error).__name__}: {error}) and no "
+                                       "earlier tier had an answer") from error
+            j, out = best[k]
+            d = self._decision(j, out, cfgs)
+            d.degraded = True
+            d.reason = f"degraded: tier {cfgs[i].name} failed; answer of {cfgs[j].name}"
+            decisions[k] = d
+            paths[k].append(cfgs[i].name)
 
     def _decision(self, i: int, out: TierOutput, cfgs: Sequence[TierConfig]) -> Decision:
         final = i == len(cfgs) - 1
