@@ -99,7 +99,7 @@ def evaluate(config_path: Path, data: str, split: str = "test", *, progress: boo
 # ------------------------------------------------------------------------------------------ quickstart
 def rules_pack_for(data: str) -> Path | None:
     try:
-        from tiergate.rules.packs import pack_path
+        from tiergate.rules.tier import pack_path
     except ImportError:
         return None
     try:
