@@ -119,11 +119,13 @@ def eval_cmd(path: PathArg,
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"{'rule':<40} {'action':<9} {'hits':>6} {'decided':>7} {'precision':>9} {'coverage':>8}")
+    typer.echo(f"{'rule':<40} {'action':<9} {'hits':>6} {'precision':>9} {'coverage':>8} {'matched':>7} "
+               f"{'alone':>6}")
     for r in report["rules"]:
         prec = "-" if r["precision"] is None else f"{r['precision']:.3f}"
-        typer.echo(f"{r['id']:<40} {(r['label'] or r['action']):<9} {r['hits']:>6} {r['decided']:>7} "
-                   f"{prec:>9} {r['coverage']:>8.3f}")
+        alone = "-" if r["match_precision"] is None else f"{r['match_precision']:.3f}"
+        typer.echo(f"{r['id']:<40} {(r['label'] or r['action']):<9} {r['hits']:>6} {prec:>9} "
+                   f"{r['coverage']:>8.3f} {r['matched']:>7} {alone:>6}")
     prec = "-" if report["precision"] is None else f"{report['precision']:.4f}"
     typer.echo(f"\nset: {report['n']} items, coverage {report['coverage']:.3f}, precision {prec}, "
                f"escalated {report['escalated']}")

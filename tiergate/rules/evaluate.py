@@ -1,8 +1,11 @@
 """``tiergate rules eval`` and ``tiergate rules bench``: what a rule set decides on labelled data, and how fast.
 
-Per rule, ``hits`` counts the items its condition matches on its own (whatever the priority), so ``precision``
-is the rule's own precision, not a share of what it was left after earlier rules; ``decided`` counts the items
-on which it acted in the set. ``precision`` is None for rules that decide no label (escalate, abstain, score).
+Per rule, ``hits`` counts the items on which the rule acted *in the set* (the same count that the metric
+``tiergate_rules_hits_total`` keeps in production; for a shadow rule, the items it would have acted on), and
+``precision`` is the share of those whose true label is the rule's label: the precision of what the rule
+actually decides, after higher-priority rules took their share. ``matched`` and ``match_precision`` give the
+same for the condition on its own, whatever the priority (how the rule would do if moved to the top).
+``precision`` is None for rules that decide no label (escalate, abstain, score).
 
 >>> from tiergate.data import Example
 >>> from tiergate.rules.loader import load_text
@@ -28,6 +31,7 @@ def evaluate(engine: Engine, examples: Sequence[Example], *, max_ids: int = 5) -
     per_hits: Counter[str] = Counter()
     per_correct: Counter[str] = Counter()
     per_decided: Counter[str] = Counter()
+    per_decided_correct: Counter[str] = Counter()
     wrong: dict[str, list[str]] = {}
     pair_conflicts: Counter[tuple[str, str]] = Counter()
     pair_ids: dict[tuple[str, str], list[str]] = {}
@@ -56,6 +60,10 @@ def evaluate(engine: Engine, examples: Sequence[Example], *, max_ids: int = 5) -
         d = engine.decide(item, record=False)
         if d.kind != "none":
             per_decided[d.rule_id] += 1
+            per_decided_correct[d.rule_id] += d.kind == "label" and d.label == ex.label
+        for rid in d.shadow_hits:  # a shadow rule "acts" where it matches: it stands outside the order
+            per_decided[rid] += 1
+            per_decided_correct[rid] += rules[rid].rule.then.label == ex.label
         if d.kind == "label":
             decided += 1
             correct += d.label == ex.label
@@ -66,12 +74,15 @@ def evaluate(engine: Engine, examples: Sequence[Example], *, max_ids: int = 5) -
     for c in engine.rules:
         rid = c.id
         kind = c.rule.then.kind
-        hits = per_hits[rid]
+        hits, matched = per_decided[rid], per_hits[rid]
+        is_label = kind == "label"
         out_rules.append({
-            "id": rid, "label": c.rule.then.label, "action": kind, "shadow": c.shadow, "hits": hits,
-            "decided": per_decided[rid],
-            "precision": (per_correct[rid] / hits if hits else None) if kind == "label" else None,
+            "id": rid, "label": c.rule.then.label, "action": kind, "shadow": c.shadow, "priority": c.rule.priority,
+            "hits": hits,
+            "precision": (per_decided_correct[rid] / hits if hits else None) if is_label else None,
             "coverage": hits / n if n else 0.0,
+            "matched": matched,
+            "match_precision": (per_correct[rid] / matched if matched else None) if is_label else None,
             "wrong": wrong.get(rid, [])[:max_ids],
         })
     return {
