@@ -111,3 +111,15 @@ def test_failing_first_tier_is_unavailable():
     c = Cascade(cfg, [FunctionTier("t0", ["a", "b"], broken), FunctionTier("final", ["a", "b"], broken)])
     with pytest.raises(UnavailableError, match="no earlier tier"):
         c.classify([make_item("a")])
+
+
+def test_per_call_thresholds_override():
+    cfg = _cfg(thresholds=(0.9,))
+    c = Cascade(cfg, [FunctionTier("t0", ["a", "b"], _by_first_char(0.95, 0.95)),
+                      FunctionTier("final", ["a", "b"], lambda t: np.tile([0.5, 0.5], (len(t), 1)))])
+    assert c.classify([make_item("a")])[0].tier == "t0"
+    strict = [Thresholds(default=0.99), Thresholds()]
+    assert c.classify([make_item("a")], thresholds=strict)[0].tier == "final"
+    assert cfg.tiers[0].threshold.default == 0.9  # the configured thresholds are untouched
+    with pytest.raises(ConfigError):
+        c.classify([make_item("a")], thresholds=strict[:1])

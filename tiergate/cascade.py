@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiergate.config import TiergateConfig, TierConfig, load_config
+from tiergate.config import Thresholds, TiergateConfig, TierConfig, load_config
 from tiergate.data.items import Item
 from tiergate.errors import ConfigError, UnavailableError
 from tiergate.tiers import Tier, TierOutput
@@ -166,13 +166,19 @@ class Cascade:
 
     def classify(self, items: Sequence[Item], *, final_only: bool = False,
                  request_ids: Sequence[str] | None = None,
-                 on_batch: Callable[[str, int, float], None] | None = None) -> list[Decision]:
+                 on_batch: Callable[[str, int, float], None] | None = None,
+                 thresholds: Sequence[Thresholds] | None = None) -> list[Decision]:
         """Decide every item; each tier runs once, as one batch, on the items still undecided.
 
         ``final_only`` sends every item straight to the final tier. ``on_batch(tier, n_items, seconds)``
-        is called after each tier's batch (the gateway's latency histogram listens there)."""
+        is called after each tier's batch (the gateway's latency histogram listens there). ``thresholds``
+        replaces every tier's thresholds for this call (a request asking for a stricter risk bound)."""
         n = len(items)
         cfgs = self.config.tiers
+        if thresholds is not None:
+            if len(thresholds) != len(cfgs):
+                raise ConfigError(f"{len(thresholds)} thresholds given for {len(cfgs)} tiers")
+            cfgs = [tc.model_copy(update={"threshold": th}) for tc, th in zip(cfgs, thresholds, strict=True)]
         start = time.perf_counter()
         elapsed = [0.0] * n
         cost = [0.0] * n
