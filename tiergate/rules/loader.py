@@ -174,25 +174,29 @@ def _hint(err: dict, valid_keys: list[str]) -> tuple[str, str]:
                 "use text, subject, from, to, body, headers, header:NAME or meta:KEY")
     if kind == "literal_error":
         return f"'{key}': {err['msg']}", "use one of the listed values"
+    if kind in ("string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type"):
+        return (f"'{key}': {err['msg'].lower()} (got {err.get('input')!r})",
+                "quote strings: YAML reads yes/no/on/off as booleans and bare digits as numbers")
     if kind == "condition_kind":
         return err["msg"], "write one condition per list entry; combine with all/any/not"
     msg = err["msg"].removeprefix("Value error, ")
     return (f"'{key}': {msg}" if key else msg), "see `tiergate rules schema` or docs/rules.md"
 
 
-def _keys_at(model_path: list[str]) -> list[str]:
+def _known_keys() -> list[str]:
+    """Every key the language knows, for "did you mean" suggestions."""
     from tiergate.rules import schema as s
-    pool = set(s.Rule.model_fields) | set(s.Action.model_fields) | set(s.Examples.model_fields)
-    for cls in (s.RegexCond, s.KeywordsCond, s.PhrasesCond, s.FeatureCond, s.Feature):
+    pool = {"all", "any", "not"}
+    for cls in (s.RuleFile, s.Rule, s.Action, s.Examples, s.RegexCond, s.KeywordsCond, s.PhrasesCond,
+                s.FeatureCond, s.Feature):
         pool |= set(cls.model_fields)
-    pool |= {"all", "any", "not"}
-    return sorted(pool)
+    return sorted(pool - {"not_"})
 
 
 def _schema_problems(exc: ValidationError, name: str, rule_id: str, marks: dict, prefix: Path_) -> list[Problem]:
     out = []
     for err in exc.errors(include_url=False):
-        msg, hint = _hint(err, _keys_at([]))
+        msg, hint = _hint(err, _known_keys())
         line, col = locate(marks, (*prefix, *err["loc"]))
         out.append(Problem(name, line, col, rule_id, msg, hint, check="schema"))
     return out
