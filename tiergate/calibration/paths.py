@@ -1,0 +1,137 @@
+"""Ordered grids of candidate settings, from the most conservative to the least, for fixed-sequence testing.
+
+Fixed-sequence testing is valid for any order fixed *before* the items it tests are seen. Two orders:
+
+* :func:`shared_path`: every model tier uses one threshold for every class, lowered step by step down a fixed
+  grid. It looks at no data at all, so every calibration item can be spent on testing.
+* :func:`greedy_path`: thresholds per (tier, class), lowered one at a time, each step taking the move that saves
+  the most cost per unit of added risk *on a separate selection part* of the calibration data. Per-class
+  thresholds matter where some classes are easy and others are not (58 Debian sections), but the order is
+  learnt, so the items it was learnt on cannot also test it.
+
+Both start from :func:`start_setting` (rules as configured, model tiers off) and return a list of (T, C)
+threshold matrices; item 0 is that start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tiergate.calibration.replay import NEVER, Scored
+
+# Descending: 1.01 (off), then ever finer steps towards 1 (confident tiers live there), then a plain
+# 0.01-step grid, since a multiclass tier's top probability can be low and still usually right.
+GRID = np.unique(np.concatenate([
+    [NEVER],
+    1 - 10.0 ** -np.arange(6.0, 1.0, -0.125),
+    np.round(np.arange(0.9, 0.0, -0.01), 2),
+]))[::-1]
+
+LossFn = Callable[[np.ndarray], np.ndarray]  # predicted label indices (N,) -> loss per item (N,) in {0, 1}
+
+
+def start_setting(base_TC: np.ndarray, movable: Sequence[int]) -> np.ndarray:
+    thr = base_TC.copy()
+    thr[list(movable)] = NEVER
+    return thr
+
+
+def shared_path(base_TC: np.ndarray, movable: Sequence[int], grid: np.ndarray = GRID) -> list[np.ndarray]:
+    """One threshold for every movable tier and class, down ``grid``."""
+    path = []
+    for t in grid:
+        thr = base_TC.copy()
+        thr[list(movable)] = t
+        path.append(thr)
+    return path
+
+
+def greedy_path(sel: Scored, base_TC: np.ndarray, movable: Sequence[int], loss_of: LossFn, n_counted: int, *,
+                grid: np.ndarray = GRID, stop_risk: float = 1.0, prior: float = 1.0,
+                max_steps: int = 20_000) -> list[np.ndarray]:
+    """Lower (tier, class) thresholds one grid step at a time, best saving per added loss first, on ``sel``.
+
+    ``loss_of`` gives each item's loss for a vector of predicted labels (zero on items the risk does not
+    count; ``n_counted`` items count). A move's score is saved cost / (added losses + ``prior``): the prior keeps a move with no loss
+    but a tiny saving from outranking a large saving with one loss. Stops when the selection part's risk
+    passes ``stop_risk`` or no move changes anything."""
+    C = len(sel.labels)
+    thr = start_setting(base_TC, movable)
+    level = {(i, c): 0 for i in movable for c in range(C)}
+    r = sel.route(thr)
+    # Per-item state: the tier that decides, the cost paid, the loss, and which tiers the item reaches.
+    dec_N, cost_N = r.tier_N.copy(), r.cost_N.copy()
+    loss_N = loss_of(r.pred_N).astype(np.float64)
+    n_counted = max(1, n_counted)
+    reach_TN = _reach(sel, thr)
+    # Cost an item has paid once tier i has looked at it (valid while it still reaches tier i: moves only
+    # ever cut the tiers after the one that now decides).
+    upto_TN = np.cumsum(reach_TN * sel.cost_T[:, None], axis=0)
+    own_loss = {i: loss_of(sel.label_TN[i]).astype(np.float64) for i in movable}
+    path = [thr.copy()]
+    cache: dict[tuple[int, int], tuple[float, int, np.ndarray] | None] = {}
+
+    def candidate(i: int, c: int):
+        cur = grid[level[(i, c)]]
+        pool = reach_TN[i] & (sel.label_TN[i] == c) & (sel.jump_TN[i] < 0) & (sel.conf_TN[i] < cur)
+        if not pool.any():
+            return None
+        top = sel.conf_TN[i][pool].max()
+        nxt = int(np.searchsorted(-grid, -top, side="left"))  # first level whose value <= top
+        while nxt < len(grid) and grid[nxt] > top:
+            nxt += 1
+        if nxt >= len(grid):
+            return None
+        moved = pool & (sel.conf_TN[i] >= grid[nxt])
+        saved = float((cost_N[moved] - upto_TN[i][moved]).sum())
+        added = float((own_loss[i][moved] - loss_N[moved]).sum())
+        return saved / (max(added, 0.0) + prior), nxt, moved
+
+    for _ in range(max_steps):
+        best = None
+        for key in level:
+            if key not in cache:
+                cache[key] = candidate(*key)
+            cand = cache[key]
+            if cand is not None and (best is None or cand[0] > best[1][0]):
+                best = (key, cand)
+        if best is None:
+            break
+        (i, c), (_, nxt, moved) = best
+        level[(i, c)] = nxt
+        thr[i, c] = grid[nxt]
+        dec_N[moved] = i
+        cost_N[moved] = upto_TN[i][moved]
+        loss_N[moved] = own_loss[i][moved]
+        reach_TN[i + 1 :, moved] = False
+        path.append(thr.copy())
+        # A move at tier i changes who reaches later tiers: their candidates are stale, as is this one.
+        for key in list(cache):
+            if key[0] > i or key == (i, c):
+                del cache[key]
+        if loss_N.sum() / n_counted > stop_risk:
+            break
+    return path
+
+
+def _reach(sel: Scored, thr_TC: np.ndarray) -> np.ndarray:
+    """Which tiers each item reaches under a setting (T, N)."""
+    T, N = sel.label_TN.shape
+    reach = np.zeros((T, N), dtype=bool)
+    r = sel.route(thr_TC)
+    # Replay the path: an item reaches tier j if it was at j at some point; recompute tier by tier.
+    at_N = np.zeros(N, dtype=np.int64)
+    open_N = np.ones(N, dtype=bool)
+    for i in range(T):
+        here = open_N & (at_N == i)
+        reach[i] = here
+        if i == T - 1:
+            break
+        jumps = here & (sel.jump_TN[i] >= 0)
+        at_N[jumps] = sel.jump_TN[i][jumps]
+        done = here & ~jumps & (r.tier_N == i)
+        open_N[done] = False
+        at_N[here & ~jumps & ~done] = i + 1
+    return reach
