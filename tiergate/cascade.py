@@ -148,7 +148,12 @@ class Cascade:
     @classmethod
     def from_config(cls, path: str | Path) -> Cascade:
         cfg, base = load_config(path)
-        return cls(cfg, [load_tier(tc, base) for tc in cfg.tiers], base)
+        cascade = cls(cfg, [load_tier(tc, base) for tc in cfg.tiers], base)
+        if (cfg.calibration or {}).get("shadow_rules"):  # rules calibration put in shadow mode
+            from tiergate.calibration.shadow import apply_shadow_rules
+
+            apply_shadow_rules(cascade)
+        return cascade
 
     @property
     def tier_configs(self) -> list[TierConfig]:
