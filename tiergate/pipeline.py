@@ -54,20 +54,20 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     if measure:
         measure_costs(cascade, items)
     outputs = score_tiers(cascade, items, progress=progress)
-    result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds)
+    result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds, items=items)
     save_config(cascade.config, config_path)
     cascade.close()
     return result
 
 
-def _choose(cascade: Cascade, outputs, y, *, epsilon, delta, risk, method, ds: Dataset) -> dict:
+def _choose(cascade: Cascade, outputs, y, *, epsilon, delta, risk, method, ds: Dataset, items=None) -> dict:
     try:
         from tiergate.calibration import ltt  # the guaranteed procedure, when present
     except ImportError:
         ltt = None
     if ltt is not None and method in ("auto", "ltt"):
         return ltt.calibrate_cascade(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk,
-                                     data_hash=ds.fingerprint())
+                                     data_hash=ds.fingerprint(), items=items)
     from tiergate.calibration.plain import disagreement, plain_thresholds
 
     tiers = plain_thresholds(outputs, cascade.config.tiers, epsilon=epsilon)
