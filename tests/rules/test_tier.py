@@ -1,0 +1,145 @@
+"""RulesTier: the Tier contract, validated atomic swaps, runtime shadow mode, and its metrics."""
+
+import threading
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.rules.conftest import GOOD, rules_yaml
+from tiergate.data import make_item
+from tiergate.errors import RuleError
+from tiergate.rules.tier import RulesTier, pack_path
+from tiergate.tiers import Tier
+
+
+def sample(name, labels):
+    v = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def test_predict_contract(write):
+    tier = RulesTier.from_path(write("r.yaml", GOOD))
+    assert isinstance(tier, Tier) and tier.name == "rules" and tier.kind == "rules"
+    outs = tier.predict([make_item("You won the lottery"), make_item("Subject: Meeting notes\n\nx"),
+                         make_item("nothing")])
+    assert [(o.label, o.confidence, o.reason, o.escalate_to) for o in outs] == [
+        ("spam", 0.97, "lottery", None), ("ham", 0.9, "meeting", None), (None, 0.0, "", None)]
+    assert tier.predict([]) == []
+    assert len(tier.version()) == 16
+    assert tier.rules_hit([make_item("lottery"), make_item("x")]) == ["lottery", None]
+
+
+def test_escalate_and_abstain_outputs():
+    tier = RulesTier.from_text(rules_yaml("""
+- {id: up, description: d, when: {keywords: [lawyer]}, then: {escalate: final}, examples: {match: [lawyer], no_match: [x]}}
+- {id: quiet, description: d, when: {keywords: [hush]}, then: {abstain: true}, examples: {match: [hush], no_match: [x]}}
+"""))
+    up, quiet = tier.predict([make_item("lawyer"), make_item("hush")])
+    assert (up.label, up.escalate_to, up.reason) == (None, "final", "up")
+    assert (quiet.label, quiet.escalate_to, quiet.reason) == (None, None, "quiet")
+
+
+def test_from_path_refuses_invalid_sets_with_every_problem(write):
+    bad = rules_yaml("""
+- {id: a, description: d, when: {regex: '('}, then: {label: s}}
+- {id: a, description: d, when: {keywords: [x]}, then: {label: s}, examples: {match: [y]}}
+""")
+    with pytest.raises(RuleError) as e:
+        RulesTier.from_path(write("bad.yaml", bad))
+    assert len(e.value.problems) == 2  # invalid regex and duplicate id (examples only run on a valid set)
+
+
+def test_failing_examples_block_loading(write):
+    with pytest.raises(RuleError) as e:
+        RulesTier.from_path(write("f.yaml", rules_yaml(
+            "- {id: a, description: d, when: {keywords: [x]}, then: {label: s}, examples: {match: [y]}}")))
+    assert "example match[0]" in e.value.problems[0]
+
+
+def test_reload_and_replace_swap_or_keep(write):
+    path = write("r.yaml", GOOD)
+    tier = RulesTier.from_path(path)
+    v1 = tier.version()
+    fails = sample("tiergate_rules_reload_failures_total", {"source": "api"})
+    with pytest.raises(RuleError) as e:
+        tier.replace_text("rules:\n  - {id: x, description: d, when: {regex: '(('}, then: {label: s}}\n")
+    assert e.value.problems and tier.version() == v1
+    assert tier.predict([make_item("lottery")])[0].reason == "lottery"
+    assert sample("tiergate_rules_reload_failures_total", {"source": "api"}) == fails + 1
+    assert sample("tiergate_rules_version_info", {"version": v1}) == 1
+    new = GOOD.replace("confidence: 0.97", "confidence: 0.5")
+    v2 = tier.replace_text(new)
+    assert v2 != v1 and tier.version() == v2 and tier.predict([make_item("lottery")])[0].confidence == 0.5
+    assert sample("tiergate_rules_version_info", {"version": v2}) == 1
+    assert REGISTRY.get_sample_value("tiergate_rules_version_info", {"version": v1}) is None
+    path.write_text(GOOD.replace("0.97", "0.6"))
+    tier.reload()
+    assert tier.predict([make_item("lottery")])[0].confidence == 0.6
+
+
+def test_replace_text_can_persist(write):
+    path = write("r.yaml", GOOD)
+    tier = RulesTier.from_path(path)
+    text = GOOD.replace("0.97", "0.7")
+    tier.replace_text(text, persist=True)
+    assert path.read_text() == text
+
+
+def test_set_shadow_stops_a_rule_acting_and_survives_reload(write):
+    path = write("r.yaml", GOOD)
+    tier = RulesTier.from_path(path)
+    tier.set_shadow(["lottery"])
+    out = tier.predict([make_item("lottery")])[0]
+    assert out.label is None and out.extras["shadow_hits"] == ["lottery"]
+    tier.reload()
+    assert tier.predict([make_item("lottery")])[0].label is None
+    tier.set_shadow(["lottery"], shadow=False)
+    assert tier.predict([make_item("lottery")])[0].label == "spam"
+    with pytest.raises(RuleError):
+        tier.set_shadow(["no-such-rule"])
+
+
+def test_metrics_are_labelled_by_loaded_ids(write):
+    tier = RulesTier.from_path(write("r.yaml", GOOD))
+    assert REGISTRY.get_sample_value("tiergate_rules_hits_total", {"rule": "meeting"}) is not None
+    before = sample("tiergate_rules_hits_total", {"rule": "lottery"})
+    tier.predict([make_item("lottery")] * 3)
+    assert sample("tiergate_rules_hits_total", {"rule": "lottery"}) == before + 3
+    tier.set_shadow(["lottery"])
+    s0 = sample("tiergate_rules_shadow_hits_total", {"rule": "lottery"})
+    tier.predict([make_item("lottery")])
+    assert sample("tiergate_rules_shadow_hits_total", {"rule": "lottery"}) == s0 + 1
+    tier.replace_text(rules_yaml("- {id: renamed, description: d, when: {keywords: [x]}, then: {label: s}}"))
+    assert REGISTRY.get_sample_value("tiergate_rules_hits_total", {"rule": "lottery"}) is None
+    assert REGISTRY.get_sample_value("tiergate_rules_hits_total", {"rule": "renamed"}) == 0.0
+
+
+def test_predict_during_swaps_sees_one_set_per_batch(write):
+    tier = RulesTier.from_path(write("r.yaml", GOOD))
+    a, b = GOOD, GOOD.replace("0.97", "0.5")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def swapper():
+        i = 0
+        while not stop.is_set():
+            tier.replace_text(a if i % 2 else b)
+            i += 1
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    try:
+        for _ in range(200):
+            outs = tier.predict([make_item("lottery")] * 5)
+            if len({o.confidence for o in outs}) != 1:
+                errors.append(AssertionError("mixed sets in one batch"))
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+
+
+def test_pack_path():
+    assert pack_path("spamassassin").is_file()
+    with pytest.raises(RuleError, match="debian-packages"):
+        pack_path("nope")
