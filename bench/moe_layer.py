@@ -8,8 +8,9 @@ FLOPs counted: 12 * N * D * H per step (two GEMMs, forward and two backward prod
 
     python bench/moe_layer.py --out $OUT            # the grid below; prints a table, writes JSON + markdown
 
-Timing: CUDA events around each whole step after warm-up, median of the repeats. Peak memory: the largest
-allocation above what was allocated before the step (inputs and weights excluded, gradients included).
+Timing: CUDA events around each whole step after warm-up, median of the repeats. Peak memory: the peak of
+allocated memory during one step above what was allocated before it, with no gradients held before the step
+(inputs and weights excluded; the new gradients, saved activations and temporaries included).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ DEV = os.environ.get("BENCH_DEVICE", "cuda")  # "cpu" (with TRITON_INTERPRET=1) 
 def time_step(step, warmup, reps):
     for _ in range(warmup):
         step()
-    times = []
+    times, host = [], []
     for _ in range(reps):
         if DEV != "cuda":
             t0 = time.perf_counter()
@@ -78,17 +79,21 @@ def time_step(step, warmup, reps):
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
+        t0 = time.perf_counter()
         step()
+        host.append((time.perf_counter() - t0) * 1e3)  # host time to issue the step (~ms when launch-bound)
         b.record()
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b))
-    return statistics.median(times), times
+    return statistics.median(times), times, statistics.median(host) if host else float("nan")
 
 
-def peak_extra(step):
+def peak_extra(step, params):
     if DEV != "cuda":
         step()
         return float("nan")
+    for p in params:  # the previous step's gradients would otherwise sit in the baseline
+        p.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -155,10 +160,10 @@ def run_config(t, d, h, e, k, variants, dtype=torch.bfloat16, activation="gelu")
         else:
             step = moe_step(layer)
         slow = name == "loop"
-        ms, times = time_step(step, warmup=1 if slow else 3, reps=3 if slow else 10)
-        mem = peak_extra(step)
+        ms, times, host_ms = time_step(step, warmup=1 if slow else 3, reps=3 if slow else 10)
+        mem = peak_extra(step, (xd, w1d, w2d) if name == "dense" else params)
         row["variants"].setdefault(name, {}).update(
-            {"ms": ms, "times_ms": times, "tflops": flops / ms / 1e9, "peak_extra_mib": mem})
+            {"ms": ms, "times_ms": times, "host_ms": host_ms, "tflops": flops / ms / 1e9, "peak_extra_mib": mem})
     v = row["variants"]
     for name in v:
         if "grouped" in v:
@@ -224,7 +229,7 @@ def main():
         rows.append(row)
         v = row["variants"]
         print(" ".join(f"{k}={row[k]}" for k in ("T", "D", "H", "E", "k")), " ".join(
-            f"{n}:{v[n]['ms']:.2f}ms/{v[n]['peak_extra_mib']:.0f}MiB" for n in v),
+            f"{n}:{v[n]['ms']:.2f}ms(host {v[n]['host_ms']:.2f})/{v[n]['peak_extra_mib']:.0f}MiB" for n in v),
             "err:", {n: f"{max(v[n]['rel_err_vs_grouped'].values()):.1e}" for n in v if 'rel_err_vs_grouped' in v[n]},
             flush=True)
         (out / "moe_layer.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

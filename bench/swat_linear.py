@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiergate.kernels.swat import semi_structured_status, swat_linear, two_four_mask  # noqa: E402
+from tiergate.kernels.swat import semi_structured_status, swat_linear, topk_threshold, two_four_mask  # noqa: E402
 
 SHAPES = [(16384, 11008, 4096), (8192, 4096, 4096), (16384, 4096, 1024), (65536, 2048, 512)]
 
@@ -33,6 +33,8 @@ def bench(fn, warmup=25, reps=100):
 
 
 def bench_shape(m, n, k, usable):
+    from torch.sparse import to_sparse_semi_structured
+
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5).requires_grad_()
     dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
@@ -41,8 +43,6 @@ def bench_shape(m, n, k, usable):
     with torch.no_grad():
         r["dense_fwd"] = bench(lambda: F.linear(x, w))
         if usable:
-            from torch.sparse import to_sparse_semi_structured
-
             ws = to_sparse_semi_structured(w * two_four_mask(w))
             r["s24_fwd_precompressed"] = bench(lambda ws=ws: F.linear(x, ws))
             r["s24_fwd_with_compress"] = bench(lambda: F.linear(x, to_sparse_semi_structured(w * two_four_mask(w))))
@@ -50,6 +50,18 @@ def bench_shape(m, n, k, usable):
                 x, w * two_four_mask(w)).float().norm()
             r["s24_rel_err"] = err.item()
             del ws
+
+    with torch.no_grad():
+        r["two_four_mask"] = bench(lambda: two_four_mask(w))
+        r["topk_threshold_x"] = bench(lambda: topk_threshold(x, 0.2))
+        if usable:
+            r["to_sparse_semi_structured"] = bench(lambda: to_sparse_semi_structured(w * two_four_mask(w)))
+            try:  # torch's fused prune + compress (the tile-wise 2:4 rule torchao trains with), for comparison
+                from torch.sparse import SparseSemiStructuredTensorCUSPARSELT as Cslt
+
+                r["prune_dense_static_sort"] = bench(lambda: Cslt.prune_dense_static_sort(w))
+            except Exception as exc:  # noqa: BLE001
+                r["prune_dense_static_sort"] = f"{type(exc).__name__}: {exc}"[:200]
 
     def fb(fn):
         def step():
@@ -64,7 +76,7 @@ def bench_shape(m, n, k, usable):
     y_t = swat_linear(x, w, density=0.2, backend="triton")
     y_r = swat_linear(x, w, density=0.2, backend="reference")
     r["swat_rel_err"] = ((y_t.float() - y_r.float()).norm() / y_r.float().norm()).item()
-    for key in [c for c in r if c.endswith("fwd") or "fwd_" in c or c.endswith("fwdbwd")]:
+    for key in [c for c in r if (c.endswith("fwd") or "fwd_" in c or c.endswith("fwdbwd")) and "err" not in c]:
         r[key + "_tflops"] = (fl * (3 if key.endswith("fwdbwd") else 1)) / r[key] / 1e9
     return r
 

@@ -59,6 +59,9 @@ def test_gather_combine_launchers(dtype, device):
     x = torch.randn(t, d, generator=g).to(device, dtype)
     xs = km.gather_rows(x, perm, k)
     torch.testing.assert_close(xs, x[perm.long() // k], rtol=0, atol=0)  # a copy: exact
+    pos2 = torch.full_like(perm, -1)
+    xs2 = km.gather_rows(x, perm, k, pos_out=pos2)
+    assert torch.equal(xs2, xs) and torch.equal(pos2.view(t, k), pos)  # the inverse permutation, every entry
     y = torch.randn(t * k, d, generator=g).to(device, dtype)
     gate = torch.rand(t, k, generator=g).to(device)
     out = km.combine(y, pos, gate)

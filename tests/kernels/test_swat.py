@@ -38,11 +38,28 @@ def test_masked_mm_launcher(dtype, device):
     assert_close(ks.masked_mm(a, b), a.double() @ b.double(), dtype, "masked_mm no mask")
 
 
-def test_thresholds_and_masks():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thresholds(dtype, device):
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(61, 37, generator=g) * torch.rand(61, 1, generator=g) * 10).to(device, dtype)
+    for density in (0.003, 0.05, 0.2, 0.5, 0.97):
+        keep = math.ceil(density * w.numel())
+        thr = topk_threshold(w, density, backend="triton")
+        # the Triton radix select and the plain-torch one find the same threshold
+        assert thr.item() == topk_threshold(w, density, backend="reference").item()
+        kth = torch.kthvalue(w.abs().float().flatten().cpu(), w.numel() - keep + 1).values.item()
+        kept = (w.abs().float() >= thr).sum().item()
+        if dtype == torch.bfloat16:
+            assert thr.item() == kth  # exact on bf16 values
+        else:  # rounded toward zero to bf16: relative error below 2^-7, never above the K-th value
+            assert kth * (1 - 2**-7) <= thr.item() <= kth
+        assert keep <= kept <= keep * 1.02 + 8  # ties (bf16) or the rounding (fp32) keep a few more
+    assert topk_threshold(w, 1.0).item() == 0.0
+
+
+def test_masks():
     w = torch.randn(13, 24)
-    for density in (0.05, 0.2, 0.5, 1.0):
-        kept = (w.abs() >= topk_threshold(w, density)).sum().item()
-        assert kept == math.ceil(density * w.numel())  # exactly K: random floats have no ties
+    w[0, :4] = torch.tensor([1.0, -1.0, 1.0, 0.5])  # a tie: the lower index wins, still 2 of 4
     m = two_four_mask(w)
     assert (m.reshape(13, 6, 4).sum(-1) == 2).all()
     big = w.abs().reshape(13, 6, 4)

@@ -82,26 +82,36 @@ def act_bwd_(h: torch.Tensor, da: torch.Tensor, activation: str) -> tuple[torch.
 
 # ---------------------------------------------------------------------------------------- gather / combine
 @triton.jit
-def _gather_kernel(X, PERM, OUT, N, D, stride_x, stride_o, TOPK: tl.constexpr,
+def _gather_kernel(X, PERM, OUT, POS, N, D, stride_x, stride_o, TOPK: tl.constexpr, WRITE_POS: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rm = rows < N
-    src = (tl.load(PERM + rows, mask=rm, other=0) // TOPK).to(tl.int64)
-    m = rm[:, None] & (cols[None, :] < D)
-    v = tl.load(X + src[:, None] * stride_x + cols[None, :], mask=m)
-    tl.store(OUT + rows.to(tl.int64)[:, None] * stride_o + cols[None, :], v, mask=m)
+    flat = tl.load(PERM + rows, mask=rm, other=0)
+    src = (flat // TOPK).to(tl.int64)
+    if WRITE_POS:  # the inverse permutation, by the first column block only: saves two launches
+        if tl.program_id(1) == 0:
+            tl.store(POS + flat, rows.to(POS.dtype.element_ty), mask=rm)
+    for d0 in range(tl.program_id(1) * BLOCK_D, D, tl.num_programs(1) * BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        m = rm[:, None] & (cols[None, :] < D)
+        v = tl.load(X + src[:, None] * stride_x + cols[None, :], mask=m)
+        tl.store(OUT + rows.to(tl.int64)[:, None] * stride_o + cols[None, :], v, mask=m)
 
 
-def gather_rows(x_TD: torch.Tensor, perm_N: torch.Tensor, topk: int) -> torch.Tensor:
-    """xs_ND[p] = x_TD[perm_N[p] // topk]: the tokens in expert-sorted order."""
+def gather_rows(x_TD: torch.Tensor, perm_N: torch.Tensor, topk: int,
+                pos_out: torch.Tensor | None = None) -> torch.Tensor:
+    """xs_ND[p] = x_TD[perm_N[p] // topk]: the tokens in expert-sorted order.
+
+    With pos_out (a flat tensor of N ints) given, also writes the inverse permutation pos_out[perm_N[p]] = p.
+    """
     assert x_TD.stride(1) == 1
     n, d = perm_N.numel(), x_TD.shape[1]
     out = torch.empty((n, d), dtype=x_TD.dtype, device=x_TD.device)
     br, bd = (16, min(triton.next_power_of_2(d), 256)) if x_TD.is_cuda else (8, 32)
-    grid = (triton.cdiv(n, br), triton.cdiv(d, bd))
-    _gather_kernel[grid](x_TD, perm_N, out, n, d, x_TD.stride(0), out.stride(0), TOPK=topk,
-                         BLOCK_R=br, BLOCK_D=bd, num_warps=4)
+    grid = (triton.cdiv(n, br), min(triton.cdiv(d, bd), 4))
+    _gather_kernel[grid](x_TD, perm_N, out, pos_out if pos_out is not None else perm_N, n, d, x_TD.stride(0),
+                         out.stride(0), TOPK=topk, WRITE_POS=pos_out is not None, BLOCK_R=br, BLOCK_D=bd,
+                         num_warps=4)
     return out
 
 

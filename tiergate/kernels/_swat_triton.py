@@ -73,3 +73,36 @@ def masked_mm(a_MK: torch.Tensor, b_KN: torch.Tensor, thr_a: torch.Tensor | None
                             PREC="ieee" if a_MK.dtype == torch.float32 or upcast else "tf32", DOT_F32=upcast,
                             BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
     return c
+
+
+@triton.jit
+def _radix_hist_kernel(X, HIST, SEL, n, LEVEL: tl.constexpr, BLOCK: tl.constexpr):
+    # key = top 16 bits of |x| as float32 (a bf16 magnitude); level 0 counts key >> 7 (sign-free exponent),
+    # level 1 counts the 7 low bits of the keys whose exponent equals SEL[0] (others go to bin 255)
+    sel = 0
+    if LEVEL == 1:
+        sel = tl.load(SEL)
+    acc = tl.zeros((256,), dtype=tl.int32)
+    for start in range(tl.program_id(0).to(tl.int64) * BLOCK, n, tl.num_programs(0).to(tl.int64) * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(X + offs, mask=offs < n, other=0.0).to(tl.float32)  # padding counts as 0: removed by caller
+        key = (tl.abs(x).to(tl.int32, bitcast=True) >> 16) & 0x7FFF
+        if LEVEL == 0:
+            bins = key >> 7
+        else:
+            bins = tl.where((key >> 7) == sel, key & 127, 255)
+        acc += tl.histogram(bins, 256)
+    tl.atomic_add(HIST + tl.arange(0, 256), acc)
+
+
+def radix_hist(x: torch.Tensor, level: int, sel: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """256-bin histogram of the bf16 magnitude keys of x (see _radix_hist_kernel); returns (hist, n_padding)."""
+    x = x.reshape(-1)
+    n = x.numel()
+    block = 4096 if x.is_cuda else 256
+    programs = min(triton.cdiv(n, block), 1024 if x.is_cuda else 4)
+    hist = torch.zeros(256, dtype=torch.int32, device=x.device)
+    _radix_hist_kernel[(programs,)](x, hist, sel if sel is not None else hist, n, LEVEL=level, BLOCK=block,
+                                    num_warps=8 if x.is_cuda else 1)
+    # every block start < n is visited once, at full width: the padding is the tail of the last block
+    return hist, triton.cdiv(n, block) * block - n

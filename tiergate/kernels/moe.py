@@ -58,21 +58,43 @@ def route(router_logits_TE: torch.Tensor, k: int, normalize: bool = True) -> tup
     return idx_Tk, gate_Tk
 
 
+_ARANGE: dict[tuple[int, str, torch.dtype], torch.Tensor] = {}
+
+
+def _experts(n: int, like: torch.Tensor) -> torch.Tensor:
+    """arange(n) on like's device and dtype, cached: one launch fewer per call (the MoE op is launch-bound
+    at small sizes)."""
+    key = (n, str(like.device), like.dtype)
+    if key not in _ARANGE:
+        _ARANGE[key] = torch.arange(n, device=like.device, dtype=like.dtype)
+    return _ARANGE[key]
+
+
+def _order(expert_idx_Tk: torch.Tensor, n_experts: int, need_pos: bool):
+    flat = expert_idx_Tk.reshape(-1)
+    sorted_e, perm = torch.sort(flat, stable=True)
+    offs = torch.searchsorted(sorted_e, _experts(n_experts, sorted_e), right=True, out_int32=True)
+    pos = None
+    if need_pos:
+        pos = torch.empty_like(perm)
+        pos[perm] = torch.arange(perm.numel(), device=perm.device)
+        pos = pos.view(expert_idx_Tk.shape)
+    return perm, pos, offs
+
+
+def _counts(offs_E: torch.Tensor) -> torch.Tensor:
+    return torch.diff(offs_E, prepend=offs_E.new_zeros(1))
+
+
 def sort_by_expert(expert_idx_Tk: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, ...]:
     """Expert-sorted order of the T*k assignments, with no host sync.
 
-    Returns perm_N (int32, sorted row -> flat index t*k+j), pos_Tk (int32, the inverse), counts_E (int64) and
-    offs_E (int32 cumulative row ends, the layout torch._grouped_mm takes).
+    Returns perm_N (int64, sorted row -> flat index t*k+j), pos_Tk (int64, the inverse), counts_E (int32) and
+    offs_E (int32 cumulative row ends, the layout torch._grouped_mm takes). The sort is stable, so within an
+    expert rows keep token order.
     """
-    flat = expert_idx_Tk.reshape(-1)
-    sorted_e, perm = torch.sort(flat, stable=True)
-    experts = torch.arange(n_experts, device=flat.device, dtype=flat.dtype)
-    ends = torch.searchsorted(sorted_e, experts, right=True)
-    counts = torch.diff(ends, prepend=ends.new_zeros(1))
-    pos = torch.empty_like(perm)
-    pos[perm] = torch.arange(perm.numel(), device=perm.device)
-    return (perm.to(torch.int32), pos.to(torch.int32).view(expert_idx_Tk.shape), counts,
-            ends.to(torch.int32))
+    perm, pos, offs = _order(expert_idx_Tk, n_experts, need_pos=True)
+    return perm, pos, _counts(offs), offs
 
 
 def moe_ffn_reference(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tensor,
@@ -85,8 +107,8 @@ def moe_ffn_reference(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: 
     t, d = x_TD.shape
     n_experts = w1_EDH.shape[0]
     k = expert_idx_Tk.shape[1]
-    perm, _, counts, _ = sort_by_expert(expert_idx_Tk, n_experts)
-    perm = perm.long()
+    perm, _, offs = _order(expert_idx_Tk, n_experts, need_pos=False)
+    counts = _counts(offs)
     tok = perm // k
     gate_sorted = gate_Tk.reshape(-1)[perm].float()
     out = torch.zeros((t, d), dtype=torch.float32, device=x_TD.device)
@@ -114,8 +136,9 @@ def _resolve_gemm(gemm: str, x: torch.Tensor, w1: torch.Tensor) -> str:
 class MoEFFNFunction(torch.autograd.Function):
     """Autograd over the Triton path. Inputs: x_TD, gate_Tk, w1_EDH, w2_EHD, expert_idx_Tk, activation, gemm.
 
-    The backward overwrites the saved h and y buffers (see the module docstring), so it runs once: a second
-    backward through the same graph (retain_graph=True) raises instead of returning wrong gradients.
+    The backward overwrites the h and y buffers (see the module docstring) and drops them as soon as they are
+    used, so it runs once: a second backward through the same graph (retain_graph=True) raises instead of
+    returning wrong gradients.
     """
 
     @staticmethod
@@ -126,55 +149,61 @@ class MoEFFNFunction(torch.autograd.Function):
         k = expert_idx_Tk.shape[1]
         x_TD = x_TD.contiguous()
         gate_Tk = gate_Tk.contiguous()
-        perm, pos, counts, offs = sort_by_expert(expert_idx_Tk, n_experts)
-        if gemm == "torch":
-            xs = km.gather_rows(x_TD, perm, k)
+        torch_gemm = gemm == "torch"
+        perm, pos, offs = _order(expert_idx_Tk, n_experts, need_pos=not torch_gemm)
+        counts = None
+        if torch_gemm:
+            pos = torch.empty_like(perm)
+            xs = km.gather_rows(x_TD, perm, k, pos_out=pos)  # also fills pos, the inverse of perm
+            pos = pos.view(expert_idx_Tk.shape)
             h = torch._grouped_mm(xs, w1_EDH, offs=offs)
         else:
-            xs = None
+            xs = None  # the Triton GEMM gathers the rows of x as it loads them
+            counts = _counts(offs)
             h = km.grouped_mm(x_TD, w1_EDH, offs, counts, perm, k)
         a = km.act_fwd(h, activation)
-        if gemm == "torch":
-            y = torch._grouped_mm(a, w2_EHD, offs=offs)
-        else:
-            y = km.grouped_mm(a, w2_EHD, offs, counts)
+        y = torch._grouped_mm(a, w2_EHD, offs=offs) if torch_gemm else km.grouped_mm(a, w2_EHD, offs, counts)
         del a
         out = km.combine(y, pos, gate_Tk)
-        ctx.save_for_backward(x_TD, xs, h, y, gate_Tk, w1_EDH, w2_EHD, perm, pos, counts, offs)
-        ctx.activation, ctx.gemm, ctx.k, ctx.consumed = activation, gemm, k, False
+        # Inputs go through save_for_backward; the intermediates are kept on ctx so that backward can drop
+        # them as soon as they are used (saved tensors live until backward returns).
+        ctx.save_for_backward(x_TD, gate_Tk, w1_EDH, w2_EHD)
+        ctx.xs, ctx.h, ctx.y, ctx.perm, ctx.pos, ctx.offs, ctx.counts = xs, h, y, perm, pos, offs, counts
+        ctx.activation, ctx.gemm, ctx.k = activation, gemm, k
         return out
 
     @staticmethod
     def backward(ctx: Any, do_TD: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if ctx.consumed:
+        if ctx.h is None:
             raise RuntimeError("MoEFFNFunction.backward ran twice on one graph: its buffers are reused in place")
-        ctx.consumed = True
         km = kernels("_moe_triton")
-        x, xs, h, y, gate, w1, w2, perm, pos, counts, offs = ctx.saved_tensors
+        x, gate, w1, w2 = ctx.saved_tensors
+        xs, h, y, perm, pos, offs, counts = ctx.xs, ctx.h, ctx.y, ctx.perm, ctx.pos, ctx.offs, ctx.counts
+        ctx.xs = ctx.h = ctx.y = None
         need_x, need_gate, need_w1, need_w2 = ctx.needs_input_grad[:4]
         torch_gemm = ctx.gemm == "torch"
-        do_TD = do_TD.contiguous()
-        dy, dgate = km.combine_bwd(do_TD, y, perm, gate, out_dy=y)  # dy overwrites y, read first
+
+        def gmm(a, b):
+            return torch._grouped_mm(a, b, offs=offs) if torch_gemm else km.grouped_mm(a, b, offs, counts)
+
+        dy, dgate = km.combine_bwd(do_TD.contiguous(), y, perm, gate, out_dy=y)  # dy overwrites y, read first
         del y
-        w2_t = w2.transpose(1, 2)  # (E, D, H) view
-        da = torch._grouped_mm(dy, w2_t, offs=offs) if torch_gemm else km.grouped_mm(dy, w2_t, offs, counts)
+        da = gmm(dy, w2.transpose(1, 2))  # (E, D, H) view
         a, dh = km.act_bwd_(h, da, ctx.activation)  # a overwrites h, dh overwrites da
+        del h, da
         dw2 = None
         if need_w2:
             dw2 = torch._grouped_mm(a.t(), dy, offs=offs) if torch_gemm else km.grouped_mm_wgrad(a, dy, offs)
-        del a, dy, h, da
+        del a, dy  # frees the h and y buffers
         dx = None
         if need_x:
-            w1_t = w1.transpose(1, 2)  # (E, H, D) view
-            dxs = torch._grouped_mm(dh, w1_t, offs=offs) if torch_gemm else km.grouped_mm(dh, w1_t, offs, counts)
+            dxs = gmm(dh, w1.transpose(1, 2))  # (E, H, D) view
             dx = km.combine(dxs, pos, None)
             del dxs
         dw1 = None
         if need_w1:
-            if torch_gemm:
-                dw1 = torch._grouped_mm(xs.t(), dh, offs=offs)
-            else:
-                dw1 = km.grouped_mm_wgrad(x, dh, offs, perm, ctx.k)
+            dw1 = torch._grouped_mm(xs.t(), dh, offs=offs) if torch_gemm else km.grouped_mm_wgrad(x, dh, offs, perm,
+                                                                                                ctx.k)
         dgate = dgate.to(gate.dtype) if need_gate else None
         return dx, dgate, dw1, dw2, None, None, None
 

@@ -31,10 +31,14 @@ from tiergate.kernels._backend import kernels, use_triton
 MODES = ("topk", "2:4")
 
 
-def topk_threshold(t: torch.Tensor, density: float) -> torch.Tensor:
-    """0-dim float32 tensor: the K-th largest |t|, K = ceil(density * numel); 0 (keep all) when density >= 1.
+def topk_threshold(t: torch.Tensor, density: float, backend: str = "auto") -> torch.Tensor:
+    """0-dim float32 tensor thr such that keeping |t| >= thr keeps the top ``density`` fraction of t.
 
-    Keeping |t| >= threshold keeps exactly K entries unless there are ties at the threshold (then a few more).
+    K = ceil(density * numel); thr = the K-th largest |t|, rounded toward zero to bf16 precision, found by a
+    two-level radix select over the top 16 bits of |t| as float32 (two 256-bin histograms, no sort, no host
+    sync). For bf16 tensors it is exactly the K-th largest magnitude; for float32 ones it can keep a few more
+    than K (those sharing the K-th's bf16 magnitude); ties keep more too. 0 (keep all) when density >= 1.
+    (torch.kthvalue, the obvious way, took ~270 ms on a 67M-element tensor on an H200: one block per slice.)
     """
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density={density}: expected 0 < density <= 1")
@@ -42,16 +46,49 @@ def topk_threshold(t: torch.Tensor, density: float) -> torch.Tensor:
     keep = max(1, math.ceil(density * n))
     if keep >= n:
         return torch.zeros((), dtype=torch.float32, device=t.device)
-    return torch.kthvalue(t.detach().abs().reshape(-1).float(), n - keep + 1).values
+    t = t.detach()
+    if use_triton(backend, t):
+        ks = kernels("_swat_triton")
+        h1, pad = ks.radix_hist(t, 0)
+        h1[0] -= pad
+        b1, above = _pick_bin(h1, keep)
+        h2, pad = ks.radix_hist(t, 1, b1.to(torch.int32))
+        h2[0] -= pad * (b1 == 0).to(h2.dtype)
+        b2, _ = _pick_bin(h2[:128], keep - above)
+    else:
+        key = (t.abs().float().reshape(-1).view(torch.int32) >> 16) & 0x7FFF
+        hi = key >> 7
+        h1 = torch.zeros(256, dtype=torch.int64, device=t.device).index_add_(0, hi, torch.ones_like(hi, dtype=torch.int64))
+        b1, above = _pick_bin(h1, keep)
+        lo = torch.where(hi == b1, key & 127, 255)
+        h2 = torch.zeros(256, dtype=torch.int64, device=t.device).index_add_(0, lo, torch.ones_like(lo, dtype=torch.int64))
+        b2, _ = _pick_bin(h2[:128], keep - above)
+    bits = ((b1.to(torch.int32) << 7) | b2.to(torch.int32)) << 16
+    return bits.view(torch.float32).reshape(())
+
+
+def _pick_bin(hist: torch.Tensor, keep) -> tuple[torch.Tensor, torch.Tensor]:
+    """Highest bin b with (count of bins >= b) >= keep, and the count strictly above b (device tensors)."""
+    hist = hist.to(torch.int64)
+    at_or_above = hist.flip(0).cumsum(0).flip(0)
+    b = (at_or_above >= keep).sum() - 1
+    return b, at_or_above[b] - hist[b]
 
 
 def two_four_mask(w_OI: torch.Tensor) -> torch.Tensor:
-    """Boolean 2:4 mask: in each group of 4 consecutive inputs of a row, the 2 largest |w| (I % 4 == 0)."""
+    """Boolean 2:4 mask: in each group of 4 consecutive inputs of a row, the 2 largest |w| (I % 4 == 0).
+
+    Ranks by pairwise comparison (ties: the lower index wins), a few elementwise kernels instead of a topk and a
+    scatter over millions of 4-element groups.
+    """
     o, i = w_OI.shape
     if i % 4:
         raise ValueError(f"2:4 sparsity needs in_features % 4 == 0, got {i}")
-    top2 = w_OI.detach().abs().reshape(o, i // 4, 4).topk(2, dim=-1).indices
-    return torch.zeros((o, i // 4, 4), dtype=torch.bool, device=w_OI.device).scatter_(-1, top2, True).reshape(o, i)
+    a = w_OI.detach().abs().reshape(o, i // 4, 4, 1)
+    b = a.transpose(-1, -2)  # (o, g, 1, 4)
+    earlier = torch.ones(4, 4, dtype=torch.bool, device=w_OI.device).tril(-1)  # [j, m]: m < j
+    beaten_by = (b > a) | ((b == a) & earlier)  # [.., j, m]: element m ranks before element j
+    return (beaten_by.sum(-1) < 2).reshape(o, i)
 
 
 def _keep(t: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
@@ -142,8 +179,8 @@ def swat_linear_reference(x: torch.Tensor, weight_OI: torch.Tensor, bias_O: torc
                           density: float = 0.2, act_density: float | None = None) -> torch.Tensor:
     """Plain-torch SWAT linear (topk mode): y = x @ topk(w)^T + b; dx uses topk(w); dw uses topk(x)."""
     x_ND = x.reshape(-1, x.shape[-1])
-    thr_w = topk_threshold(weight_OI, density)
-    thr_x = topk_threshold(x_ND, density if act_density is None else act_density)
+    thr_w = topk_threshold(weight_OI, density, backend="reference")
+    thr_x = topk_threshold(x_ND, density if act_density is None else act_density, backend="reference")
     y = _SwatReference.apply(x_ND, weight_OI, thr_w, thr_x)
     if bias_O is not None:
         y = y + bias_O
@@ -169,8 +206,8 @@ def swat_linear(x: torch.Tensor, weight_OI: torch.Tensor, bias_O: torch.Tensor |
         use_triton(backend, x_ND)  # validates the backend name
         y = _Swat24.apply(x_ND, weight_OI, _semi_structured_ok(x_ND, weight_OI))
     elif use_triton(backend, x_ND, weight_OI):
-        thr_w = topk_threshold(weight_OI, density)
-        thr_x = topk_threshold(x_ND, density if act_density is None else act_density)
+        thr_w = topk_threshold(weight_OI, density, backend)
+        thr_x = topk_threshold(x_ND, density if act_density is None else act_density, backend)
         y = SwatLinearFunction.apply(x_ND, weight_OI, thr_w, thr_x)
     else:
         return swat_linear_reference(x, weight_OI, bias_O, density, act_density)
