@@ -100,3 +100,10 @@ def test_overload_answers_429_not_timeouts(tiny_workdir, tmp_path):
         assert r.status_code == 200
         m = scrape(base)
         assert m['tiergate_requests_total{outcome="overloaded"}'] == codes.count(429)
+
+
+def test_stricter_epsilon_without_certificate_goes_to_final_tier(server):
+    d = httpx.post(server + "/v1/classify", json={"text": HAM, "epsilon": 0.001}).json()
+    assert d["tier"] == "final" and d["applied"]["mode"] == "final_only"
+    r = httpx.post(server + "/v1/classify", json={"text": HAM, "epsilon": 2})
+    assert r.status_code == 422

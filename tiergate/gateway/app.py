@@ -38,6 +38,9 @@ class ClassifyRequest(BaseModel):
     text: str | None = Field(default=None, description="One input (an RFC 822 message or plain text)")
     texts: list[str] | None = Field(default=None, description="A batch of inputs")
     final_only: bool = Field(default=False, description="Send the item(s) straight to the final tier")
+    epsilon: float | None = Field(default=None, gt=0, lt=1, description=(
+        "Ask for a stricter risk bound than the configured certificate: the least strict certified setting "
+        "within it applies, or the final tier alone when none is certified that strictly"))
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
@@ -151,6 +154,8 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
+        if state.cascade is not None:
+            _update_certificate_metrics(state.cascade)  # staleness follows reloads without a hook in each
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/classify")
@@ -168,6 +173,7 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
         if state.inflight >= srv.max_inflight:
             m.REQUESTS.labels("overloaded").inc()
             raise OverloadedError(f"{state.inflight} requests in progress (server.max_inflight={srv.max_inflight}); retry later")
+        thresholds, applied = _policy(c, req)
         state.inflight += 1
         m.INFLIGHT.inc()
         t0 = time.perf_counter()
@@ -175,8 +181,8 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
             items = [make_item(t, max_chars=srv.max_text_chars) for t in texts]
             ids = [new_request_id() for _ in items]
             decisions = await asyncio.wait_for(
-                anyio.to_thread.run_sync(lambda: c.classify(items, final_only=req.final_only, request_ids=ids,
-                                                            on_batch=m.observe_batch)),
+                anyio.to_thread.run_sync(lambda: c.classify(items, final_only=applied["final_only"], request_ids=ids,
+                                                            on_batch=m.observe_batch, thresholds=thresholds)),
                 timeout=srv.request_timeout_s)
         except TimeoutError as e:
             m.REQUESTS.labels("unavailable").inc()
@@ -192,13 +198,43 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
         m.REQUEST_LATENCY.observe(time.perf_counter() - t0)
         out = [d.to_dict() for d in decisions]
         for d in out:
-            d["final_only"] = req.final_only
+            d["final_only"] = applied["final_only"]
+            if req.epsilon is not None:
+                d["applied"] = applied
         if req.text is not None:
             return out[0]
         return {"results": out}
 
     _include_rules_admin(app, state)
     return app
+
+
+def _policy(c: Cascade, req: ClassifyRequest) -> tuple[list | None, dict]:
+    """Which thresholds a request gets: the configured ones, a stricter certified rung, or the final tier."""
+    if req.final_only or req.epsilon is None:
+        return None, {"final_only": req.final_only}
+    try:
+        from tiergate.calibration.ltt import thresholds_for_epsilon
+    except ImportError:
+        thresholds_for_epsilon = None
+    cert = c.config.certificate or {}
+    th = thresholds_for_epsilon(c.config, req.epsilon) if thresholds_for_epsilon else None
+    if th is None:
+        return None, {"final_only": True, "epsilon_requested": req.epsilon, "mode": "final_only",
+                      "why": "no setting is certified at this epsilon; the final tier alone has zero disagreement"}
+    return th, {"final_only": False, "epsilon_requested": req.epsilon, "mode": "certified",
+                "certificate_epsilon": cert.get("epsilon")}
+
+
+def _update_certificate_metrics(c: Cascade) -> None:
+    try:
+        from tiergate.calibration.metrics import update_certificate_metrics
+    except ImportError:
+        return
+    try:
+        update_certificate_metrics(c)
+    except Exception:  # a metrics refresh must never fail a scrape
+        log.exception("updating certificate metrics failed")
 
 
 def _include_rules_admin(app: FastAPI, state: GatewayState) -> None:
