@@ -107,3 +107,11 @@ def test_stricter_epsilon_without_certificate_goes_to_final_tier(server):
     assert d["tier"] == "final" and d["applied"]["mode"] == "final_only"
     r = httpx.post(server + "/v1/classify", json={"text": HAM, "epsilon": 2})
     assert r.status_code == 422
+
+
+def test_status_page_shows_tiers_and_counts(server):
+    httpx.post(server + "/v1/classify", json={"text": SPAM})
+    page = httpx.get(server + "/status")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "<td>small</td>" in page.text and "<td>final</td>" in page.text
+    assert "certificate: none" in page.text

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +27,7 @@ from tiergate.data.items import make_item
 from tiergate.errors import (ConfigError, InputError, ModelError, OverloadedError, RuleError, TiergateError,
                              UnavailableError)
 from tiergate.gateway import metrics as m
+from tiergate.gateway.status import render_status
 
 log = logging.getLogger("tiergate.gateway")
 
@@ -141,16 +142,17 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
                                          for t, tc in zip(c.tiers, c.config.tiers, strict=True)],
                 "rules_version": rules.version() if rules is not None else None,
                 "labels": c.config.labels, "uptime_s": round(time.time() - state.started, 1)}
-        cert = c.config.certificate
-        if cert is not None:
-            try:
-                from tiergate.calibration.ltt import certificate_status
-
-                cert = certificate_status(c, cert)
-            except ImportError:
-                pass
-        body["certificate"] = cert
+        body["certificate"] = _certificate(c)
         return body
+
+    @app.get("/status", response_class=HTMLResponse)
+    async def status():
+        c = state.cascade
+        if c is None:
+            return HTMLResponse("<p>models are loading</p>", status_code=503)
+        cert = _certificate(c)
+        rules = state.rules_tier()
+        return HTMLResponse(render_status(c, cert, rules.version() if rules is not None else None))
 
     @app.get("/metrics")
     async def metrics():
@@ -224,6 +226,18 @@ def _policy(c: Cascade, req: ClassifyRequest) -> tuple[list | None, dict]:
                       "why": "no setting is certified at this epsilon; the final tier alone has zero disagreement"}
     return th, {"final_only": False, "epsilon_requested": req.epsilon, "mode": "certified",
                 "certificate_epsilon": cert.get("epsilon")}
+
+
+def _certificate(c: Cascade) -> dict | None:
+    """The certificate with its staleness (rules reloaded, model swapped, thresholds changed)."""
+    cert = c.config.certificate
+    if cert is None:
+        return None
+    try:
+        from tiergate.calibration.ltt import certificate_status
+    except ImportError:
+        return cert
+    return certificate_status(c, cert)
 
 
 def _update_certificate_metrics(c: Cascade) -> None:
