@@ -195,15 +195,18 @@ class MoEFFNFunction(torch.autograd.Function):
         if need_w2:
             dw2 = torch._grouped_mm(a.t(), dy, offs=offs) if torch_gemm else km.grouped_mm_wgrad(a, dy, offs)
         del a, dy  # frees the h and y buffers
-        dx = None
-        if need_x:
-            dxs = gmm(dh, w1.transpose(1, 2))  # (E, H, D) view
-            dx = km.combine(dxs, pos, None)
-            del dxs
+        # dw1 before dx, so that xs is gone before dxs exists and dh is gone before dx exists (lower peak)
         dw1 = None
         if need_w1:
             dw1 = torch._grouped_mm(xs.t(), dh, offs=offs) if torch_gemm else km.grouped_mm_wgrad(x, dh, offs, perm,
                                                                                                 ctx.k)
+        del xs
+        dx = None
+        if need_x:
+            dxs = gmm(dh, w1.transpose(1, 2))  # (E, H, D) view
+            del dh
+            dx = km.combine(dxs, pos, None)
+            del dxs
         dgate = dgate.to(gate.dtype) if need_gate else None
         return dx, dgate, dw1, dw2, None, None, None
 
