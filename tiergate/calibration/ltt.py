@@ -66,7 +66,9 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
     labels. ``items`` (the same calibration items) lets calibration re-run the rules tier with rules in shadow
     mode; without them the rules are kept as they are. ``path``: ``shared`` (one threshold for all classes),
     ``greedy`` (per class, order learnt on the selection part) or ``auto`` (greedy for multiclass or several
-    model tiers with at least 2,000 items). ``shadow``: ``auto`` | ``off``."""
+    model tiers with at least 2,000 items). ``shadow``: ``on``, ``off`` or ``auto`` (on from 2,000 items).
+    ``selection_fraction``: share of items spent on learning (default 0.3 when anything is learnt, else 0).
+    """
     if not 0 < epsilon < 1 or not 0 < delta < 1:
         raise CalibrationError(f"epsilon ({epsilon}) and delta ({delta}) must lie strictly between 0 and 1")
     if pvalue not in PVALUES:
@@ -78,8 +80,16 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
     if not outputs or len(outputs) != len(tiers) or any(len(o) != n for o in outputs):
         raise CalibrationError("outputs must hold one list per tier with one output per calibration item")
     movable = [i for i, t in enumerate(tiers[:-1]) if t.kind != "rules"]
+    for tc in tiers:  # rules a previous calibration switched off start from their own threshold again
+        if tc.kind == "rules" and tc.name in (cfg.calibration or {}).get("rules_off", []):
+            tc.threshold = Thresholds(default=0.0)
     rules_idx = rules_tier_indices(cascade)
-    can_shadow = shadow != "off" and items is not None and bool(rules_idx)
+    if shadow not in ("auto", "on", "off"):
+        raise CalibrationError(f"shadow {shadow!r}: use auto, on or off")
+    # Shadowing is learnt, so it costs test items; at a few hundred items each one is worth more than what a
+    # selection part of 30% could find (at n = 780, 3 losses certify epsilon = 0.01; at n = 546, only 1).
+    wants_shadow = shadow == "on" or (shadow == "auto" and n >= GREEDY_MIN_ITEMS)
+    can_shadow = wants_shadow and items is not None and bool(rules_idx)
     n_labels = len(set(cfg.labels) | set(y))
     if path == "auto":
         path = "greedy" if (n >= GREEDY_MIN_ITEMS and (n_labels > 2 or len(movable) > 1)) else "shared"
@@ -122,7 +132,7 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
     chosen_TC = settings[chosen] if chosen >= 0 else off_TC
     for j, row in enumerate(frontier):
         row["p_value"], row["certified"], row["chosen"] = pvals[j], j < rejected, j == chosen
-    _write_thresholds(cfg, chosen_TC, scored.labels)
+    rules_off = _write_thresholds(cfg, chosen_TC, scored.labels)
 
     rungs = []
     for eps in sorted({round(epsilon * f, 10) for f in (ladder or LADDER_FACTORS)} - {epsilon}, reverse=True):
@@ -160,7 +170,7 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
 
         report_path = write_report(Path(cascade.base) / "calibration", frontier, cert, title=cfg.dataset or "cascade")
     cfg.calibration = {"method": "ltt", "epsilon": epsilon, "delta": delta, "risk": str(rk), "n": n,
-                       "shadow_rules": shadowed, "data_hash": data_hash, "path": path,
+                       "shadow_rules": shadowed, "rules_off": rules_off, "data_hash": data_hash, "path": path,
                        **({"report": str(report_path)} if report_path else {})}
     summary = {"method": "ltt", "risk": str(rk), "epsilon": epsilon, "delta": delta, "n": n_test,
                "losses": int(k), "bound": round(cert["bound"], 6),
@@ -220,16 +230,18 @@ def _off_saved(s: Scored) -> float:
     return float(1 - s.cost_T[-1]) if s.n else 0.0
 
 
-def _write_thresholds(cfg: TiergateConfig, thr_TC: np.ndarray, labels: list[str]) -> None:
+def _write_thresholds(cfg: TiergateConfig, thr_TC: np.ndarray, labels: list[str]) -> list[str]:
+    """Write the chosen setting; returns the rules tiers switched off (restored by the next calibration)."""
+    off = []
     for i, tc in enumerate(cfg.tiers[:-1]):
         if tc.kind == "rules":
             # Rules keep their own threshold unless everything before the final tier is switched off.
-            if np.all(thr_TC[i] >= NEVER):
+            if np.all(thr_TC[i] >= NEVER) and tc.threshold.default < NEVER:
                 tc.threshold = Thresholds(default=NEVER)
-            elif tc.threshold.default >= NEVER:
-                tc.threshold = Thresholds(default=0.0)
+                off.append(tc.name)
             continue
         tc.threshold = to_thresholds(thr_TC[i], labels)
+    return off
 
 
 def _thresholds_dump(thr_TC: np.ndarray, labels: list[str], cfg: TiergateConfig) -> dict[str, dict]:

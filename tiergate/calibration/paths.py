@@ -74,20 +74,28 @@ def greedy_path(sel: Scored, base_TC: np.ndarray, movable: Sequence[int], loss_o
     cache: dict[tuple[int, int], tuple[float, int, np.ndarray] | None] = {}
 
     def candidate(i: int, c: int):
+        # Look down every lower level of this (tier, class) and take the one with the best ratio over the
+        # whole step: one grid step at a time is myopic (near 1 the grid is fine, and a step then moves a
+        # handful of items, so a coarse step lower down with a loss in it would always look better).
         cur = grid[level[(i, c)]]
         pool = reach_TN[i] & (sel.label_TN[i] == c) & (sel.jump_TN[i] < 0) & (sel.conf_TN[i] < cur)
         if not pool.any():
             return None
-        top = sel.conf_TN[i][pool].max()
-        nxt = int(np.searchsorted(-grid, -top, side="left"))  # first level whose value <= top
-        while nxt < len(grid) and grid[nxt] > top:
-            nxt += 1
-        if nxt >= len(grid):
+        idx = np.flatnonzero(pool)
+        lvl = np.searchsorted(-grid, -sel.conf_TN[i][idx], side="left")  # first level whose value <= conf
+        keep = lvl < len(grid)
+        idx, lvl = idx[keep], lvl[keep]
+        if not len(idx):
+            return None
+        saved_L = np.bincount(lvl, weights=cost_N[idx] - upto_TN[i][idx], minlength=len(grid)).cumsum()
+        added_L = np.bincount(lvl, weights=own_loss[i][idx] - loss_N[idx], minlength=len(grid)).cumsum()
+        score_L = saved_L / (np.maximum(added_L, 0.0) + prior)
+        score_L[: level[(i, c)] + 1] = -np.inf
+        nxt = int(np.argmax(score_L))
+        if not np.isfinite(score_L[nxt]):
             return None
         moved = pool & (sel.conf_TN[i] >= grid[nxt])
-        saved = float((cost_N[moved] - upto_TN[i][moved]).sum())
-        added = float((own_loss[i][moved] - loss_N[moved]).sum())
-        return saved / (max(added, 0.0) + prior), nxt, moved
+        return float(score_L[nxt]), nxt, moved
 
     for _ in range(max_steps):
         best = None

@@ -55,8 +55,9 @@ def plot_frontier(frontier: list[dict], cert: dict, path: Path, *, title: str = 
             ax2.scatter([r["saved_fraction"]], [r["accuracy"]], s=90, marker="*", c="#ff7f0e", zorder=5)
         if cert.get("final_tier_accuracy_calibration") is not None:
             ax2.axhline(cert["final_tier_accuracy_calibration"], color="#555555", ls=":", lw=1, label="final tier alone")
-        lo = min(acc) if acc else 0
-        ax2.set_ylim(max(lo, (max(acc) if acc else 1) - 0.1), None)
+        if acc:
+            pad = 0.05 * (max(acc) - min(acc)) + 1e-4
+            ax2.set_ylim(max(min(acc), max(acc) - 0.1) - pad, max(acc) + pad)
         ax2.set_xlabel("cost saved vs all-to-final")
         ax2.set_ylabel("accuracy on calibration")
         ax2.set_title("accuracy against cost saved")

@@ -1,0 +1,47 @@
+"""Prometheus gauges for the cascade's certificate: what is promised (epsilon, delta), what the calibration
+data supports (bound), on how many items, and whether it still describes the served cascade (stale).
+
+Call :func:`update_certificate_metrics` at start and after every reload or model swap.
+
+>>> update_certificate_metrics(cascade)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from prometheus_client import Gauge
+
+CERT_PRESENT = Gauge("tiergate_certificate_present", "1 when the config holds a calibration certificate")
+CERT_EPSILON = Gauge("tiergate_certificate_epsilon", "Certified risk bound epsilon (share of items)")
+CERT_DELTA = Gauge("tiergate_certificate_delta", "Allowed probability that the certified bound fails")
+CERT_BOUND = Gauge("tiergate_certificate_bound", "Upper confidence bound (1 - delta) on the chosen setting's "
+                   "risk, from the calibration data")
+CERT_N = Gauge("tiergate_certificate_items", "Calibration items the certificate was tested on")
+CERT_STALE = Gauge("tiergate_certificate_stale", "1 when rules, models, thresholds or shadowed rules changed "
+                   "since calibration (the certificate no longer applies)")
+CERT_CREATED = Gauge("tiergate_certificate_created_timestamp_seconds", "When the certificate was computed")
+
+
+def update_certificate_metrics(cascade) -> dict | None:
+    """Set every certificate gauge from ``cascade.config.certificate``; returns the certificate's status."""
+    from tiergate.calibration.ltt import certificate_status
+
+    status = certificate_status(cascade, cascade.config.certificate)
+    if status is None:
+        CERT_PRESENT.set(0)
+        for g in (CERT_EPSILON, CERT_DELTA, CERT_BOUND, CERT_N, CERT_CREATED):
+            g.set(0)
+        CERT_STALE.set(0)
+        return None
+    CERT_PRESENT.set(1)
+    CERT_EPSILON.set(float(status.get("epsilon", 0.0)))
+    CERT_DELTA.set(float(status.get("delta", 0.0)))
+    CERT_BOUND.set(float(status.get("bound", 0.0)))
+    CERT_N.set(float(status.get("n", 0)))
+    CERT_STALE.set(1 if status["stale"] else 0)
+    try:
+        CERT_CREATED.set(_dt.datetime.fromisoformat(str(status.get("created"))).timestamp())
+    except ValueError:
+        CERT_CREATED.set(0)
+    return status
