@@ -129,13 +129,14 @@ def test_error_risk_is_certified_against_labels(pool):
     assert excess == c.config.certificate["losses"]
 
 
-def test_greedy_path_sets_per_class_thresholds_and_keeps_the_promise():
+@pytest.mark.parametrize("path", ["greedy", "modelled"])
+def test_learnt_paths_set_per_class_thresholds_and_keep_the_promise(path):
     labels = tuple(f"c{i}" for i in range(6))
     outputs, y = synthetic_pool(30_000, labels=labels, seed=3)
     outs, yy = take(outputs, y, range(6000))
     c = cascade_for(labels)
-    res = calibrate_cascade(c, outs, yy, epsilon=0.02, delta=0.05, report=False)
-    assert res["path"] == "greedy" and c.config.certificate["n_selection"] == 1800
+    res = calibrate_cascade(c, outs, yy, epsilon=0.02, delta=0.05, path=path, report=False)
+    assert res["path"] == path and c.config.certificate["n_selection"] == 1800
     th = c.config.tiers[0].threshold
     assert len({th.for_label(lab) for lab in labels}) > 1  # the classes got different thresholds
     held = pool_risk_fn(outputs, y)(c, range(6000, 30_000))

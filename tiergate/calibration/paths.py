@@ -143,3 +143,70 @@ def _reach(sel: Scored, thr_TC: np.ndarray) -> np.ndarray:
         open_N[done] = False
         at_N[here & ~jumps & ~done] = i + 1
     return reach
+
+
+def modelled_path(sel: Scored, base_TC: np.ndarray, movable: Sequence[int], loss_of: LossFn, *,
+                  grid: np.ndarray = GRID, n_steps: int = 200, strength: float = 1.0) -> list[np.ndarray]:
+    """Per-class thresholds that follow one shared knob, learnt with shrinkage on ``sel``.
+
+    For each model tier, a logistic model of the loss given logit(confidence) and the predicted class (class
+    offsets L2-shrunk towards zero, so a class seen a few times behaves like the rest) predicts each item's
+    chance of a loss. Setting ``tau`` decides wherever that chance is at most ``tau``, which for each class is a
+    confidence threshold; ``tau`` rises from 1e-5 to 0.5 geometrically. With no class effect in the data this is
+    the shared path again; where some classes are reliably easier it lowers their thresholds only."""
+    from sklearn.linear_model import LogisticRegression
+
+    C = len(sel.labels)
+    taus = np.geomspace(1e-5, 0.5, n_steps)
+    z_G = _logit(grid)
+    per_tier: dict[int, np.ndarray] = {}  # i -> (n_steps, C) thresholds
+    for i in movable:
+        has = (sel.label_TN[i] >= 0) & (sel.jump_TN[i] < 0)
+        loss = loss_of(sel.label_TN[i])[has].astype(int)
+        if has.sum() < 20 or loss.min() == loss.max():
+            per_tier[i] = np.array([[_grid_at(grid, 1 - t)] * C for t in taus])
+            continue
+        X = _design(_logit(sel.conf_TN[i][has]), sel.label_TN[i][has], C)
+        model = LogisticRegression(C=strength, max_iter=1000).fit(X, loss)
+        # Chance of a loss for each class at each grid value: (C, G)
+        q_CG = np.stack([model.predict_proba(_design(z_G, np.full(len(grid), c), C))[:, 1] for c in range(C)])
+        rows = []
+        for t in taus:
+            ok_CG = (q_CG <= t) & (grid[None, :] <= 1.0)
+            # The lowest grid value from which the chance stays <= tau all the way up (the model may not be
+            # monotone in confidence for odd classes: never decide below a point where it rose above tau).
+            th = np.full(C, NEVER)
+            for c in range(C):
+                bad = np.flatnonzero(~ok_CG[c] & (grid <= 1.0))
+                first_bad = bad.min() if len(bad) else len(grid)
+                good = np.flatnonzero(ok_CG[c][:first_bad])
+                if len(good):
+                    th[c] = grid[good.max()]
+            rows.append(th)
+        per_tier[i] = np.array(rows)
+    path = [start_setting(base_TC, movable)]
+    for s in range(n_steps):
+        thr = path[0].copy()
+        for i in movable:
+            thr[i] = per_tier[i][s]
+        if not np.array_equal(thr, path[-1]):
+            path.append(thr)
+    return path
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def _design(z: np.ndarray, cls: np.ndarray, C: int) -> np.ndarray:
+    X = np.zeros((len(z), 1 + C))
+    X[:, 0] = z * 10.0  # scaled up so the shared slope is barely shrunk; the class offsets are
+    X[np.arange(len(z)), 1 + cls] = 1.0
+    return X
+
+
+def _grid_at(grid: np.ndarray, value: float) -> float:
+    """The smallest grid value at or above ``value`` (never below it: conservative)."""
+    above = grid[grid >= value]
+    return float(above.min()) if len(above) else NEVER
