@@ -20,17 +20,26 @@ def _routing(kind: str, t: int, e: int, k: int, g: torch.Generator) -> torch.Ten
         scores[:, [1, e - 1]] = -1.0
     elif kind == "one-takes-all":  # expert 2 is in every token's top-k (with k=1 it takes every token)
         scores[:, 2] = 2.0
-    return torch.topk(scores, k, dim=1).indices
+    idx = torch.topk(scores, k, dim=1).indices
+    if kind == "dropped":  # about a third of the assignments dropped (-1), as a capacity limit would
+        idx[torch.rand(t, k, generator=g) < 0.35] = -1
+    return idx
 
 
-def _dense_moe64(x, idx, gate, w1, w2, act):
-    """Token-by-token float64 oracle, independent of the sort used by both paths."""
+def _dense_moe64(x, idx, gate, w1, w2, act, b1=None, b2=None):
+    """Token-by-token float64 oracle, independent of the sort used by both paths; expert -1 contributes 0."""
     x, gate, w1, w2 = x.double(), gate.double(), w1.double(), w2.double()
     out = torch.zeros_like(x)
     for j in range(idx.shape[1]):
-        e = idx[:, j]
+        live = (idx[:, j] >= 0).double()[:, None]
+        e = idx[:, j].clamp_min(0)
         h = torch.einsum("td,tdh->th", x, w1[e])
-        out = out + gate[:, j, None] * torch.einsum("th,thd->td", act(h), w2[e])
+        if b1 is not None:
+            h = h + b1.double()[e]
+        y = torch.einsum("th,thd->td", act(h), w2[e])
+        if b2 is not None:
+            y = y + b2.double()[e]
+        out = out + live * gate[:, j, None] * y
     return out
 
 
@@ -64,11 +73,11 @@ def test_gather_combine_launchers(dtype, device):
     assert torch.equal(xs2, xs) and torch.equal(pos2.view(t, k), pos)  # the inverse permutation, every entry
     y = torch.randn(t * k, d, generator=g).to(device, dtype)
     gate = torch.rand(t, k, generator=g).to(device)
-    out = km.combine(y, pos, gate)
+    out = km.combine(y, pos, idx, gate)
     ref = (y.double()[pos.long()] * gate.double()[..., None]).sum(1)
     assert_close(out, ref, dtype, "combine")
     do = torch.randn(t, d, generator=g).to(device, dtype)
-    dy, dgate = km.combine_bwd(do, y, perm, gate)
+    dy, dgate = km.combine_bwd(do, y, perm, idx, gate)
     tok = perm.long() // k
     assert_close(dy, do.double()[tok] * gate.reshape(-1).double()[perm.long(), None], dtype, "combine_bwd dy")
     assert_close(dgate.reshape(-1)[perm.long()], (do.double()[tok] * y.double()).sum(1), dtype, "dgate")
@@ -82,10 +91,17 @@ def test_activation_launchers(activation, device):
     h64 = h.double().requires_grad_()
     a64 = ACT64[activation](h64)
     (dh64,) = torch.autograd.grad(a64, h64, da.double())
-    assert_close(km.act_fwd(h, activation), a64, torch.float32, "act_fwd")
-    a, dh = km.act_bwd_(h.clone(), da.clone(), activation)
+    offs = torch.tensor([3, 7], dtype=torch.int32, device=device)  # all 7 rows live
+    assert_close(km.act_fwd(h, activation, offs), a64, torch.float32, "act_fwd")
+    a, dh = km.act_bwd_(h.clone(), da.clone(), activation, offs)
     assert_close(a, a64, torch.float32, "act_bwd a")
     assert_close(dh, dh64, torch.float32, "act_bwd dh")
+    short = torch.tensor([2, 5], dtype=torch.int32, device=device)  # rows 5 and 6 dropped: left untouched
+    a_out = km.act_fwd(h, activation, short)
+    assert_close(a_out[:5], a64[:5], torch.float32, "act_fwd live rows")
+    h2 = h.clone()
+    km.act_bwd_(h2, da.clone(), activation, short)
+    assert torch.equal(h2[5:], h[5:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -116,42 +132,56 @@ def test_grouped_mm_launchers(dtype, kind, device):
 
 
 # --------------------------------------------------------------------------------------------- full layer
-CASES = [  # (T, D, H, E, k, routing, activation)
-    (37, 24, 40, 5, 2, "random", "gelu"),
-    (29, 40, 24, 6, 1, "empty", "silu"),
-    (21, 16, 48, 4, 1, "one-takes-all", "relu"),
-    (26, 24, 40, 7, 2, "one-takes-all", "gelu"),
+CASES = [  # (T, D, H, E, k, routing, activation, biases)
+    (37, 24, 40, 5, 2, "random", "gelu", False),
+    (29, 40, 24, 6, 1, "empty", "silu", True),
+    (21, 16, 48, 4, 1, "one-takes-all", "relu", False),
+    (26, 24, 40, 7, 2, "one-takes-all", "gelu", True),
+    (33, 16, 24, 5, 2, "dropped", "gelu", True),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}D{c[1]}H{c[2]}E{c[3]}k{c[4]}-{c[5]}-{c[6]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}D{c[1]}H{c[2]}E{c[3]}k{c[4]}-{c[5]}-{c[6]}"
+                         + ("-bias" if c[7] else ""))
 def test_moe_ffn_triton_matches_reference(case, dtype, device):
-    t, d, h, e, k, kind, act = case
+    t, d, h, e, k, kind, act, bias = case
     x, idx, gate, w1, w2 = _inputs(t, d, h, e, k, kind, dtype, device, seed=sum(case[:5]))
-    do = torch.randn(t, d, generator=torch.Generator().manual_seed(3)).to(device, dtype)
-    ref = _dense_moe64(x, idx, gate, w1, w2, ACT64[act])
-    ref_grads = torch.autograd.grad(ref, (x, gate, w1, w2), do.double())
+    g = torch.Generator().manual_seed(3)
+    do = torch.randn(t, d, generator=g).to(device, dtype)
+    b1 = b2 = None
+    params = [x, gate, w1, w2]
+    if bias:
+        b1 = (torch.randn(e, h, generator=g) * 0.5).to(device, dtype).requires_grad_()
+        b2 = (torch.randn(e, d, generator=g) * 0.5).to(device, dtype).requires_grad_()
+        params += [b1, b2]
+    ref = _dense_moe64(x, idx, gate, w1, w2, ACT64[act], b1, b2)
+    ref_grads = torch.autograd.grad(ref, params, do.double())
     # the torch._grouped_mm path: on CUDA it takes bf16 only; torch's CPU fallback (2.9+) takes both
     grouped = hasattr(torch, "_grouped_mm") and d % 8 == 0 and h % 8 == 0
     gemms = ["triton"] + (["torch"] if grouped and (device == "cpu" or dtype == torch.bfloat16) else [])
     for gemm in gemms:
-        out = moe_ffn(x, idx, gate, w1, w2, act, backend="triton", gemm=gemm)
-        grads = torch.autograd.grad(out, (x, gate, w1, w2), do)
+        out = moe_ffn(x, idx, gate, w1, w2, act, b1, b2, backend="triton", gemm=gemm)
+        grads = torch.autograd.grad(out, params, do)
         assert_close(out, ref, dtype, f"out ({gemm})")
-        for name, gr, rg in zip(("dx", "dgate", "dw1", "dw2"), grads, ref_grads, strict=True):
+        for name, gr, rg in zip(("dx", "dgate", "dw1", "dw2", "db1", "db2"), grads, ref_grads, strict=False):
             assert_close(gr, rg, dtype, f"{name} ({gemm})")
+        if kind == "dropped":
+            assert (grads[1][idx < 0] == 0).all(), "a dropped assignment's gate gets no gradient"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reference_matches_oracle(dtype):
-    x, idx, gate, w1, w2 = _inputs(31, 24, 40, 6, 2, "empty", dtype, "cpu", seed=5)
+    x, idx, gate, w1, w2 = _inputs(31, 24, 40, 6, 2, "dropped", dtype, "cpu", seed=5)
+    b1 = torch.randn(6, 40).to(dtype).requires_grad_()
+    b2 = torch.randn(6, 24).to(dtype).requires_grad_()
     do = torch.randn(31, 24).to(dtype)
-    ref = _dense_moe64(x, idx, gate, w1, w2, F.gelu)
-    ref_grads = torch.autograd.grad(ref, (x, gate, w1, w2), do.double())
-    out = moe_ffn(x, idx, gate, w1, w2, "gelu", backend="auto")  # CPU tensors: the reference path
+    params = (x, gate, w1, w2, b1, b2)
+    ref = _dense_moe64(x, idx, gate, w1, w2, F.gelu, b1, b2)
+    ref_grads = torch.autograd.grad(ref, params, do.double())
+    out = moe_ffn(x, idx, gate, w1, w2, "gelu", b1, b2, backend="auto")  # CPU tensors: the reference path
     assert_close(out, ref, dtype, "reference out")
-    for name, gr, rg in zip(("dx", "dgate", "dw1", "dw2"), torch.autograd.grad(out, (x, gate, w1, w2), do),
+    for name, gr, rg in zip(("dx", "dgate", "dw1", "dw2", "db1", "db2"), torch.autograd.grad(out, params, do),
                             ref_grads, strict=True):
         assert_close(gr, rg, dtype, f"reference {name}")
 
@@ -165,7 +195,7 @@ def test_backward_twice_raises(device):
 
 
 def test_module_and_routing(device):
-    cfg = MoEConfig(d_model=24, d_hidden=40, n_experts=5, top_k=2, backend="triton")
+    cfg = MoEConfig(d_model=24, d_hidden=40, n_experts=5, top_k=2, backend="triton", bias=True)
     torch.manual_seed(7)
     mod = MoEFFN(cfg).to(device)
     x = torch.randn(3, 7, 24, device=device)
@@ -187,6 +217,8 @@ def test_bad_arguments():
         moe_ffn(x, idx, gate, torch.randn(3, 8, 5), torch.randn(3, 5, 8), activation="tanh")
     with pytest.raises(ValueError, match="w1_EDH"):
         moe_ffn(x, idx, gate, torch.randn(3, 8, 5), torch.randn(3, 6, 8))
+    with pytest.raises(ValueError, match="b1_EH"):
+        moe_ffn(x, idx, gate, torch.randn(3, 8, 5), torch.randn(3, 5, 8), b1_EH=torch.randn(3, 4))
     with pytest.raises(ValueError, match="backend"):
         moe_ffn(x, idx, gate, torch.randn(3, 8, 5), torch.randn(3, 5, 8), backend="cuda")
     assert moe_ffn_reference(x, idx, gate, torch.randn(3, 8, 5), torch.randn(3, 5, 8)).shape == (4, 8)

@@ -43,41 +43,50 @@ def _act_grad(x, ACT: tl.constexpr):
 
 # ---------------------------------------------------------------------------------------------- elementwise
 @triton.jit
-def _act_fwd_kernel(H, A, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
+def _live_elems(OFFS, E, ROW_LEN, n):
+    # rows at and past offs[E-1] belong to dropped assignments: nothing wrote them, nothing reads them
+    return tl.minimum(tl.load(OFFS + E - 1).to(tl.int64) * ROW_LEN, n)
+
+
+@triton.jit
+def _act_fwd_kernel(H, A, OFFS, E, ROW_LEN, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
+    m = offs < _live_elems(OFFS, E, ROW_LEN, n)
     h = tl.load(H + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(A + offs, _act(h, ACT).to(A.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _act_bwd_kernel(H, DA, A_OUT, DH_OUT, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
+def _act_bwd_kernel(H, DA, A_OUT, DH_OUT, OFFS, E, ROW_LEN, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
     # A_OUT may alias H and DH_OUT may alias DA: each element is read before it is written, by one program.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
+    m = offs < _live_elems(OFFS, E, ROW_LEN, n)
     h = tl.load(H + offs, mask=m, other=0.0).to(tl.float32)
     da = tl.load(DA + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(A_OUT + offs, _act(h, ACT).to(A_OUT.dtype.element_ty), mask=m)
     tl.store(DH_OUT + offs, (da * _act_grad(h, ACT)).to(DH_OUT.dtype.element_ty), mask=m)
 
 
-def act_fwd(h: torch.Tensor, activation: str) -> torch.Tensor:
-    """a = act(h), elementwise, in h's dtype (computed in fp32)."""
-    assert h.is_contiguous()
-    a = torch.empty_like(h)
-    n = h.numel()
-    block = 4096 if h.is_cuda else 256
-    _act_fwd_kernel[(triton.cdiv(n, block),)](h, a, n, ACT=ACT_IDS[activation], BLOCK=block, num_warps=8)
+def act_fwd(h_NH: torch.Tensor, activation: str, offs_E: torch.Tensor) -> torch.Tensor:
+    """a = act(h), elementwise, in h's dtype (computed in fp32), for the rows before offs_E[-1]."""
+    assert h_NH.is_contiguous()
+    a = torch.empty_like(h_NH)
+    n = h_NH.numel()
+    block = 4096 if h_NH.is_cuda else 256
+    _act_fwd_kernel[(triton.cdiv(n, block),)](h_NH, a, offs_E, offs_E.numel(), h_NH.shape[1], n,
+                                              ACT=ACT_IDS[activation], BLOCK=block, num_warps=8)
     return a
 
 
-def act_bwd_(h: torch.Tensor, da: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+def act_bwd_(h_NH: torch.Tensor, da_NH: torch.Tensor, activation: str,
+             offs_E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """In place: h becomes act(h) and da becomes da * act'(h); returns (a, dh), which share their storage."""
-    assert h.is_contiguous() and da.is_contiguous() and h.shape == da.shape
-    n = h.numel()
-    block = 4096 if h.is_cuda else 256
-    _act_bwd_kernel[(triton.cdiv(n, block),)](h, da, h, da, n, ACT=ACT_IDS[activation], BLOCK=block, num_warps=8)
-    return h, da
+    assert h_NH.is_contiguous() and da_NH.is_contiguous() and h_NH.shape == da_NH.shape
+    n = h_NH.numel()
+    block = 4096 if h_NH.is_cuda else 256
+    _act_bwd_kernel[(triton.cdiv(n, block),)](h_NH, da_NH, h_NH, da_NH, offs_E, offs_E.numel(), h_NH.shape[1], n,
+                                              ACT=ACT_IDS[activation], BLOCK=block, num_warps=8)
+    return h_NH, da_NH
 
 
 # ---------------------------------------------------------------------------------------- gather / combine
@@ -116,79 +125,159 @@ def gather_rows(x_TD: torch.Tensor, perm_N: torch.Tensor, topk: int,
 
 
 @triton.jit
-def _combine_kernel(Y, POS, GATE, OUT, T, D, stride_y, stride_o, TOPK: tl.constexpr, HAS_GATE: tl.constexpr,
-                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _combine_kernel(Y, POS, EIDX, GATE, B2, OUT, T, D, stride_y, stride_o, stride_b2, TOPK: tl.constexpr,
+                    HAS_GATE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     toks = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     tm = toks < T
-    m = tm[:, None] & (cols[None, :] < D)
+    cm = cols < D
     acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     for j in tl.static_range(TOPK):
         flat = toks * TOPK + j
-        p = tl.load(POS + flat, mask=tm, other=0).to(tl.int64)
+        e = tl.load(EIDX + flat, mask=tm, other=-1)
+        live = tm & (e >= 0)  # a dropped assignment (expert -1) contributes nothing; its row of y is garbage
+        m = live[:, None] & cm[None, :]
+        p = tl.load(POS + flat, mask=live, other=0).to(tl.int64)
         y = tl.load(Y + p[:, None] * stride_y + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            y += tl.load(B2 + e.to(tl.int64)[:, None] * stride_b2 + cols[None, :], mask=m, other=0.0).to(tl.float32)
         if HAS_GATE:
-            g = tl.load(GATE + flat, mask=tm, other=0.0).to(tl.float32)
+            g = tl.load(GATE + flat, mask=live, other=0.0).to(tl.float32)
             y = y * g[:, None]
         acc += y
-    tl.store(OUT + toks.to(tl.int64)[:, None] * stride_o + cols[None, :], acc.to(OUT.dtype.element_ty), mask=m)
+    tl.store(OUT + toks.to(tl.int64)[:, None] * stride_o + cols[None, :], acc.to(OUT.dtype.element_ty),
+             mask=tm[:, None] & cm[None, :])
 
 
-def combine(y_ND: torch.Tensor, pos_Tk: torch.Tensor, gate_Tk: torch.Tensor | None) -> torch.Tensor:
-    """out_TD[t] = sum_j gate_Tk[t, j] * y_ND[pos_Tk[t, j]] (fp32 sum, no atomics: deterministic).
+def combine(y_ND: torch.Tensor, pos_Tk: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tensor | None,
+            b2_ED: torch.Tensor | None = None) -> torch.Tensor:
+    """out_TD[t] = sum_j gate_Tk[t, j] * (y_ND[pos_Tk[t, j]] + b2_ED[e]) over the live slots (e = expert >= 0).
 
-    With gate_Tk None the gate is 1: that is the backward of the gather (dx from the sorted rows).
+    fp32 sum over the k rows of a token, no atomics: deterministic. With gate_Tk None the gate is 1 (and b2 is
+    not allowed): that is the backward of the gather (dx from the sorted rows).
     """
-    assert y_ND.stride(1) == 1
+    assert y_ND.stride(1) == 1 and pos_Tk.is_contiguous() and expert_idx_Tk.is_contiguous()
     t, k = pos_Tk.shape
     d = y_ND.shape[1]
     out = torch.empty((t, d), dtype=y_ND.dtype, device=y_ND.device)
     bt, bd = (16, min(triton.next_power_of_2(d), 256)) if y_ND.is_cuda else (8, 32)
     grid = (triton.cdiv(t, bt), triton.cdiv(d, bd))
-    gate = gate_Tk if gate_Tk is not None else pos_Tk  # dummy pointer when HAS_GATE is False
-    _combine_kernel[grid](y_ND, pos_Tk, gate, out, t, d, y_ND.stride(0), out.stride(0), TOPK=k,
-                          HAS_GATE=gate_Tk is not None, BLOCK_T=bt, BLOCK_D=bd, num_warps=4)
+    _combine_kernel[grid](y_ND, pos_Tk, expert_idx_Tk, gate_Tk if gate_Tk is not None else y_ND,
+                          b2_ED if b2_ED is not None else y_ND, out, t, d, y_ND.stride(0), out.stride(0),
+                          b2_ED.stride(0) if b2_ED is not None else 0, TOPK=k, HAS_GATE=gate_Tk is not None,
+                          HAS_BIAS=b2_ED is not None, BLOCK_T=bt, BLOCK_D=bd, num_warps=4)
     return out
 
 
 @triton.jit
-def _combine_bwd_kernel(DO, Y, PERM, GATE, DY, DGATE, N, D, stride_do, stride_y, stride_dy,
-                        TOPK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _combine_bwd_kernel(DO, Y, PERM, EIDX, GATE, B2, DY, DGATE, N, D, stride_do, stride_y, stride_dy, stride_b2,
+                        TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rows < N
     flat = tl.load(PERM + rows, mask=rm, other=0)
+    e = tl.load(EIDX + flat, mask=rm, other=-1)
+    live = rm & (e >= 0)
     tok = (flat // TOPK).to(tl.int64)
-    g = tl.load(GATE + flat, mask=rm, other=0.0).to(tl.float32)
+    g = tl.load(GATE + flat, mask=live, other=0.0).to(tl.float32)
     rows64 = rows.to(tl.int64)
     acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
-        m = rm[:, None] & (cols[None, :] < D)
+        m = live[:, None] & (cols[None, :] < D)
         do = tl.load(DO + tok[:, None] * stride_do + cols[None, :], mask=m, other=0.0).to(tl.float32)
         y = tl.load(Y + rows64[:, None] * stride_y + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            y += tl.load(B2 + e.to(tl.int64)[:, None] * stride_b2 + cols[None, :], mask=m, other=0.0).to(tl.float32)
         acc += tl.sum(do * y, axis=1)
+        # dropped rows get dy = 0, so that nothing downstream reads their garbage
         tl.store(DY + rows64[:, None] * stride_dy + cols[None, :], (do * g[:, None]).to(DY.dtype.element_ty),
-                 mask=m)
+                 mask=rm[:, None] & (cols[None, :] < D))
     tl.store(DGATE + flat, acc.to(DGATE.dtype.element_ty), mask=rm)
 
 
-def combine_bwd(do_TD: torch.Tensor, y_ND: torch.Tensor, perm_N: torch.Tensor, gate_Tk: torch.Tensor,
+def combine_bwd(do_TD: torch.Tensor, y_ND: torch.Tensor, perm_N: torch.Tensor, expert_idx_Tk: torch.Tensor,
+                gate_Tk: torch.Tensor, b2_ED: torch.Tensor | None = None,
                 out_dy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward of ``combine``: dy_ND[p] = gate[perm[p]] * do[tok(p)] and dgate[perm[p]] = <do[tok(p)], y[p]>.
+    """Backward of ``combine``: dy_ND[p] = gate[perm[p]] * do[tok(p)], dgate[perm[p]] = <do[tok(p)], y[p] + b2[e]>
+    (both 0 for a dropped slot); dgate is float32.
 
     ``out_dy`` may be y_ND itself (each element of y is read before it is overwritten by the same program),
     which saves an N x D buffer when y is not needed afterwards.
     """
-    assert do_TD.stride(1) == 1 and y_ND.stride(1) == 1 and gate_Tk.is_contiguous()
+    assert do_TD.stride(1) == 1 and y_ND.stride(1) == 1 and gate_Tk.is_contiguous() and expert_idx_Tk.is_contiguous()
     n, d = y_ND.shape
     k = gate_Tk.shape[1]
     dy = torch.empty_like(y_ND) if out_dy is None else out_dy
     dgate = torch.empty(gate_Tk.shape, dtype=torch.float32, device=y_ND.device)
     br, bd = (16, min(triton.next_power_of_2(d), 512)) if y_ND.is_cuda else (8, 32)
-    _combine_bwd_kernel[(triton.cdiv(n, br),)](do_TD, y_ND, perm_N, gate_Tk, dy, dgate, n, d, do_TD.stride(0),
-                                               y_ND.stride(0), dy.stride(0), TOPK=k, BLOCK_R=br, BLOCK_D=bd,
-                                               num_warps=4)
+    _combine_bwd_kernel[(triton.cdiv(n, br),)](
+        do_TD, y_ND, perm_N, expert_idx_Tk, gate_Tk, b2_ED if b2_ED is not None else y_ND, dy, dgate, n, d,
+        do_TD.stride(0), y_ND.stride(0), dy.stride(0), b2_ED.stride(0) if b2_ED is not None else 0, TOPK=k,
+        HAS_BIAS=b2_ED is not None, BLOCK_R=br, BLOCK_D=bd, num_warps=4)
     return dy, dgate
+
+
+# --------------------------------------------------------------------------------------------- expert biases
+@triton.jit
+def _bias_act_kernel(H, B1, SORTED_E, A, OFFS, N, HD, E, stride_h, stride_b, ACT: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rm = rows < tl.minimum(tl.load(OFFS + E - 1), N)  # live rows only (see _live_elems)
+    e = tl.load(SORTED_E + rows, mask=rm, other=0)
+    m = rm[:, None] & (cols[None, :] < HD)
+    offs = rows.to(tl.int64)[:, None] * stride_h + cols[None, :]
+    h = tl.load(H + offs, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(B1 + e.to(tl.int64)[:, None] * stride_b + cols[None, :], mask=m & (e < E)[:, None], other=0.0)
+    h = (h + b.to(tl.float32)).to(H.dtype.element_ty)  # rounded as stored, so the backward sees the same h
+    tl.store(H + offs, h, mask=m)
+    tl.store(A + offs, _act(h.to(tl.float32), ACT).to(A.dtype.element_ty), mask=m)
+
+
+def bias_act_fwd_(h_NH: torch.Tensor, b1_EH: torch.Tensor, sorted_e_N: torch.Tensor, activation: str,
+                  offs_E: torch.Tensor) -> torch.Tensor:
+    """h += b1[sorted_e] in place, then a = act(h), for the rows before offs_E[-1]; returns a."""
+    assert h_NH.stride(1) == 1 and b1_EH.stride(1) == 1
+    n, hd = h_NH.shape
+    a = torch.empty_like(h_NH)
+    br, bc = (16, min(triton.next_power_of_2(hd), 256)) if h_NH.is_cuda else (8, 32)
+    grid = (triton.cdiv(n, br), triton.cdiv(hd, bc))
+    _bias_act_kernel[grid](h_NH, b1_EH, sorted_e_N, a, offs_E, n, hd, b1_EH.shape[0], h_NH.stride(0), b1_EH.stride(0),
+                           ACT=ACT_IDS[activation], BLOCK_R=br, BLOCK_C=bc, num_warps=4)
+    return a
+
+
+@triton.jit
+def _segment_sum_kernel(X, SORTED_E, OUT, N, C, E, stride_x, stride_o, BLOCK_R: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    # rows are sorted by expert, so a block of rows spans few experts: one partial sum and one atomic add each
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rm = rows < N
+    cm = cols < C
+    e = tl.load(SORTED_E + rows, mask=rm, other=E)
+    x = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=rm[:, None] & cm[None, :],
+                other=0.0).to(tl.float32)
+    e_lo = tl.min(e, axis=0)
+    e_hi = tl.minimum(tl.max(e, axis=0), E - 1)
+    for ee in range(e_lo, e_hi + 1):
+        part = tl.sum(tl.where((e == ee)[:, None], x, 0.0), axis=0)
+        tl.atomic_add(OUT + ee * stride_o + cols, part, mask=cm)  # E * C fits in int32
+
+
+def segment_sum(x_NC: torch.Tensor, sorted_e_N: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """out_EC[e] = sum of the rows of x whose (sorted) expert id is e, in float32; ids >= E are skipped.
+
+    float32 atomics across row blocks: the summation order, hence the last bits, can vary between runs.
+    """
+    assert x_NC.stride(1) == 1
+    n, c = x_NC.shape
+    out = torch.zeros((n_experts, c), dtype=torch.float32, device=x_NC.device)
+    br, bc = (64, min(triton.next_power_of_2(c), 128)) if x_NC.is_cuda else (8, 32)
+    grid = (triton.cdiv(n, br), triton.cdiv(c, bc))
+    _segment_sum_kernel[grid](x_NC, sorted_e_N, out, n, c, n_experts, x_NC.stride(0), out.stride(0),
+                              BLOCK_R=br, BLOCK_C=bc, num_warps=4)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- grouped GEMMs
