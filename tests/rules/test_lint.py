@@ -137,3 +137,8 @@ def test_directory_reports_the_file_of_each_problem(write, tmp_path):
     errs = [p for p in lint(load_path(tmp_path / "d")) if p.severity == "error"]
     assert [(p.file.endswith("b.yaml"), p.line, p.check) for p in errs] == [(True, 3, "duplicate-id")]
     assert "a.yaml:2" in errs[0].message
+
+
+def test_regex_of_a_rule_that_fails_the_schema_is_still_checked(write):
+    _, probs = problems_of(write, "rules:\n  - id: a\n    when: {all: [{regex: '(('}]}\n    then: {label: s}\n")
+    assert {(p.check, p.line) for p in probs} == {("schema", 2), ("regex", 3)}

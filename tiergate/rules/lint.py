@@ -18,7 +18,7 @@ import regex
 
 from tiergate.rules import schema as s
 from tiergate.rules.backtracking import risky_patterns
-from tiergate.rules.conditions import compile_regex, iter_regexes
+from tiergate.rules.conditions import FLAG_BITS, compile_regex, iter_regexes
 from tiergate.rules.loader import Problem, RuleEntry, RuleSource
 
 
@@ -44,14 +44,35 @@ class SchemaCheck(Check):
         yield from src.problems
 
 
+def raw_regexes(node: object, path: tuple = ()) -> Iterator[tuple[tuple, str, list[str]]]:
+    """Every regex in a rule's raw ``when`` that failed the schema elsewhere, so its patterns still get checked."""
+    if isinstance(node, dict):
+        flags = [f for f in node.get("flags", []) if f in FLAG_BITS] if isinstance(node.get("flags"), list) else []
+        if isinstance(node.get("regex"), str):
+            yield (*path, "regex"), node["regex"], flags
+        feat = node.get("feature")
+        if isinstance(feat, dict) and isinstance(feat.get("pattern"), str):
+            yield (*path, "feature", "pattern"), feat["pattern"], flags
+        for key in ("all", "any"):
+            if isinstance(node.get(key), list):
+                for i, child in enumerate(node[key]):
+                    yield from raw_regexes(child, (*path, key, i))
+        if "not" in node:
+            yield from raw_regexes(node["not"], (*path, "not"))
+
+
 class RegexCompiles(Check):
     name = "regex"
 
     def run(self, src: RuleSource) -> Iterator[Problem]:
         for e in src.entries:
-            if e.rule is None:
+            if e.rule is not None:
+                found = iter_regexes(e.rule.when, ("when",))
+            elif isinstance(e.raw, dict):
+                found = raw_regexes(e.raw.get("when"), ("when",))
+            else:
                 continue
-            for path, pattern, flags in iter_regexes(e.rule.when, ("when",)):
+            for path, pattern, flags in found:
                 try:
                     compile_regex(pattern, flags)
                 except regex.error as err:
