@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.config import CostConfig, TiergateConfig, TierConfig, Thresholds, save_config
+from tiergate.config import CostConfig, Thresholds, TierConfig, TiergateConfig, save_config
 from tiergate.data import load_dataset, make_item
 from tiergate.models.small import SmallConfig, train_small
 

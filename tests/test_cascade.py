@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tiergate.cascade import Cascade, route, step
-from tiergate.config import CostConfig, TiergateConfig, TierConfig, Thresholds
+from tiergate.config import CostConfig, Thresholds, TierConfig, TiergateConfig
 from tiergate.data import make_item
 from tiergate.errors import ConfigError
 from tiergate.tiers import FunctionTier, TierOutput

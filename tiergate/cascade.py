@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiergate.config import Thresholds, TiergateConfig, TierConfig, load_config
+from tiergate.config import Thresholds, TierConfig, TiergateConfig, load_config
 from tiergate.data.items import Item
 from tiergate.errors import ConfigError, UnavailableError
 from tiergate.tiers import Tier, TierOutput

@@ -171,7 +171,9 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
     import time
 
     from tiergate.evaluate import format_table
-    from tiergate.pipeline import build, calibrate as run_calibrate, evaluate as run_evaluate, write_json
+    from tiergate.pipeline import build, write_json
+    from tiergate.pipeline import calibrate as run_calibrate
+    from tiergate.pipeline import evaluate as run_evaluate
 
     t0 = time.perf_counter()
     path = build(data, workdir)

@@ -14,12 +14,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tiergate.cascade import Cascade
-from tiergate.config import TiergateConfig, TierConfig, Thresholds, load_config, save_config
+from tiergate.config import Thresholds, TierConfig, TiergateConfig, load_config, save_config
 from tiergate.cost import measure_cost
 from tiergate.data import Dataset, load_dataset, make_item
 from tiergate.data.items import Item
-from tiergate.evaluate import score_tiers, summarize
 from tiergate.errors import CalibrationError
+from tiergate.evaluate import score_tiers, summarize
 
 log = logging.getLogger("tiergate")
 

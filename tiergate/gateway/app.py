@@ -24,8 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tiergate import __version__
 from tiergate.cascade import Cascade, new_request_id
 from tiergate.data.items import make_item
-from tiergate.errors import (ConfigError, InputError, ModelError, OverloadedError, RuleError, TiergateError,
-                             UnavailableError)
+from tiergate.errors import (
+    ConfigError,
+    InputError,
+    ModelError,
+    OverloadedError,
+    RuleError,
+    TiergateError,
+    UnavailableError,
+)
 from tiergate.gateway import metrics as m
 from tiergate.gateway.status import render_status
 
