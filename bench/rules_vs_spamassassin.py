@@ -72,6 +72,7 @@ def machine() -> dict:
         pass
     sa = subprocess.run(["spamassassin", "--version"], capture_output=True, text=True).stdout.splitlines()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "load_average_1m_at_start": round(os.getloadavg()[0], 2),
             "platform": platform.platform(), "spamassassin": sa[0] if sa else "?"}
 
 
@@ -289,6 +290,9 @@ def main() -> None:
     notes.append("Rules-tier accuracy counts the messages no rule decides as ham; in the cascade they go to the "
                  "models instead.")
     command = "python bench/rules_vs_spamassassin.py" + (f" --limit {args.limit}" if args.limit else "")
+    info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    notes.append(f"1-minute load average {info['load_average_1m_at_start']} at the start and "
+                 f"{info['load_average_1m_at_end']} at the end (other work shared the machine).")
     report = {"rows": rows, "machine": info, "command": command, "notes": notes}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

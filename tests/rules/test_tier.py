@@ -143,3 +143,22 @@ def test_pack_path():
     assert pack_path("spamassassin").is_file()
     with pytest.raises(RuleError, match="debian-packages"):
         pack_path("nope")
+
+
+def test_metric_names_and_label_sets(write):
+    RulesTier.from_path(write("r.yaml", GOOD))
+    want = {
+        "tiergate_rules_hits_total": {"rule"}, "tiergate_rules_shadow_hits_total": {"rule"},
+        "tiergate_rules_regex_timeouts_total": {"rule"}, "tiergate_rules_reload_attempts_total": {"source"},
+        "tiergate_rules_reload_failures_total": {"source"}, "tiergate_rules_version_info": {"version"},
+        "tiergate_rules_loaded": {"state"}, "tiergate_rules_last_reload_success_timestamp_seconds": set(),
+    }
+    seen: dict[str, set[str]] = {}
+    for metric in REGISTRY.collect():
+        for s in metric.samples:
+            if s.name.startswith("tiergate_rules_") and not s.name.endswith("_created"):
+                seen.setdefault(s.name, set()).update(s.labels)
+    assert seen == want
+    for source in ("startup", "file", "api", "manual"):  # initialised up front, attempts beside failures
+        assert REGISTRY.get_sample_value("tiergate_rules_reload_attempts_total", {"source": source}) is not None
+        assert REGISTRY.get_sample_value("tiergate_rules_reload_failures_total", {"source": source}) is not None
