@@ -31,7 +31,7 @@ def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
         if not triton_available():
             raise RuntimeError("backend='triton' asked for but triton does not import: install the 'dev' extra")
         return True
-    return triton_available() and all(t.is_cuda for t in tensors)
+    return all(t.is_cuda for t in tensors) and triton_available()  # CPU tensors never import triton
 
 
 def kernels(name: str) -> ModuleType:
