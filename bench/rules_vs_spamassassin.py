@@ -173,7 +173,9 @@ def sa_learn(work: Path, train_texts: list[str], train_labels: list[str]) -> flo
     for label in ("spam", "ham"):
         folder = work / "train" / label
         write_messages([t for t, y in zip(train_texts, train_labels, strict=True) if y == label], folder)
-        subprocess.run([need("sa-learn"), "--local", f"--dbpath={work / 'bayes'}", "--siteconfigpath",
+        # --dbpath takes the bayes_path form: a file prefix (bayes/bayes -> bayes/bayes_toks), as local.cf says
+        (work / "bayes").mkdir(exist_ok=True)
+        subprocess.run([need("sa-learn"), "--local", f"--dbpath={work / 'bayes' / 'bayes'}", "--siteconfigpath",
                         str(work / "site"), f"--{label}", str(folder)], check=True, capture_output=True)
     return time.perf_counter() - t0
 
