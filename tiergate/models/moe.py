@@ -1,0 +1,119 @@
+"""Mixture-of-experts feed-forward layer (Switch/GShard style) with a float32 router.
+
+Every token picks its top-k experts from a softmax router computed in float32 (bf16 logits flip near-ties and
+the z-loss needs the exact logsumexp). The load-balancing loss ``alpha * E * sum_i f_i * P_i`` takes ``f_i``
+from the top-k assignment *before* any capacity dropping (otherwise an overloaded expert looks less loaded than
+it is and the loss stops pushing tokens away from it), and ``P_i`` is the mean router probability. The router
+z-loss is ``mean(logsumexp(logits)^2)``. With ``capacity_factor=None`` the layer is dropless.
+
+The expert computation goes through :func:`expert_ffn`, the one place that switches to the fused kernels of
+:mod:`tiergate.kernels` when they exist; the fallback is a plain per-expert loop (with few experts it is
+competitive, BRIEF §3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class MoEConfig:
+    d_model: int = 256             # token width in and out
+    d_hidden: int = 512            # hidden width of each expert
+    n_experts: int = 8             # experts per layer
+    top_k: int = 2                 # experts per token
+    capacity_factor: float | None = None  # None: dropless; else each expert takes ceil(cf*T*k/E) assignments
+    aux_loss_coef: float = 0.01    # load-balancing loss weight (Switch Transformer: 0.01)
+    z_loss_coef: float = 1e-3      # router z-loss weight (ST-MoE: 1e-3)
+
+
+def expert_ffn(x_TD: torch.Tensor, idx_TK: torch.Tensor, gate_TK: torch.Tensor, w1_EDH: torch.Tensor,
+               b1_EH: torch.Tensor, w2_EHD: torch.Tensor, b2_ED: torch.Tensor) -> torch.Tensor:
+    """Dispatch each token to its experts, run ``GELU(x W1 + b1) W2 + b2`` there, combine weighted by gate.
+
+    ``idx_TK`` holds expert ids (``-1`` for a dropped assignment, which contributes nothing). Returns (T, D).
+    """
+    T, K = idx_TK.shape
+    flat_e = idx_TK.reshape(-1)
+    flat_t = torch.arange(T, device=x_TD.device).repeat_interleave(K)
+    flat_g = gate_TK.reshape(-1)
+    out_TD = torch.zeros_like(x_TD)
+    for e in range(w1_EDH.shape[0]):
+        sel = (flat_e == e).nonzero(as_tuple=True)[0]
+        if sel.numel() == 0:
+            continue
+        tok = flat_t[sel]
+        h = F.gelu(x_TD.index_select(0, tok) @ w1_EDH[e] + b1_EH[e])     # (n_e, H)
+        y = (h @ w2_EHD[e] + b2_ED[e]) * flat_g[sel].unsqueeze(1).to(h.dtype)  # (n_e, D)
+        out_TD = out_TD.index_add(0, tok, y.to(out_TD.dtype))
+    return out_TD
+
+
+class MoEFFN(nn.Module):
+    """Top-k routed expert feed-forward. ``forward`` returns the output; ``aux_loss`` and ``stats`` are set."""
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.cfg = cfg
+        E, D, H = cfg.n_experts, cfg.d_model, cfg.d_hidden
+        self.router = nn.Linear(D, E, bias=False)
+        self.w1 = nn.Parameter(torch.empty(E, D, H))
+        self.b1 = nn.Parameter(torch.zeros(E, H))
+        self.w2 = nn.Parameter(torch.empty(E, H, D))
+        self.b2 = nn.Parameter(torch.zeros(E, D))
+        nn.init.normal_(self.router.weight, std=0.02)
+        nn.init.normal_(self.w1, std=1.0 / math.sqrt(D))
+        nn.init.normal_(self.w2, std=1.0 / math.sqrt(H))
+        self.aux_loss = torch.zeros(())
+        self.stats: dict[str, torch.Tensor] = {}
+
+    def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        T, E, K = x_TD.shape[0], cfg.n_experts, cfg.top_k
+        with torch.autocast(device_type=x_TD.device.type, enabled=False):
+            logits_TE = F.linear(x_TD.float(), self.router.weight.float())
+            probs_TE = logits_TE.softmax(-1)
+            gate_TK, idx_TK = probs_TE.topk(K, dim=-1)
+            if K > 1:  # renormalise the chosen experts' weights (GShard top-2)
+                gate_TK = gate_TK / gate_TK.sum(-1, keepdim=True)
+            # f_i from the assignment before dropping (see module docstring)
+            counts_E = torch.zeros(E, device=x_TD.device).index_add_(0, idx_TK.reshape(-1),
+                                                                     torch.ones(T * K, device=x_TD.device))
+            f_E = counts_E / max(T * K, 1)
+            P_E = probs_TE.mean(0)
+            balance = E * (f_E * P_E).sum()
+            z = torch.logsumexp(logits_TE, -1).pow(2).mean()
+        self.aux_loss = cfg.aux_loss_coef * balance + cfg.z_loss_coef * z
+        if cfg.capacity_factor is not None:
+            idx_TK = self._drop_over_capacity(idx_TK, math.ceil(cfg.capacity_factor * T * K / E))
+        self.stats = {"load": counts_E.detach(), "dropped": (idx_TK < 0).sum().detach()}
+        return expert_ffn(x_TD, idx_TK, gate_TK, self.w1, self.b1, self.w2, self.b2)
+
+    @staticmethod
+    def _drop_over_capacity(idx_TK: torch.Tensor, capacity: int) -> torch.Tensor:
+        """Mark assignments past each expert's capacity as -1; first choices of all tokens go first."""
+        T, K = idx_TK.shape
+        order = idx_TK.t().reshape(-1)  # priority: every token's 1st choice, then every 2nd choice
+        onehot = F.one_hot(order, num_classes=int(idx_TK.max()) + 1)
+        rank = (onehot.cumsum(0) * onehot).sum(-1) - 1  # position of each assignment in its expert's queue
+        keep = (rank < capacity).view(K, T).t()
+        return torch.where(keep, idx_TK, torch.full_like(idx_TK, -1))
+
+
+class DenseFFN(nn.Module):
+    """The dense baseline of the same shape as one expert (``d_hidden`` may be scaled for equal compute)."""
+
+    def __init__(self, d_model: int, d_hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, d_model)
+        self.aux_loss = torch.zeros(())
+        self.stats: dict[str, torch.Tensor] = {}
+
+    def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x_TD)))

@@ -1,0 +1,58 @@
+"""Feature tables: the cached inputs of the large tier's head, sliced into batches.
+
+The frozen encoder's embeddings (N, De) and the hashed n-gram bag (a CSR matrix, N x n_buckets) are computed
+once; a training step only slices rows. A batch is a dict of tensors that :class:`SparseClassifier` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+@dataclass
+class FeatureTable:
+    emb: np.ndarray | None          # (N, De) float32 pooled encoder embeddings, or None for the hashed encoder
+    bag: sp.csr_matrix | None       # (N, n_buckets) TF-IDF weights of hashed n-grams
+    y: np.ndarray                   # (N,) int64 label ids
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> FeatureTable:
+        return FeatureTable(None if self.emb is None else self.emb[idx],
+                            None if self.bag is None else self.bag[idx], self.y[idx])
+
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"y": torch.from_numpy(self.y[idx]).to(device)}
+        if self.emb is not None:
+            out["emb"] = torch.from_numpy(self.emb[idx]).to(device)
+        if self.bag is not None:
+            b = self.bag[idx]
+            out["bag_ids"] = torch.from_numpy(b.indices.astype(np.int64)).to(device)
+            out["bag_offsets"] = torch.from_numpy(b.indptr[:-1].astype(np.int64)).to(device)
+            out["bag_weights"] = torch.from_numpy(b.data.astype(np.float32)).to(device)
+        return out
+
+
+def bag_to_csr(ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    indptr = np.append(offsets, len(ids)).astype(np.int64)
+    return sp.csr_matrix((weights, ids, indptr), shape=(n_rows, n_cols))
+
+
+def stratified_holdout(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (fit, holdout), ``frac`` of each class held out (at least one row of any
+    class that has three or more; rarer classes stay entirely in fit)."""
+    rng = np.random.default_rng(seed)
+    fit, hold = [], []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        rng.shuffle(rows)
+        k = int(round(frac * len(rows))) if len(rows) >= 3 else 0
+        k = max(k, 1) if len(rows) >= 3 and frac > 0 else k
+        hold.append(rows[:k])
+        fit.append(rows[k:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(hold))
