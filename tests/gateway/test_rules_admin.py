@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import running_server
 from tests.rules.conftest import rules_yaml
-from tiergate.config import TiergateConfig, TierConfig, Thresholds, save_config
+from tiergate.config import Thresholds, TierConfig, TiergateConfig, save_config
 from tiergate.gateway.app import create_app
 
 TOKEN = "s3cret-token"
@@ -149,3 +149,31 @@ def test_reload_endpoint_and_metrics(gateway, monkeypatch):
     assert 'tiergate_rules_hits_total{rule="lottery-win"}' in text
     assert f'tiergate_rules_version_info{{version="{rules_version(base)}"}} 1.0' in text
     (path / "rules.yaml").write_text(RULES_V1)
+
+
+# ------------------------------------------------------------------ edge cases on the router alone
+def _router_client(tier):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tiergate.gateway.rules_admin import make_rules_admin_router
+
+    app = FastAPI()
+    app.include_router(make_rules_admin_router(lambda: tier))
+    return TestClient(app)
+
+
+def test_router_edge_cases(monkeypatch):
+    from tiergate.rules.tier import RulesTier
+
+    monkeypatch.setenv("TIERGATE_ADMIN_TOKEN", TOKEN)
+    none = _router_client(None)
+    assert none.post("/admin/rules/reload", headers=auth()).status_code == 404
+    tier = RulesTier.from_text(RULES_V1)
+    c = _router_client(tier)
+    assert c.put("/admin/rules", content=b"\xff\xfe not utf-8", headers=auth()).status_code == 400
+    assert c.put("/admin/rules", content=b"#" * 2_000_001, headers=auth()).status_code == 413
+    r = c.post("/admin/rules/reload", headers=auth())  # built from text: nothing to re-read
+    assert r.status_code == 422 and "replace_text" in r.json()["detail"]
+    r = c.put("/admin/rules", content=RULES_V2, headers=auth())
+    assert r.status_code == 200 and tier.version() == r.json()["rules_version"]
