@@ -1,7 +1,8 @@
 """`tiergate rules ...` commands: lint, test, eval, explain, bench, pack, schema.
 
-Every command turns a :class:`~tiergate.errors.TiergateError` into a message on stderr and exit status 1 (2
-for lint/test findings is not used: any finding is 1), never a traceback.
+Exit status 1 for any lint error or failing example, and for a domain error
+(:class:`~tiergate.errors.TiergateError`, printed as one message with its problems on stderr): never a
+traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from tiergate.errors import TiergateError
 app = typer.Typer(help="Lint, test, evaluate, explain and benchmark YAML rule sets.", no_args_is_help=True)
 
 PathArg = Annotated[Path, typer.Argument(help="a rule file, or a directory of .yaml rule files")]
-TIMEOUT_HELP = "time limit of one regex evaluation, seconds"
+DataOpt = Annotated[str, typer.Option(help="spamassassin, debian-packages, or a JSONL/CSV path")]
+SplitOpt = Annotated[str, typer.Option(help="train, calibration, test or all")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+TimeoutOpt = Annotated[float, typer.Option(help="time limit of one regex evaluation, seconds")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -63,7 +67,7 @@ def _engine(path: Path, timeout: float, max_chars: int | None = None):
 @app.command("lint")
 @_guard
 def lint_cmd(path: PathArg,
-             json_out: Annotated[bool, typer.Option("--json", help="print problems as JSON")] = False) -> None:
+             json_out: JsonOpt = False) -> None:
     """Report every problem at once as `file:line:column: rule-id: message (what to do)`."""
     from tiergate.rules.lint import lint
     from tiergate.rules.loader import load_path
@@ -105,10 +109,8 @@ def test_cmd(path: PathArg) -> None:
 @app.command("eval")
 @_guard
 def eval_cmd(path: PathArg,
-             data: Annotated[str, typer.Option(help="spamassassin, debian-packages, or a JSONL/CSV path")],
-             split: Annotated[str, typer.Option(help="train, calibration, test or all")] = "calibration",
-             json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
-             timeout: Annotated[float, typer.Option(help=TIMEOUT_HELP)] = 0.05) -> None:
+             data: DataOpt, split: SplitOpt = "calibration", json_out: JsonOpt = False,
+             timeout: TimeoutOpt = 0.05) -> None:
     """Per-rule hits, precision and coverage on labelled data; the set's coverage, precision and conflicts."""
     from tiergate.data import load_dataset
     from tiergate.rules.evaluate import evaluate
@@ -138,8 +140,7 @@ def eval_cmd(path: PathArg,
 @_guard
 def explain_cmd(path: PathArg,
                 text: Annotated[str | None, typer.Option(help="the input text (default: read stdin)")] = None,
-                json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-                timeout: Annotated[float, typer.Option(help=TIMEOUT_HELP)] = 0.05) -> None:
+                json_out: JsonOpt = False, timeout: TimeoutOpt = 0.05) -> None:
     """Which rules match the text and why (sub-condition, field, span), and what the set decides."""
     from tiergate.data import make_item
 
@@ -168,11 +169,9 @@ def explain_cmd(path: PathArg,
 @app.command("bench")
 @_guard
 def bench_cmd(path: PathArg,
-              data: Annotated[str, typer.Option(help="spamassassin, debian-packages, or a JSONL/CSV path")],
-              split: Annotated[str, typer.Option(help="train, calibration, test or all")] = "test",
-              json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+              data: DataOpt, split: SplitOpt = "test", json_out: JsonOpt = False,
               repeat: Annotated[int, typer.Option(help="passes; the best one is reported")] = 3,
-              timeout: Annotated[float, typer.Option(help=TIMEOUT_HELP)] = 0.05) -> None:
+              timeout: TimeoutOpt = 0.05) -> None:
     """Messages per second of the rules tier alone, parsing included (one thread)."""
     from tiergate.data import load_dataset
     from tiergate.rules.evaluate import bench
