@@ -270,26 +270,35 @@ class HashedNgrams:
         return wc, cc
 
     def fit(self, texts: Sequence[str]) -> HashedNgrams:
+        return self.fit_counts([self._counts(t) for t in texts])
+
+    def fit_counts(self, counts: Sequence[tuple[dict[int, int], dict[int, int]]]) -> HashedNgrams:
+        """Learn the idf from precomputed :meth:`counts` (so a corpus is tokenised once for fit and transform)."""
         df = np.zeros(self.cfg.n_buckets, np.float64)
-        for t in texts:
-            wc, cc = self._counts(t)
+        for wc, cc in counts:
             df[list(set(wc) | set(cc))] += 1
         # smoothed idf as scikit-learn computes it; unseen buckets get the largest idf
-        self.idf_ = (np.log((1 + len(texts)) / (1 + df)) + 1.0).astype(np.float32)
+        self.idf_ = (np.log((1 + len(counts)) / (1 + df)) + 1.0).astype(np.float32)
         return self
+
+    def counts(self, texts: Sequence[str]) -> list[tuple[dict[int, int], dict[int, int]]]:
+        return [self._counts(t) for t in texts]
 
     def transform(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(ids, offsets, weights)``: flat bucket ids, start of each text, TF-IDF weights."""
+        return self.transform_counts([self._counts(t) for t in texts])
+
+    def transform_counts(self, all_counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.idf_ is None:
             raise ModelError("HashedNgrams.transform called before fit (or load of a fitted idf)")
         ids: list[np.ndarray] = []
         wts: list[np.ndarray] = []
-        offsets = np.zeros(len(texts), np.int64)
+        offsets = np.zeros(len(all_counts), np.int64)
         pos = 0
-        for j, t in enumerate(texts):
+        for j, pair in enumerate(all_counts):
             offsets[j] = pos
             parts_i, parts_w = [], []
-            for counts in self._counts(t):
+            for counts in pair:
                 if not counts:
                     continue
                 k = np.fromiter(counts.keys(), np.int64, len(counts))

@@ -163,9 +163,15 @@ class Featurizer:
         self.bag.fit([texts_for(it)[1] for it in items])
         return self
 
-    def table(self, items: Sequence[Item], y: np.ndarray | None = None, progress: bool = False) -> FeatureTable:
+    def table(self, items: Sequence[Item], y: np.ndarray | None = None, progress: bool = False,
+              fit_rows: np.ndarray | None = None) -> FeatureTable:
+        """Features of ``items``; with ``fit_rows``, the idf is first learnt on those rows (one tokenisation
+        serves both)."""
         sem, bag_texts = zip(*(texts_for(it) for it in items), strict=True) if items else ((), ())
-        ids, offsets, weights = self.bag.transform(list(bag_texts))
+        counts = self.bag.counts(list(bag_texts))
+        if fit_rows is not None:
+            self.bag.fit_counts([counts[i] for i in fit_rows])
+        ids, offsets, weights = self.bag.transform_counts(counts)
         bag = bag_to_csr(ids, offsets, weights, len(items), self.cfg.bag.n_buckets)
         emb = self.encoder.encode(list(sem), progress=progress) if self.encoder is not None else None
         return FeatureTable(emb, bag, np.zeros(len(items), np.int64) if y is None else y)
@@ -203,8 +209,8 @@ def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0
     fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
     items = [make_item(e.text) for e in examples]
     t0 = time.perf_counter()
-    feat = Featurizer(cfg).fit([items[i] for i in fit_idx])
-    table = feat.table(items, y, progress=progress)
+    feat = Featurizer(cfg)
+    table = feat.table(items, y, progress=progress, fit_rows=fit_idx)
     fp = dataset.fingerprint()
     if selection is not None:
         fp += ":" + hashlib.sha256("\n".join(sorted({e.id for e in examples})).encode()).hexdigest()[:16]

@@ -6,9 +6,8 @@ from the top-k assignment *before* any capacity dropping (otherwise an overloade
 it is and the loss stops pushing tokens away from it), and ``P_i`` is the mean router probability. The router
 z-loss is ``mean(logsumexp(logits)^2)``. With ``capacity_factor=None`` the layer is dropless.
 
-The expert computation goes through :func:`expert_ffn`, the one place that switches to the fused kernels of
-:mod:`tiergate.kernels` when they exist; the fallback is a plain per-expert loop (with few experts it is
-competitive, BRIEF §3).
+The expert computation goes through :func:`expert_ffn`, the one place that calls the fused kernels of
+:mod:`tiergate.kernels` (Triton on CUDA, its plain-PyTorch reference on CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tiergate.kernels import moe_ffn
 
 
 @dataclass
@@ -37,21 +38,10 @@ def expert_ffn(x_TD: torch.Tensor, idx_TK: torch.Tensor, gate_TK: torch.Tensor, 
     """Dispatch each token to its experts, run ``GELU(x W1 + b1) W2 + b2`` there, combine weighted by gate.
 
     ``idx_TK`` holds expert ids (``-1`` for a dropped assignment, which contributes nothing). Returns (T, D).
+    The one switch to the fused kernels: :func:`tiergate.kernels.moe_ffn` runs Triton on CUDA and its plain
+    PyTorch reference elsewhere.
     """
-    T, K = idx_TK.shape
-    flat_e = idx_TK.reshape(-1)
-    flat_t = torch.arange(T, device=x_TD.device).repeat_interleave(K)
-    flat_g = gate_TK.reshape(-1)
-    out_TD = torch.zeros_like(x_TD)
-    for e in range(w1_EDH.shape[0]):
-        sel = (flat_e == e).nonzero(as_tuple=True)[0]
-        if sel.numel() == 0:
-            continue
-        tok = flat_t[sel]
-        h = F.gelu(x_TD.index_select(0, tok) @ w1_EDH[e] + b1_EH[e])     # (n_e, H)
-        y = (h @ w2_EHD[e] + b2_ED[e]) * flat_g[sel].unsqueeze(1).to(h.dtype)  # (n_e, D)
-        out_TD = out_TD.index_add(0, tok, y.to(out_TD.dtype))
-    return out_TD
+    return moe_ffn(x_TD, idx_TK, gate_TK, w1_EDH, w2_EHD, "gelu", b1_EH, b2_ED)
 
 
 class MoEFFN(nn.Module):

@@ -34,7 +34,7 @@ from tiergate.training.data import FeatureTable
 METRICS = ("el2n", "grand", "forgetting", "prototypes", "uncertainty", "random")
 
 
-def _train_copy(make_model, table: FeatureTable, tcfg, seed: int, epochs: float, on_epoch=None):
+def _train_copy(make_model, table: FeatureTable, tcfg, seed: int, epochs: float, on_epoch=None, runtime=None):
     """Train a fresh model for ``epochs``; ``on_epoch(model, epoch)`` is called after each whole epoch."""
     from tiergate.training.loop import train
 
@@ -42,13 +42,13 @@ def _train_copy(make_model, table: FeatureTable, tcfg, seed: int, epochs: float,
     model = make_model()
     cfg = replace(tcfg, epochs=epochs, seed=seed, keep_best=False, eval_every=0)
     if on_epoch is None:
-        train(model, table, None, cfg)
+        train(model, table, None, cfg, runtime=runtime)
         return model
     whole = max(int(round(epochs)), 1)
     for ep in range(whole):  # one call per epoch keeps the loop simple; the schedule restarts (documented)
         cfg_ep = replace(cfg, epochs=1.0, seed=seed * 1000 + ep, warmup_frac=cfg.warmup_frac if ep == 0 else 0.0,
                          schedule="constant")
-        train(model, table, None, cfg_ep)
+        train(model, table, None, cfg_ep, runtime=runtime)
         on_epoch(model, ep)
     return model
 
@@ -56,32 +56,33 @@ def _train_copy(make_model, table: FeatureTable, tcfg, seed: int, epochs: float,
 @torch.no_grad()
 def _probs_and_hidden(model, table: FeatureTable, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
+    device = next(model.parameters()).device
     probs, hid = [], []
     feats: list[torch.Tensor] = []
     hook = model.head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach()))
     try:
         for s in range(0, len(table), batch):
-            b = table.batch(np.arange(s, min(s + batch, len(table))))
-            probs.append(torch.softmax(model(b).float(), -1).numpy())
-            hid.append(feats.pop().float().numpy())
+            b = table.batch(np.arange(s, min(s + batch, len(table))), device)
+            probs.append(torch.softmax(model(b).float(), -1).cpu().numpy())
+            hid.append(feats.pop().float().cpu().numpy())
     finally:
         hook.remove()
     return np.concatenate(probs), np.concatenate(hid)
 
 
 def score_el2n_grand(make_model, table: FeatureTable, tcfg, *, n_seeds: int = 3, early_frac: float = 0.2,
-                     metric: str = "el2n") -> np.ndarray:
+                     metric: str = "el2n", runtime=None) -> np.ndarray:
     out = np.zeros(len(table))
     onehot = np.eye(int(table.y.max()) + 1)[table.y]
     for seed in range(n_seeds):
-        model = _train_copy(make_model, table, tcfg, seed, max(early_frac * tcfg.epochs, 0.25))
+        model = _train_copy(make_model, table, tcfg, seed, max(early_frac * tcfg.epochs, 0.25), runtime=runtime)
         p, h = _probs_and_hidden(model, table)
         err = np.linalg.norm(p[:, : onehot.shape[1]] - onehot, axis=1)
         out += err if metric == "el2n" else err * np.sqrt((h ** 2).sum(1) + 1.0)
     return out / n_seeds
 
 
-def score_forgetting(make_model, table: FeatureTable, tcfg, *, seed: int = 0) -> np.ndarray:
+def score_forgetting(make_model, table: FeatureTable, tcfg, *, seed: int = 0, runtime=None) -> np.ndarray:
     n_epochs = max(int(round(tcfg.epochs)), 2)
     prev = np.zeros(len(table), bool)
     ever = np.zeros(len(table), bool)
@@ -96,7 +97,7 @@ def score_forgetting(make_model, table: FeatureTable, tcfg, *, seed: int = 0) ->
         prev = correct
         model.train()
 
-    _train_copy(make_model, table, tcfg, seed, n_epochs, on_epoch)
+    _train_copy(make_model, table, tcfg, seed, n_epochs, on_epoch, runtime=runtime)
     forgets[~ever] = n_epochs + 1  # never learned: most forgettable, not least
     return forgets
 
@@ -134,6 +135,47 @@ def score_uncertainty(texts: Sequence[str], y: np.ndarray, *, folds: int = 4, se
         lr = LogisticRegression(C=10.0, max_iter=500).fit(Xf, y[fit_i])
         p = lr.predict_proba(vec.transform([texts[i] for i in score_i]))
         out[score_i] = 1.0 - p.max(1)
+    return out
+
+
+def score_uncertainty_linear(table: FeatureTable, *, folds: int = 4, epochs: int = 5, seed: int = 0,
+                             device: torch.device | str = "cpu") -> np.ndarray:
+    """The same cross-fitted small-tier uncertainty with a linear softmax model on the hashed TF-IDF bag,
+    trained in torch: for corpora where scikit-learn's solver takes minutes (debian-packages: 58 classes)."""
+    from torch import nn
+
+    from tiergate.training.loop import TrainConfig, train
+    from tiergate.training.parallel import Runtime
+
+    class Linear(nn.Module):
+        def __init__(self, n_buckets: int, n_classes: int):
+            super().__init__()
+            self.bag = nn.EmbeddingBag(n_buckets, n_classes, mode="sum")
+            nn.init.zeros_(self.bag.weight)
+            self.bias = nn.Parameter(torch.zeros(n_classes))
+            self.head = nn.Identity()
+
+        def forward(self, b):
+            return self.head(self.bag(b["bag_ids"], b["bag_offsets"], per_sample_weights=b["bag_weights"]) + self.bias)
+
+    host = table.host if hasattr(table, "host") else table
+    n, C = len(host), int(host.y.max()) + 1
+    rng = np.random.default_rng(seed)
+    fold = rng.integers(0, folds, n)
+    out = np.zeros(n)
+    rt = Runtime(device=torch.device(device))
+    for k in range(folds):
+        fit_rows, score_rows = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        t_fit, t_score = host.subset(fit_rows), host.subset(score_rows)
+        if rt.device.type == "cuda":
+            from tiergate.training.data import DeviceTable
+            t_fit, t_score = DeviceTable(t_fit, rt.device), DeviceTable(t_score, rt.device)
+        torch.manual_seed(seed + k)
+        model = Linear(host.bag.shape[1], C).to(rt.device)
+        train(model, t_fit, None, TrainConfig(lr=0.05, batch_size=256, epochs=epochs, weight_decay=0.0,
+                                              keep_best=False, seed=seed + k), runtime=rt)
+        p, _ = _probs_and_hidden(model, t_score)
+        out[score_rows] = 1.0 - p.max(1)
     return out
 
 

@@ -47,6 +47,10 @@ def grid_run(prep, d_model: int, rows: int, *, seed: int = 0, device: str = "cpu
     rng = np.random.default_rng(seed)
     fit_rows = prep.fit_idx if rows >= len(prep.fit_idx) else rng.choice(prep.fit_idx, rows, replace=False)
     train_t = prep.table.subset(np.sort(fit_rows))
+    hold_t = prep.table.subset(prep.hold_idx)
+    if device.startswith("cuda"):
+        from tiergate.training.data import DeviceTable
+        train_t, hold_t = DeviceTable(train_t, device), DeviceTable(hold_t, device)
     cfg.train.epochs = 1.0 if rows <= len(prep.fit_idx) else rows / len(prep.fit_idx)
     cfg.train.keep_best = False
     import torch
@@ -55,7 +59,7 @@ def grid_run(prep, d_model: int, rows: int, *, seed: int = 0, device: str = "cpu
     rt = Runtime(device=torch.device(device), bf16=device.startswith("cuda"))
     model = rt.apply(model)
     t0 = time.perf_counter()
-    res = train(model, train_t, prep.table.subset(prep.hold_idx), cfg.train, runtime=rt)
+    res = train(model, train_t, hold_t, cfg.train, runtime=rt)
     avg_nnz = prep.table.bag.nnz / max(prep.table.bag.shape[0], 1)
     n = active_params(model, avg_nnz)
     d = res.steps * batch_size
