@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from tests.calibration.conftest import cascade_for, synthetic_pool, take
-from tiergate.calibration.ltt import calibrate_cascade, certificate_status, thresholds_for_epsilon
-from tiergate.calibration.paths import GRID
+from tiergate.calibration.ltt import (
+    calibrate_cascade,
+    certificate_status,
+    evaluate_settings,
+    thresholds_for_epsilon,
+)
+from tiergate.calibration.paths import GRID, shared_path
 from tiergate.calibration.replay import scored_from_outputs, thresholds_matrix
 from tiergate.calibration.risk import Risk
 from tiergate.config import Thresholds
@@ -47,6 +52,8 @@ def test_guarantee_is_honest_over_random_resplits(pool):
     outputs, y = pool
     R, n, eps, delta = 200, 2000, 0.02, 0.05
     risk_of = pool_risk_fn(outputs, y)
+    whole = scored_from_outputs(outputs, y, cascade_for().config.tiers)
+    base = thresholds_matrix(cascade_for().config.tiers, whole.labels)
     rng = np.random.default_rng(0)
     ltt_bad, naive_bad, saved = 0, 0, []
     for _ in range(R):
@@ -57,14 +64,11 @@ def test_guarantee_is_honest_over_random_resplits(pool):
         res = calibrate_cascade(c, outs, yy, epsilon=eps, delta=delta, report=False)
         saved.append(res["saved_fraction_calibration"])
         ltt_bad += risk_of(c, held) > eps
-        # naive: lowest grid threshold whose calibration risk is within epsilon
+        # naive: walk the same grid down while the calibration risk stays within epsilon
+        rows = evaluate_settings(whole.subset(cal), shared_path(base, [0]), Risk("disagreement"))
+        last = next((j for j, r in enumerate(rows) if r["risk"] > eps), len(rows)) - 1
         naive = cascade_for()
-        for t in GRID:
-            naive.config.tiers[0].threshold = Thresholds(default=float(t))
-            if risk_of(naive, cal) > eps:
-                break
-            best = float(t)
-        naive.config.tiers[0].threshold = Thresholds(default=best)
+        naive.config.tiers[0].threshold = Thresholds(default=float(GRID[max(last, 0)]))
         naive_bad += risk_of(naive, held) > eps
     slack = 2.33 * math.sqrt(delta * (1 - delta) / R)
     assert ltt_bad / R <= delta + slack, (ltt_bad, R)

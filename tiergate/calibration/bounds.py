@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats
+from scipy import special, stats
 
 
 def binomial_pvalue(k: int, n: int, epsilon: float) -> float:
     """P(Bin(n, epsilon) <= k): the exact p-value of H: R > epsilon after ``k`` losses in ``n`` items."""
     if n <= 0:
         return 1.0
-    return float(stats.binom.cdf(k, n, epsilon))
+    if k >= n:
+        return 1.0
+    return float(special.bdtr(k, n, epsilon))  # the binomial CDF as a plain ufunc (stats.binom is ~50x slower)
 
 
 def hoeffding_bentkus_pvalue(k: int, n: int, epsilon: float) -> float:
@@ -40,7 +42,7 @@ def hoeffding_bentkus_pvalue(k: int, n: int, epsilon: float) -> float:
         # exp(-n * KL(r || epsilon)): the Bernoulli relative entropy of the empirical risk from epsilon.
         kl = (r * math.log(r / epsilon) if r > 0 else 0.0) + (1 - r) * math.log((1 - r) / (1 - epsilon))
         hoeffding = math.exp(-n * kl)
-    bentkus = math.e * float(stats.binom.cdf(math.ceil(k), n, epsilon))
+    bentkus = math.e * binomial_pvalue(math.ceil(k), n, epsilon)
     return min(1.0, hoeffding, bentkus)
 
 
