@@ -34,6 +34,8 @@ def test_directory_loads_every_file_and_checks_mode(write, tmp_path):
     write("rules/a.yaml", "rules:\n  - {id: a, description: d, when: {keywords: [x]}, then: {label: s}}\n")
     write("rules/sub/b.yml", "rules:\n  - {id: b, description: d, when: {keywords: [y]}, then: {label: s}}\n")
     write("rules/notes.txt", "not a rule file")
+    write("rules/.a.yaml", "half-saved: [")         # an editor's temporary copy
+    write("rules/.git/x.yaml", "not: [rules")
     src = load_path(tmp_path / "rules")
     assert [r.id for r in src.rules] == ["a", "b"] and not src.problems
     v1 = src.version()

@@ -252,9 +252,11 @@ def load_text(text: str, name: str = "<upload>.yaml") -> RuleSource:
 
 
 def rule_files(path: Path) -> list[Path]:
-    """The rule files of ``path``: the file itself, or every .yaml/.yml file of a directory (sorted)."""
+    """The rule files of ``path``: the file itself, or every .yaml/.yml file of a directory (sorted), hidden
+    files and folders excepted (editors keep their temporary copies there)."""
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in RULE_SUFFIXES and p.is_file())
+        return sorted(p for p in path.rglob("*") if p.suffix in RULE_SUFFIXES and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
     return [path]
 
 
