@@ -47,7 +47,8 @@ class RulesWatcher:
 
     def _relevant(self, change: watchfiles.Change, path: str) -> bool:
         if self.target.is_dir():
-            return Path(path).suffix in RULE_SUFFIXES
+            p = Path(path)
+            return p.suffix in RULE_SUFFIXES and not p.name.startswith(".")
         return Path(path).name == self.target.name
 
     def start(self) -> RulesWatcher:
