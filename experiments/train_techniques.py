@@ -181,8 +181,41 @@ def exp_largebatch(b: Bench, budget_s: float) -> dict:
     return {"target_holdout_acc": target, "baseline_batch": B0, "runs": runs}
 
 
+def exp_largebatch2(b: Bench, budget_s: float) -> dict:
+    """Second large-batch run (CPU): the baseline again, and the arms the first run's budget did not reach:
+    LAMB at a fixed a-priori learning rate, longer training at 8x (regime adaptation by 2x: still 4x fewer
+    steps), and batch 4096."""
+    t_end = time.perf_counter() + budget_s
+    B0, E, lr0 = 64, 6.0, 2e-3
+    base = b.run(_cfg(b, batch_size=B0, epochs=E, lr=lr0, keep_best=False), tag="baseline",
+                 eval_every=max(len(b.prep.fit_idx) // B0 // 6, 1))
+    target = base["holdout_acc"] - 0.005
+    base["steps_to_target"] = next((s for s, a in base["curve"] if a >= target), None)
+    runs = [dict(base, batch=B0, arm="baseline")]
+    plan = [
+        (512, "sqrt+ghostbn", dict(lr=scale_lr(lr0, 512, B0, "sqrt"), warmup_frac=0.1), E, True),
+        (512, "regime x2 (sqrt+ghostbn)", dict(lr=scale_lr(lr0, 512, B0, "sqrt"), warmup_frac=0.1), 2 * E, True),
+        (512, "regime x2 (linear+warmup)", dict(lr=scale_lr(lr0, 512, B0, "linear"), warmup_frac=0.3), 2 * E, False),
+        (512, "lamb", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1), E, False),
+        (4096, "sqrt+ghostbn", dict(lr=scale_lr(lr0, 4096, B0, "sqrt"), warmup_frac=0.1), E, True),
+        (4096, "lamb", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1), E, False),
+        (4096, "linear+warmup", dict(lr=scale_lr(lr0, 4096, B0, "linear"), warmup_frac=0.3), E, False),
+    ]
+    for B, arm, kw, epochs, ghost in plan:
+        if time.perf_counter() > t_end:
+            break
+        cfg = _cfg(b, batch_size=B, epochs=epochs, keep_best=False, **kw)
+        if ghost:
+            cfg.ghost_size = B0
+        ev = max(len(b.prep.fit_idx) // B // 6, 1)
+        runs.append(dict(b.run(cfg, tag=f"{arm}@{B}", eval_every=ev, target=target), batch=B, arm=arm))
+    return {"target_holdout_acc": target, "baseline_batch": B0, "runs": runs}
+
+
 def exp_pruning(b: Bench, budget_s: float, metrics=("el2n", "grand", "forgetting", "prototypes", "uncertainty"),
                 fractions=(0.5, 0.3, 0.7, 0.1)) -> dict:
+    metrics = ARGS.metrics.split(",") if ARGS and ARGS.metrics else metrics
+    fractions = tuple(float(f) for f in ARGS.fractions.split(",")) if ARGS and ARGS.fractions else fractions
     from tiergate.training import pruning
 
     t_end = time.perf_counter() + budget_s
@@ -210,7 +243,7 @@ def exp_pruning(b: Bench, budget_s: float, metrics=("el2n", "grand", "forgetting
     full = b.run(cfg, tag="full")
     runs = [dict(full, metric="full", mode="all", keep=1.0)]
     for f in fractions:
-        for seed in (0, 1):
+        for seed in (0, 1)[: 1 if ARGS and ARGS.metrics else 2]:
             sel = pruning.select(ids, labels, np.zeros(len(ids)), f, mode="random", seed=seed)
             r = b.run(cfg, rows=b.rows(np.array(sel, dtype=int)), tag=f"random@{f}/{seed}")
             runs.append(dict(r, metric="random", mode="random", keep=f, seed=seed))
@@ -235,17 +268,17 @@ def exp_swat(b: Bench, budget_s: float) -> dict:
     from tiergate.training.swat import SwatConfig
 
     t_end = time.perf_counter() + budget_s
-    cfg = _cfg(b, batch_size=128, epochs=8.0, lr=3e-3, keep_best=False)
+    cfg = _cfg(b, batch_size=256, epochs=6.0, lr=4e-3, keep_best=False)
     cfg.ffn, cfg.n_blocks, cfg.dense_hidden = "dense", 2, 512
     steps = cfg.train.epochs * len(b.prep.fit_idx) // cfg.train.batch_size
     warm = int(0.1 * steps)
     runs = [dict(b.run(cfg, tag="dense", swat=SwatConfig(0.0, 0.0)), arm="dense", sparsity=0.0)]
-    for s in (0.5, 0.7, 0.8, 0.9):
-        for arm, fixed in (("swat", False), ("fixed mask", True)):
-            if time.perf_counter() > t_end:
-                break
-            sw = SwatConfig(weight_sparsity=s, act_sparsity=s, warmup_steps=warm, fixed_mask=fixed)
-            runs.append(dict(b.run(cfg, tag=f"{arm}@{s}", swat=sw), arm=arm, sparsity=s))
+    for s, arm, fixed in ((0.8, "swat", False), (0.8, "fixed mask", True), (0.5, "swat", False),
+                          (0.9, "swat", False), (0.7, "swat", False), (0.9, "fixed mask", True), (0.5, "fixed mask", True)):
+        if time.perf_counter() > t_end:  # most telling arms first: a spent budget drops the rest
+            break
+        sw = SwatConfig(weight_sparsity=s, act_sparsity=s, warmup_steps=warm, fixed_mask=fixed)
+        runs.append(dict(b.run(cfg, tag=f"{arm}@{s}", swat=sw), arm=arm, sparsity=s))
     for r in runs:
         r.pop("curve", None)
     return {"runs": runs, "warmup_steps": warm}
@@ -257,12 +290,14 @@ def exp_moe(b: Bench, budget_s: float) -> dict:
     t_end = time.perf_counter() + budget_s
     runs = []
     H = 256
-    for seed in (0, 1):
+    seeds = tuple(int(x) for x in ARGS.seeds.split(",")) if ARGS and ARGS.seeds else (0, 1)
+    arms = ((8, 1, H, 0.01), (8, 2, H // 2, 0.01), (8, 1, H, 0.0))[: (1 if ARGS and ARGS.seeds else 3)]
+    for seed in seeds:
         base = _cfg(b, batch_size=128, epochs=8.0, lr=3e-3, keep_best=False, seed=seed)
         d = copy.deepcopy(base)
         d.ffn, d.dense_hidden = "dense", H
         runs.append(dict(b.run(d, tag=f"dense H={H}/{seed}"), arm="dense", seed=seed, active_hidden=H))
-        for E, k, h, coef in ((8, 1, H, 0.01), (8, 2, H // 2, 0.01), (8, 1, H, 0.0)):
+        for E, k, h, coef in arms:
             if time.perf_counter() > t_end:
                 break
             m = copy.deepcopy(base)
@@ -294,7 +329,9 @@ def exp_scaling(b: Bench, budget_s: float) -> dict:
     return {"runs": runs, "fit": fit.__dict__, "check": check}
 
 
-EXPERIMENTS = {"largebatch": exp_largebatch, "pruning": exp_pruning, "swat": exp_swat, "moe": exp_moe,
+ARGS = None
+
+EXPERIMENTS = {"largebatch": exp_largebatch, "largebatch2": exp_largebatch2, "pruning": exp_pruning, "swat": exp_swat, "moe": exp_moe,
                "scaling": exp_scaling}
 
 
@@ -307,7 +344,12 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=120.0, help="wall-clock budget per experiment")
     ap.add_argument("--smoke", action="store_true", help="one epoch per run, small grids")
     ap.add_argument("--plot", default=None, help="draw figures from DIR/results.json and stop")
+    ap.add_argument("--metrics", default=None, help="pruning: metrics to run (default all)")
+    ap.add_argument("--fractions", default=None, help="pruning: fractions kept (default 0.5,0.3,0.7,0.1)")
+    ap.add_argument("--seeds", default=None, help="moe: seeds (then only the dense and top-1 arms)")
     a = ap.parse_args(argv)
+    global ARGS
+    ARGS = a
     if a.plot:
         from experiments.plot_techniques import plot_all
         plot_all(Path(a.plot))

@@ -88,28 +88,32 @@ def predict_logits(model: nn.Module, table: FeatureTable, batch_size: int = 1024
 @torch.no_grad()
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients so their global L2 norm is at most ``max_norm``; sparse gradients included (the
-    torch helper refuses them). Returns the norm before clipping."""
+    torch helper refuses them). Returns the norm before clipping. One host sync per call, not one per tensor
+    (on a GPU the per-tensor syncs cost more than the step)."""
     grads = [p.grad for p in params if p.grad is not None]
-    sq = torch.zeros(())
+    if not grads:
+        return 0.0
+    sq = [(g.coalesce().values() if g.is_sparse else g).float().pow(2).sum() for g in grads]
+    norm_t = torch.stack(sq).sum().sqrt()
+    scale_t = torch.clamp(max_norm / (norm_t + 1e-6), max=1.0)
     for g in grads:
-        v = g.coalesce().values() if g.is_sparse else g
-        sq = sq + v.float().pow(2).sum().cpu()
-    norm = float(sq.sqrt())
-    if norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for g in grads:
-            g.mul_(scale)
-    return norm
+        if g.is_sparse:
+            g.mul_(float(scale_t))
+        else:
+            g.mul_(scale_t.to(g.dtype))
+    return float(norm_t)
 
 
-def rows_for(micro_index: int, n: int, micro_rows: int, seed: int) -> np.ndarray:
-    """Rows of the ``micro_index``-th micro-batch of a run: a pure function of the index, so a resumed run
-    reads exactly the batches the uninterrupted one would have (each epoch is one seeded permutation; the
-    tail of an epoch that does not fill a micro-batch is skipped)."""
-    per_epoch = max(n // micro_rows, 1)
-    epoch, k = divmod(micro_index, per_epoch)
+def rows_for(step: int, micro: int, n: int, batch_size: int, grad_accum: int, seed: int) -> np.ndarray:
+    """Rows of micro-batch ``micro`` of optimizer step ``step``: a pure function of its arguments, so a resumed
+    run reads exactly the batches the uninterrupted one would have, and ``grad_accum`` micro-batches cover
+    the rows of one large batch (each epoch is one seeded permutation; a tail shorter than a batch is skipped)."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, k = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[k * micro_rows: (k + 1) * micro_rows]
+    mrows = batch_size // grad_accum
+    start = k * batch_size + micro * mrows
+    return perm[start: start + mrows]
 
 
 def train(model: nn.Module, train_table: FeatureTable, val_table: FeatureTable | None, cfg: TrainConfig,
@@ -170,7 +174,7 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
             g["lr"] = sched.lr_at(step)
         loss_sum = 0.0
         for i in range(cfg.grad_accum):
-            rows = rows_for(step * cfg.grad_accum + i, n, micro_rows, cfg.seed)
+            rows = rows_for(step, i, n, cfg.batch_size, cfg.grad_accum, cfg.seed)
             b = train_table.batch(rows[rt.rank * mine_rows: (rt.rank + 1) * mine_rows], rt.device)
             with rt.autocast():
                 logits = ddp_model(b)

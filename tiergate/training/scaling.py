@@ -98,9 +98,20 @@ def fit_command(data: str, out, *, results=None, quick: bool = True, device: str
                 f.flush()
     fit = fit_runs(runs, source=f"tiergate plan fit --data {data} ({len(runs)} runs, hashed head)")
     (out / "fit.json").write_text(json.dumps(fit.__dict__, indent=2))
-    check = check_prediction(prep, fit, budget=max(r["flops"] for r in runs) * 2, device=device)
+    check = check_prediction(prep, fit, budget=held_out_budget(fit, runs, len(prep.fit_idx)), device=device)
     (out / "check.json").write_text(json.dumps(check, indent=2))
     return {"fit": fit.__dict__, "check": check, "n_runs": len(runs)}
+
+
+def held_out_budget(fit: Fit, runs: list[dict], n_rows: int) -> float:
+    """A budget between the grid's FLOP levels whose D_opt fits in one pass over the data (single-pass runs
+    are what the fit describes), as large as possible: the prediction is then an interpolation in C that no
+    grid run sampled at its optimum."""
+    flops = sorted(r["flops"] for r in runs)
+    for c in np.geomspace(flops[-1], flops[0], 60):
+        if fit.optimum(c)[1] <= 0.8 * n_rows and all(abs(np.log(c / f)) > 0.1 for f in flops):
+            return float(c)
+    return float(np.sqrt(flops[0] * flops[-1]))
 
 
 def check_prediction(prep, fit: Fit, budget: float, *, device: str = "cpu") -> dict:

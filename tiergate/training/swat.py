@@ -43,7 +43,9 @@ def topk_mask(x: torch.Tensor, keep: float) -> torch.Tensor:
 
 class _SwatLinearFn(torch.autograd.Function):
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, weight_keep, act_keep):
+        ctx.w_dtype = weight.dtype
         # the mask is applied inside the Function: autograd through `weight * mask` would zero the gradient
         # of masked weights, and SWAT's update is dense
         w_sparse = weight * topk_mask(weight, weight_keep)
@@ -55,13 +57,15 @@ class _SwatLinearFn(torch.autograd.Function):
         return F.linear(x, w_sparse, bias)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g):
         x_saved, w_sparse = ctx.saved_tensors
-        g2 = g.reshape(-1, g.shape[-1])
+        # under autocast the forward ran in bf16; the backward sees the saved tensors as they were: match them
+        g2 = g.reshape(-1, g.shape[-1]).to(w_sparse.dtype)
         grad_x = (g2 @ w_sparse).reshape(ctx.in_shape)
         grad_w = g2.t() @ x_saved  # dense update: every weight gets a gradient, masked or not
         grad_b = g2.sum(0) if ctx.has_bias else None
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w.to(ctx.w_dtype), grad_b, None, None
 
 
 class SwatLinear(nn.Module):
