@@ -66,6 +66,7 @@ class LargeConfig:
     sparse_bag: bool = True         # sparse gradients for the n-gram bag (lazy AdamW); off for LAMB/LARS/DDP on GPU
     train: TrainConfig = field(default_factory=TrainConfig)
     holdout_frac: float = 0.1       # share of train held out for early stopping (never calibration or test)
+    step_budget: int | None = 1500  # more optimizer steps than this: grow the batch (see scale_to_budget)
 
 
 def preset(name: str) -> LargeConfig:
@@ -217,6 +218,26 @@ def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0
     return Prepared(cfg, feat, table, fit_idx, hold_idx, labels, fp, time.perf_counter() - t0)
 
 
+def scale_to_budget(cfg: LargeConfig, n_rows: int) -> LargeConfig:
+    """Large-batch training applied: when ``epochs`` at ``batch_size`` would take more than ``step_budget``
+    steps (debian-packages: 8,000 at batch 64), multiply the batch by a power of two until it fits, scale the
+    learning rate by the square root of that factor and normalise BatchNorm in ghost batches of the original
+    size (Hoffer et al. 2017; our H200 run: -0.4 pp at 8x the batch in 8x fewer steps). Returns a copy."""
+    from tiergate.training.schedule import scale_lr
+
+    out = config_from_dict(config_to_dict(cfg))
+    if not cfg.step_budget:
+        return out
+    b0, k = cfg.train.batch_size, 1
+    while cfg.train.epochs * n_rows / (b0 * k) > cfg.step_budget and b0 * k < n_rows // 4:
+        k *= 2
+    if k > 1:
+        out.train.batch_size = b0 * k
+        out.train.lr = scale_lr(cfg.train.lr, b0 * k, b0, "sqrt")
+        out.ghost_size = out.ghost_size or b0
+    return out
+
+
 def fit_head(prep: Prepared, *, runtime=None, progress: bool = False, log=None, checkpoint=None):
     """Build the head and train it on the prepared features; returns (model, TrainResult)."""
     cfg = prep.cfg
@@ -255,6 +276,7 @@ def train_large(dataset, out_dir, *, preset: str | LargeConfig = "quick", select
     cfg.train.seed = seed
     out = Path(out_dir)
     prep = prepare_training(dataset, cfg, selection=selection, seed=seed, progress=progress)
+    cfg = prep.cfg = scale_to_budget(cfg, len(prep.fit_idx))
     ckpt = None
     if checkpoint_every:
         ck_path = out / "checkpoint.pt"

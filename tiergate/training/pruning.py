@@ -82,23 +82,36 @@ def score_el2n_grand(make_model, table: FeatureTable, tcfg, *, n_seeds: int = 3,
     return out / n_seeds
 
 
-def score_forgetting(make_model, table: FeatureTable, tcfg, *, seed: int = 0, runtime=None) -> np.ndarray:
+def score_forgetting(make_model, table: FeatureTable, tcfg, *, seed: int = 0, runtime=None,
+                     checks_per_epoch: int = 4) -> np.ndarray:
+    """Forgetting events over one continuous run (optimizer state kept), checking every example
+    ``checks_per_epoch`` times an epoch (Toneva et al. check at every presentation; a few checks an epoch
+    keep the cost at a few evaluations). Never learned: ``n_checks + 1``, the most forgettable."""
+    from tiergate.training.loop import train
+
     n_epochs = max(int(round(tcfg.epochs)), 2)
+    cfg = replace(tcfg, epochs=float(n_epochs), seed=seed, keep_best=False, eval_every=0)
+    every = max(len(table) // cfg.batch_size // checks_per_epoch, 1)
     prev = np.zeros(len(table), bool)
     ever = np.zeros(len(table), bool)
     forgets = np.zeros(len(table))
+    n_checks = 0
 
-    def on_epoch(model, _ep):
-        nonlocal prev
+    def on_step(step: int, model) -> None:
+        nonlocal prev, n_checks
+        if step % every:
+            return
         p, _ = _probs_and_hidden(model, table)
+        model.train()
         correct = p.argmax(1) == table.y
         forgets[prev & ~correct] += 1
         ever[:] |= correct
         prev = correct
-        model.train()
+        n_checks += 1
 
-    _train_copy(make_model, table, tcfg, seed, n_epochs, on_epoch, runtime=runtime)
-    forgets[~ever] = n_epochs + 1  # never learned: most forgettable, not least
+    torch.manual_seed(seed)
+    train(make_model(), table, None, cfg, runtime=runtime, on_step=on_step)
+    forgets[~ever] = n_checks + 1  # never learned: most forgettable, not least
     return forgets
 
 

@@ -66,7 +66,14 @@ def load_table(path: Path):
 def _train_distributed(ds, out: Path, *, preset, nproc: int, selection, seed: int, progress: bool) -> dict:
     import torch.multiprocessing as mp
 
-    from tiergate.models.large import _preset_cfg, config_to_dict, head_metrics, prepare_training, save_large
+    from tiergate.models.large import (
+        _preset_cfg,
+        config_to_dict,
+        head_metrics,
+        prepare_training,
+        save_large,
+        scale_to_budget,
+    )
 
     t0 = time.perf_counter()
     cfg = _preset_cfg(preset)
@@ -74,6 +81,9 @@ def _train_distributed(ds, out: Path, *, preset, nproc: int, selection, seed: in
     if cfg.train.batch_size % nproc:
         raise ConfigError(f"batch size {cfg.train.batch_size} does not split over {nproc} processes")
     prep = prepare_training(ds, cfg, selection=selection, seed=seed, progress=progress)
+    cfg = prep.cfg = scale_to_budget(cfg, len(prep.fit_idx))
+    if cfg.train.batch_size % nproc:
+        raise ConfigError(f"batch size {cfg.train.batch_size} does not split over {nproc} processes")
     work = out / "_ddp"
     work.mkdir(parents=True, exist_ok=True)
     save_table(work / "table.npz", prep.table)
