@@ -63,7 +63,7 @@ def test_reload_and_replace_swap_or_keep(write):
     fails = sample("tiergate_rules_reload_failures_total", {"source": "api"})
     with pytest.raises(RuleError) as e:
         tier.replace_text("rules:\n  - {id: x, description: d, when: {regex: '(('}, then: {label: s}}\n")
-    assert e.value.problems and tier.version() == v1
+    assert e.value.problems[0].startswith(str(path)) and tier.version() == v1
     assert tier.predict([make_item("lottery")])[0].reason == "lottery"
     assert sample("tiergate_rules_reload_failures_total", {"source": "api"}) == fails + 1
     assert sample("tiergate_rules_version_info", {"version": v1}) == 1
@@ -81,8 +81,9 @@ def test_replace_text_can_persist(write):
     path = write("r.yaml", GOOD)
     tier = RulesTier.from_path(path)
     text = GOOD.replace("0.97", "0.7")
-    tier.replace_text(text, persist=True)
+    v = tier.replace_text(text, persist=True)
     assert path.read_text() == text
+    assert tier.reload() == v  # the same text read back from the file is the same version
 
 
 def test_set_shadow_stops_a_rule_acting_and_survives_reload(write):

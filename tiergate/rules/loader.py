@@ -88,10 +88,14 @@ class RuleSource:
         return [p for p in self.problems if p.severity == "error"]
 
     def version(self) -> str:
-        """Content hash of the set: files in name order, each name and text."""
+        """Content hash of the set. One file: its text alone, so an upload and the same text read back from
+        the rules file are one version. Several: each file's name and text, in name order."""
         h = hashlib.sha256()
-        for name in sorted(self.texts):
-            h.update(Path(name).name.encode() + b"\0" + self.texts[name].encode() + b"\0")
+        if len(self.texts) == 1:
+            h.update(next(iter(self.texts.values())).encode())
+        else:
+            for name in sorted(self.texts):
+                h.update(Path(name).name.encode() + b"\0" + self.texts[name].encode() + b"\0")
         return h.hexdigest()[:16]
 
     def raise_if_errors(self) -> None:

@@ -162,12 +162,14 @@ class RulesTier(Tier):
             raise RuleError("this rules tier was built from text and has no path to reload; use replace_text")
         return self._swap(lambda: load_path(self.path), source)  # type: ignore[arg-type]
 
-    def replace_text(self, yaml_text: str, *, source: str = "api", name: str = "<upload>.yaml",
+    def replace_text(self, yaml_text: str, *, source: str = "api", name: str | None = None,
                      persist: bool = False) -> str:
         """Validate and test ``yaml_text``, then swap it in; returns the new version.
 
         ``persist=True`` also writes the text to the tier's path (a single file) once it passed, so a restart
         keeps it; a directory path is never overwritten."""
+        if name is None:  # problems point at the file the text will replace, when there is one
+            name = str(self.path) if self.path is not None and self.path.is_file() else "<upload>.yaml"
         version = self._swap(lambda: load_text(yaml_text, name=name), source)
         if persist and self.path is not None and self.path.is_file():
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
