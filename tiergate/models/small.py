@@ -110,7 +110,14 @@ class TextFeatures(TransformerMixin, BaseEstimator):
 
 
 def small_presets(n_train: int, n_labels: int) -> list[tuple[str, SmallConfig]]:
-    """The small tiers quickstart builds, cheapest first: ``[(tier name, config), ...]``."""
+    """The small tiers quickstart builds, cheapest first: ``[(tier name, config), ...]``.
+
+    One tier: in front of a final tier ~50x its cost, and behind a rule pack that decides most items, a
+    cheaper tier first could save at most the small tier's own share (~1-2% of the baseline) while costing a
+    second threshold to certify. Many classes: lbfgs stops at 100 iterations (86.55% vs 86.61% at 300 on
+    debian-packages test, at a third of the time)."""
+    if n_labels > 10:
+        return [("small", SmallConfig(max_iter=100))]
     return [("small", SmallConfig())]
 
 
@@ -164,12 +171,19 @@ def fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig | No
     y = np.asarray(labels, dtype=object)
     calibration: dict = {"method": "none"}
     temperature = 1.0
+    clf: LogisticRegression = pipe.named_steps["clf"]
     if cfg.temperature == "holdout" and len(texts) >= 100:
-        temperature, calibration = holdout_temperature(X, y, cfg, seed=seed)
+        temperature, calibration, probe = holdout_temperature(X, y, cfg, seed=seed)
+        if len(probe.classes_) == len(set(labels)):
+            # Start the final fit from the probe's solution (fit on 80% of the same rows): the convex problem
+            # has the same optimum, and lbfgs gets there in far fewer steps, so the temperature costs about
+            # one extra fit on 80% of the data rather than doubling training time.
+            clf.set_params(warm_start=True)
+            clf.coef_, clf.intercept_ = probe.coef_.copy(), probe.intercept_.copy()
     elif cfg.temperature not in ("holdout", "off"):
         raise ModelError(f"SmallConfig.temperature={cfg.temperature!r}: use 'holdout' or 'off'")
-    clf: LogisticRegression = pipe.named_steps["clf"]
     clf.fit(X, y)
+    clf.set_params(warm_start=False)
     # softmax(z / T) == softmax of the same linear model with weights and biases divided by T (binary too:
     # sigmoid(z / T) is the 2-class softmax of (0, z / T)).
     clf.coef_ = clf.coef_ / temperature
@@ -177,17 +191,18 @@ def fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig | No
     return FittedSmall(pipe, time.perf_counter() - t0, calibration)
 
 
-def holdout_temperature(X: sp.csr_matrix, y: np.ndarray, cfg: SmallConfig, *, seed: int = 0) -> tuple[float, dict]:
+def holdout_temperature(X: sp.csr_matrix, y: np.ndarray, cfg: SmallConfig, *, seed: int = 0
+                        ) -> tuple[float, dict, LogisticRegression]:
     """Fit a temperature on a held-out slice of the training rows (the calibration split is never touched).
 
-    A probe model, fit on the rest (at most ``PROBE_MAX_ITEMS`` rows, for speed), scores the slice. The
+    A probe model, fit on the rest, scores the slice (and is returned: the final fit starts from it). The
     temperature is fit on half A of the slice and judged on half B (ECE before and after, honest), then refit
     on the whole slice for the model that ships. The TF-IDF vocabulary saw the slice; only the classifier did
     not, which is what the temperature corrects."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(X.shape[0])
     n_hold = max(50, int(cfg.holdout_fraction * len(perm)))
-    hold, rest = perm[:n_hold], perm[n_hold:][:PROBE_MAX_ITEMS]
+    hold, rest = perm[:n_hold], perm[n_hold:]
     probe = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, class_weight=cfg.class_weight).fit(X[rest], y[rest])
     known = np.isin(y[hold], probe.classes_)
     hold = hold[known]
@@ -203,10 +218,7 @@ def holdout_temperature(X: sp.csr_matrix, y: np.ndarray, cfg: SmallConfig, *, se
             f"(probe model fit on {len(rest)} other train rows)", "ece_before": round(before, 5),
             "ece_after": round(after, 5), "ece_measured_on": f"{len(hold) - half} rows not used to fit it"}
     info["_reliability"] = (softmax(logits_NC[half:]), softmax(logits_NC[half:] / t_a), target_N[half:])
-    return t_all, info
-
-
-PROBE_MAX_ITEMS = 20_000
+    return t_all, info, probe
 
 
 def softmax(z_NC: np.ndarray) -> np.ndarray:
