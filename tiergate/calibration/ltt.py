@@ -8,8 +8,8 @@ Procedure (:func:`calibrate_cascade`):
 1. Split the calibration items once, at random with a fixed seed, into a *selection* part and a *test* part
    when something must be learnt from data (which rules to shadow; a per-class order of settings). With
    nothing to learn, every item tests.
-2. Rules tier: rules whose decisions on the selection part disagree with the final tier (or are wrong, for
-   the error risk) are put in shadow mode (still evaluated and counted, never acting), repeatedly, since
+2. Rules tier (from 2,000 calibration items, or ``shadow="on"``): rules whose decisions on the selection part
+   disagree with the final tier (or are wrong, for the error risk) are put in shadow mode (still evaluated and counted, never acting), repeatedly, since
    a lower-priority rule may then act instead. The ids are written to ``config.calibration["shadow_rules"]``
    and applied whenever the config is loaded.
 3. Order candidate settings from the most conservative to the least (:mod:`tiergate.calibration.paths`).
@@ -178,17 +178,35 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
     cfg.calibration = {"method": "ltt", "epsilon": epsilon, "delta": delta, "risk": str(rk), "n": n,
                        "shadow_rules": shadowed, "rules_off": rules_off, "data_hash": data_hash, "path": path,
                        **({"report": str(report_path)} if report_path else {})}
+    warnings = _diagnose(test, movable, tiers)
+    for w in warnings:
+        log.warning("%s", w)
     summary = {"method": "ltt", "risk": str(rk), "epsilon": epsilon, "delta": delta, "n": n_test,
                "losses": int(k), "bound": round(cert["bound"], 6),
                "saved_fraction_calibration": round(cert["saved_fraction_calibration"], 4),
                "final_only": chosen < 0, "path": path, "settings_certified": rejected,
                "shadowed_rules": sum(len(v) for v in shadowed.values()),
-               "thresholds": cert["thresholds"], "shadow_rules": shadowed, "ladder": rungs}
+               "thresholds": cert["thresholds"], "shadow_rules": shadowed, "ladder": rungs, "warnings": warnings}
     if report_path:
         summary["report"] = str(report_path)
     log.info("calibrated (%s): n=%d, %d losses, bound %.4g <= %.4g, saved %.3f on calibration", METHOD, n_test,
              k, cert["bound"], epsilon, cert["saved_fraction_calibration"])
     return summary
+
+
+def _diagnose(s: Scored, movable: Sequence[int], tiers) -> list[str]:
+    """Plain-language warnings about what the certificate will mean on this cascade."""
+    if not s.n or (s.y_N < 0).any():
+        return []
+    out = []
+    final_acc = float((s.final_N == s.y_N).mean())
+    for i in movable:
+        acc = float((s.label_TN[i] == s.y_N).mean())
+        if acc > final_acc:
+            out.append(f"tier {tiers[i].name} alone is more accurate than the final tier on the calibration items "
+                       f"({acc:.4f} vs {final_acc:.4f}): disagreement with the final tier will mostly count the final "
+                       "tier's errors; consider --risk error, or a better final tier")
+    return out
 
 
 def evaluate_settings(s: Scored, settings: Sequence[np.ndarray], risk: Risk) -> list[dict]:
