@@ -44,3 +44,21 @@ def test_data_info_json():
     r = CliRunner().invoke(app, ["data", "info", "spamassassin", "--json"])
     assert r.exit_code == 0
     assert json.loads(r.stdout)["splits"]["test"]["n"] == 769
+
+
+def test_calibrate_measures_costs_and_sets_thresholds(tiny_workdir, tmp_path):
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "w"
+    shutil.copytree(tiny_workdir, work)
+    r = CliRunner().invoke(app, ["calibrate", "--config", str(work / "tiergate.yaml"), "--data", "spamassassin",
+                                 "--method", "plain", "--epsilon", "0.02"])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load((work / "tiergate.yaml").read_text())
+    for t in cfg["tiers"]:
+        assert t["cost"]["seconds_per_item"] > 0 and t["cost"]["batch_size"] == 32
+        assert "batches of 32" in t["cost"]["measured"] and "cores" in t["cost"]["measured"]
+    assert cfg["tiers"][0]["threshold"]["default"] <= 1.0  # the plain search found a threshold
+    assert cfg["calibration"]["method"] == "plain" and cfg["calibration"]["disagreement"] <= 0.02

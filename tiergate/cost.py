@@ -33,18 +33,26 @@ def measure_cost(tier: Tier, items: Sequence[Item], *, usd_per_hour: float, batc
                  max_batches: int = 8, fixed_usd_per_call: float = 0.0) -> CostConfig:
     """Time ``tier.predict`` on up to ``max_batches`` batches (after one warm-up batch); median per item."""
     items = list(items)
-    if not items:
-        return CostConfig(usd_per_hour=usd_per_hour, batch_size=batch_size, fixed_usd_per_call=fixed_usd_per_call,
-                          measured="no items to measure")
     tier.predict(items[:batch_size])  # warm-up: lazy initialisation, caches, allocator
     per_item = []
-    batches = [items[s : s + batch_size] for s in range(0, len(items), batch_size)][:max_batches]
-    for b in batches:
+    for s in range(0, min(len(items), batch_size * max_batches), batch_size):
+        b = items[s : s + batch_size]
         t0 = time.perf_counter()
         tier.predict(b)
         per_item.append((time.perf_counter() - t0) / len(b))
-    med = statistics.median(per_item)
+    return cost_from_timings(per_item, usd_per_hour=usd_per_hour, batch_size=batch_size,
+                             fixed_usd_per_call=fixed_usd_per_call)
+
+
+def cost_from_timings(per_item_s: Sequence[float], *, usd_per_hour: float, batch_size: int,
+                      fixed_usd_per_call: float = 0.0, what: str = "items") -> CostConfig:
+    """The cost of a tier from per-item seconds of timed batches (median), as :func:`measure_cost` does."""
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
-    return CostConfig(seconds_per_item=med, batch_size=batch_size, usd_per_hour=usd_per_hour,
-                      fixed_usd_per_call=fixed_usd_per_call,
-                      measured=f"median of {len(batches)} batches of <= {batch_size} items on {machine_description()}, {when}")
+    if not per_item_s:
+        return CostConfig(usd_per_hour=usd_per_hour, batch_size=batch_size, fixed_usd_per_call=fixed_usd_per_call,
+                          measured=f"not measured: fewer than two full batches of {batch_size} {what}")
+    return CostConfig(seconds_per_item=statistics.median(per_item_s), batch_size=batch_size,
+                      usd_per_hour=usd_per_hour, fixed_usd_per_call=fixed_usd_per_call,
+                      measured=f"median of {len(per_item_s)} batches of {batch_size} {what} (after a warm-up batch) "
+                               f"on {machine_description()}, {when}")
+

@@ -15,13 +15,15 @@ from tqdm import tqdm
 
 from tiergate.cascade import Cascade
 from tiergate.config import Thresholds, TierConfig, TiergateConfig, load_config, save_config
-from tiergate.cost import measure_cost
+from tiergate.cost import cost_from_timings
 from tiergate.data import Dataset, load_dataset, make_item
 from tiergate.data.items import Item
 from tiergate.errors import CalibrationError
 from tiergate.evaluate import score_tiers, summarize
 
 log = logging.getLogger("tiergate")
+
+COST_BATCH = 32  # the batch size at which costs are measured (and stated in the config)
 
 
 def items_of(ds: Dataset, split: str, progress: bool = False) -> tuple[list[Item], list[str]]:
@@ -30,15 +32,15 @@ def items_of(ds: Dataset, split: str, progress: bool = False) -> tuple[list[Item
     return items, [e.label for e in exs]
 
 
-def measure_costs(cascade: Cascade, items: list[Item], *, batch_size: int = 32, max_batches: int = 8) -> None:
-    """Measure every tier's cost per item on ``items`` and write it into the cascade's config (in memory)."""
-    for tier, tc in zip(cascade.tiers, cascade.config.tiers, strict=True):
+def set_costs(cascade: Cascade, timings: dict[str, list[float]], *, batch_size: int, what: str) -> None:
+    """Write every tier's measured cost per item (median of ``timings``) into the cascade's config."""
+    for tc in cascade.config.tiers:
         price = cascade.config.hardware.get(tc.hardware)
         if price is None:
             raise CalibrationError(f"tier {tc.name}: hardware {tc.hardware!r} has no price; add it under "
                                    f"`hardware:` (known: {sorted(cascade.config.hardware)})")
-        tc.cost = measure_cost(tier, items, usd_per_hour=price, batch_size=batch_size, max_batches=max_batches,
-                               fixed_usd_per_call=tc.cost.fixed_usd_per_call)
+        tc.cost = cost_from_timings(timings.get(tc.name, []), usd_per_hour=price, batch_size=batch_size,
+                                    fixed_usd_per_call=tc.cost.fixed_usd_per_call, what=what)
         log.info("cost of %s: %.3f ms per item (%s)", tc.name, tc.cost.seconds_per_item * 1000, tc.cost.measured)
 
 
@@ -51,9 +53,10 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     items, y = items_of(ds, "calibration", progress)
     if not items:
         raise CalibrationError(f"{data}: the calibration split is empty; thresholds need held-out data")
+    timings: dict[str, list[float]] = {}
+    outputs = score_tiers(cascade, items, progress=progress, batch_size=COST_BATCH, timings=timings)
     if measure:
-        measure_costs(cascade, items)
-    outputs = score_tiers(cascade, items, progress=progress)
+        set_costs(cascade, timings, batch_size=COST_BATCH, what=f"{data} calibration items")
     result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds, items=items)
     save_config(cascade.config, config_path)
     cascade.close()
