@@ -61,8 +61,8 @@ def greedy_path(sel: Scored, base_TC: np.ndarray, movable: Sequence[int], loss_o
     thr = start_setting(base_TC, movable)
     level = {(i, c): 0 for i in movable for c in range(C)}
     r = sel.route(thr)
-    # Per-item state: the tier that decides, the cost paid, the loss, and which tiers the item reaches.
-    dec_N, cost_N = r.tier_N.copy(), r.cost_N.copy()
+    # Per-item state: the cost paid, the loss, and which tiers the item reaches.
+    cost_N = r.cost_N.copy()
     loss_N = loss_of(r.pred_N).astype(np.float64)
     n_counted = max(1, n_counted)
     reach_TN = _reach(sel, thr)
@@ -110,7 +110,6 @@ def greedy_path(sel: Scored, base_TC: np.ndarray, movable: Sequence[int], loss_o
         (i, c), (_, nxt, moved) = best
         level[(i, c)] = nxt
         thr[i, c] = grid[nxt]
-        dec_N[moved] = i
         cost_N[moved] = upto_TN[i][moved]
         loss_N[moved] = own_loss[i][moved]
         reach_TN[i + 1 :, moved] = False
