@@ -84,12 +84,13 @@ def test_broken_upload_under_traffic_then_good_upload(gateway, monkeypatch):
     v1 = rules_version(base)
     assert v1
     failures: list[str] = []
-    answers: list[tuple[float, str, float]] = []
+    answers: list[tuple[float, float, str, float]] = []  # (sent, answered, reason, confidence)
     stop = threading.Event()
 
     def traffic():
         with httpx.Client(base_url=base, timeout=10) as c:
             while not stop.is_set():
+                sent = time.time()
                 try:
                     r = c.post("/v1/classify", json={"texts": [LOTTERY, "Subject: hi\n\nthe meeting notes"]})
                 except httpx.HTTPError as e:
@@ -99,7 +100,7 @@ def test_broken_upload_under_traffic_then_good_upload(gateway, monkeypatch):
                     failures.append(f"{r.status_code} {r.text[:200]}")
                     continue
                 first = r.json()["results"][0]
-                answers.append((time.time(), first["reason"], first["confidence"]))
+                answers.append((sent, time.time(), first["reason"], first["confidence"]))
 
     pool = cf.ThreadPoolExecutor(4)
     futures = [pool.submit(traffic) for _ in range(4)]
@@ -115,6 +116,7 @@ def test_broken_upload_under_traffic_then_good_upload(gateway, monkeypatch):
         time.sleep(0.5)
         t_swap = time.time()
         r = httpx.put(base + "/admin/rules", content=RULES_V2, headers=auth(), timeout=30)
+        t_swapped = time.time()
         assert r.status_code == 200, r.text
         v2 = r.json()["rules_version"]
         assert v2 != v1 and r.json()["previous_version"] == v1 and rules_version(base) == v2
@@ -125,11 +127,12 @@ def test_broken_upload_under_traffic_then_good_upload(gateway, monkeypatch):
             f.result(timeout=30)
         pool.shutdown()
     assert failures == []
-    before = [a for a in answers if a[0] < t_swap]
-    after = [a for a in answers if a[0] > t_swap + 0.2]
+    # answered before the good upload was sent: the old set; sent after it was acknowledged: the new one
+    before = [a for a in answers if a[1] < t_swap]
+    after = [a for a in answers if a[0] > t_swapped]
     assert before and after
-    assert all(reason == "rule:lottery-win" and conf == 0.97 for _, reason, conf in before)
-    assert all(reason == "rule:lottery-win" and conf == 0.93 for _, reason, conf in after)
+    assert all(reason == "rule:lottery-win" and conf == 0.97 for _, _, reason, conf in before)
+    assert all(reason == "rule:lottery-win" and conf == 0.93 for _, _, reason, conf in after)
     assert path.joinpath("rules.yaml").read_text() == RULES_V2  # persisted, so a restart keeps it
     d = httpx.post(base + "/v1/classify", json={"text": "Subject: x\n\nthe meeting notes"}).json()
     assert d["tier"] == "rules" and d["reason"] == "rule:meeting-notes"
