@@ -161,3 +161,16 @@ def test_moe_and_dense_heads_both_train(spam, tmp_path):
     tier = LargeTier.load(tmp_path)
     assert tier.predict_proba([make_item("hello")]).shape == (1, 2)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_step_budget_grows_the_batch_with_sqrt_lr_and_ghost_bn():
+    from tiergate.models.large import scale_to_budget
+    cfg = preset("quick")
+    cfg.train.batch_size, cfg.train.epochs, cfg.step_budget = 64, 12.0, 1500
+    small = scale_to_budget(cfg, 4000)
+    assert small.train.batch_size == 64 and small.ghost_size is None
+    big = scale_to_budget(cfg, 42905)  # debian-packages: 8,000 steps at batch 64
+    assert big.train.batch_size == 512 and big.ghost_size == 64
+    assert big.train.lr == pytest.approx(cfg.train.lr * 8 ** 0.5)
+    assert big.train.epochs * 42905 / big.train.batch_size <= cfg.step_budget
+    assert cfg.train.batch_size == 64  # the caller's config is not changed
