@@ -44,3 +44,15 @@ def test_shipped_default_fit_and_cli():
     assert r.exit_code == 0 and "n_params" in r.output
     r = CliRunner().invoke(plan_app, ["--compute-flops", "-1"])
     assert r.exit_code == 2
+
+
+def test_plan_fit_reads_a_results_file(tmp_path):
+    true = Fit(E=0.3, A=20.0, B=50.0, alpha=0.4, beta=0.35)
+    runs = [{"n_params": n, "n_tokens": d, "loss": float(true.loss(n, d))} for n in (1e3, 1e4, 1e5) for d in (1e4, 1e5)]
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs))
+    r = CliRunner().invoke(plan_app, ["fit", "--results", str(tmp_path / "runs.jsonl"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    fit = json.loads((tmp_path / "o" / "fit.json").read_text())
+    assert Fit(**fit).loss(3e4, 3e4) == pytest.approx(true.loss(3e4, 3e4), rel=0.03)
+    r = CliRunner().invoke(plan_app, ["--compute-flops", "1e12", "--fit", str(tmp_path / "o" / "fit.json"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["n_params"] > 0

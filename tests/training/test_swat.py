@@ -63,3 +63,11 @@ def test_flop_counting_and_sparsify_skips_the_head():
     model.eval()
     x = torch.randn(2, 10)
     assert torch.allclose(model.body(x), x @ model.body.weight.t() + model.body.bias)  # serving is dense
+
+
+def test_per_layer_sparsity():
+    model = nn.Sequential()
+    model.add_module("a", nn.Linear(10, 10))
+    model.add_module("b", nn.Linear(10, 10))
+    sparsify(model, SwatConfig(weight_sparsity=0.8, per_layer={"b": 0.5}, skip=()))
+    assert model.a.cfg.weight_sparsity == 0.8 and model.b.cfg.weight_sparsity == 0.5

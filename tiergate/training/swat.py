@@ -15,7 +15,7 @@ Applied from outside the model (:meth:`tiergate.training.parallel.Runtime.apply`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ class SwatConfig:
     warmup_steps: int = 0           # dense steps before sparsity starts
     fixed_mask: bool = False        # baseline: freeze the mask at the end of warm-up (no regrowth)
     skip: tuple[str, ...] = ("head",)  # layer names left dense (the classifier output layer, as in the paper)
+    per_layer: dict[str, float] | None = None  # weight (and activation) sparsity by layer name, overriding the above
 
 
 def topk_mask(x: torch.Tensor, keep: float) -> torch.Tensor:
@@ -119,7 +120,11 @@ def sparsify(model: nn.Module, cfg: SwatConfig) -> nn.Module:
         for child_name, child in list(mod.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if isinstance(child, nn.Linear) and not any(s == full or full.endswith("." + s) for s in cfg.skip):
-                setattr(mod, child_name, SwatLinear(child, cfg))
+                layer_cfg = cfg
+                if cfg.per_layer and full in cfg.per_layer:
+                    s_l = cfg.per_layer[full]
+                    layer_cfg = replace(cfg, weight_sparsity=s_l, act_sparsity=s_l)
+                setattr(mod, child_name, SwatLinear(child, layer_cfg))
     return model
 
 
