@@ -272,9 +272,15 @@ def exp_swat(b: Bench, budget_s: float) -> dict:
     cfg.ffn, cfg.n_blocks, cfg.dense_hidden = "dense", 2, 512
     steps = cfg.train.epochs * len(b.prep.fit_idx) // cfg.train.batch_size
     warm = int(0.1 * steps)
-    runs = [dict(b.run(cfg, tag="dense", swat=SwatConfig(0.0, 0.0)), arm="dense", sparsity=0.0)]
-    for s, arm, fixed in ((0.8, "swat", False), (0.8, "fixed mask", True), (0.5, "swat", False),
-                          (0.9, "swat", False), (0.7, "swat", False), (0.9, "fixed mask", True), (0.5, "fixed mask", True)):
+    arms = ((0.8, "swat", False), (0.8, "fixed mask", True), (0.5, "swat", False),
+            (0.9, "swat", False), (0.7, "swat", False), (0.9, "fixed mask", True), (0.5, "fixed mask", True))
+    if ARGS and ARGS.swat_arms:  # e.g. "fixed mask@0.8,swat@0.9": only these, no dense run
+        chosen = [a.split("@") for a in ARGS.swat_arms.split(",")]
+        arms = tuple((float(s), a, a == "fixed mask") for a, s in chosen)
+        runs = []
+    else:
+        runs = [dict(b.run(cfg, tag="dense", swat=SwatConfig(0.0, 0.0)), arm="dense", sparsity=0.0)]
+    for s, arm, fixed in arms:
         if time.perf_counter() > t_end:  # most telling arms first: a spent budget drops the rest
             break
         sw = SwatConfig(weight_sparsity=s, act_sparsity=s, warmup_steps=warm, fixed_mask=fixed)
@@ -346,6 +352,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, help="draw figures from DIR/results.json and stop")
     ap.add_argument("--metrics", default=None, help="pruning: metrics to run (default all)")
     ap.add_argument("--fractions", default=None, help="pruning: fractions kept (default 0.5,0.3,0.7,0.1)")
+    ap.add_argument("--swat-arms", default=None, help='swat: only these arms, e.g. "fixed mask@0.8"')
     ap.add_argument("--seeds", default=None, help="moe: seeds (then only the dense and top-1 arms)")
     a = ap.parse_args(argv)
     global ARGS
