@@ -61,6 +61,7 @@ class LargeConfig:
     ffn: str = "moe"                # moe | dense
     moe: MoEConfig = field(default_factory=lambda: MoEConfig(d_model=128, d_hidden=256, n_experts=8, top_k=2))
     dense_hidden: int = 512         # hidden width of the dense FFN when ffn == "dense"
+    wide: bool = True               # a linear path from the n-gram bag straight to the logits (wide & deep)
     ghost_size: int | None = None   # Ghost BN chunk (None: plain BatchNorm)
     dropout: float = 0.2            # on the input features and inside blocks
     sparse_bag: bool = True         # sparse gradients for the n-gram bag (lazy AdamW); off for LAMB/LARS/DDP on GPU
@@ -73,7 +74,9 @@ def preset(name: str) -> LargeConfig:
     """Named run presets (functions, not flag piles). ``quick``: what quickstart trains (minutes on 2 cores);
     ``full``: longer reading and training; ``hashed``: no pretrained encoder (GPU hosts, experiments)."""
     if name == "quick":
-        return LargeConfig(train=TrainConfig(lr=2e-3, batch_size=64, epochs=12, weight_decay=0.01))
+        # The hold-out loss bottoms out near epoch 2 on spamassassin (step 126 of 756 at 12 epochs): 5 epochs
+        # with early stopping keep the best model and cut training time by more than half.
+        return LargeConfig(train=TrainConfig(lr=2e-3, batch_size=64, epochs=5, weight_decay=0.01))
     if name == "full":
         return LargeConfig(max_chunks=6, n_blocks=2, bag=HashedNgramConfig(n_buckets=2 ** 18, max_per_text=768),
                            train=TrainConfig(lr=2e-3, batch_size=64, epochs=20))
@@ -121,6 +124,13 @@ class SparseClassifier(nn.Module):
             raise ConfigError(f"ffn {cfg.ffn!r}: use moe or dense")
         self.ln_out = nn.LayerNorm(D)
         self.head = nn.Linear(D, n_classes)
+        # Wide & deep: the deep path squeezes the n-grams through D dimensions, a BatchNorm and the experts;
+        # the wide path keeps a linear model over the same hashed TF-IDF n-grams (what the small tier is), so
+        # the large tier starts from the small tier's evidence and the deep path adds what it cannot see.
+        self.wide = None
+        if cfg.wide:
+            self.wide = nn.EmbeddingBag(cfg.bag.n_buckets, n_classes, mode="sum", sparse=cfg.sparse_bag)
+            nn.init.zeros_(self.wide.weight)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x_BD = self.bag(batch["bag_ids"], batch["bag_offsets"], per_sample_weights=batch["bag_weights"])
@@ -129,7 +139,10 @@ class SparseClassifier(nn.Module):
         x_BD = self.drop(F.gelu(self.bn(x_BD)))
         for ln, ffn in zip(self.norms, self.ffns, strict=True):
             x_BD = x_BD + self.drop(ffn(ln(x_BD)))
-        return self.head(self.ln_out(x_BD))  # (B, C)
+        logits_BC = self.head(self.ln_out(x_BD))
+        if self.wide is not None:
+            logits_BC = logits_BC + self.wide(batch["bag_ids"], batch["bag_offsets"], per_sample_weights=batch["bag_weights"])
+        return logits_BC  # (B, C)
 
     def aux_loss(self) -> torch.Tensor:
         return sum((f.aux_loss for f in self.ffns), torch.zeros(()))
