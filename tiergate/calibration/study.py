@@ -62,7 +62,7 @@ def risk_rows(config, scored, risks, epsilon: float, delta: float) -> list[dict]
     rows = []
     for risk in risks:
         cfg = copy.deepcopy(config)
-        cfg.certificate, cfg.calibration = None, {}
+        cfg.certificate = None  # keep cfg.calibration: it says which rules a previous run switched off
         res = calibrate_cascade(_Replay(cfg), outs, y, epsilon=epsilon, delta=delta, risk=risk, report=False)
         rep = summarize(touts, ty, cfg.tiers, dataset="", split="test")
         rows.append({"risk": risk, "n": res["n"], "losses": res["losses"], "bound": res["bound"],
@@ -109,6 +109,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     config, _ = load_config(a.config)
+    for t in config.tiers:  # rules a previous calibration switched off are part of the cascade being studied
+        if t.kind == "rules" and t.name in (config.calibration or {}).get("rules_off", []):
+            t.threshold.default = 0.0
     scored = scored_splits(a.config, a.data)
     lines = [f"# Calibration study: {a.data}, epsilon {a.epsilon}, delta {a.delta}", "",
              "| risk | n | losses | bound | thresholds | test disagreement | test saved | test accuracy | final alone |",
