@@ -3,7 +3,7 @@
 Stated tolerance: with dropout off and a dense head, two processes each normalising half of every batch are,
 step for step, the same computation as one process with Ghost BN of half the batch; the only difference is
 float summation order (gradients averaged across ranks), so every weight agrees within 1e-4 (BatchNorm's
-running statistics excepted: DDP keeps rank 0's) and held-out accuracy within 2 points. With the default (dropout, MoE) config the runs differ only by the random
+running statistics excepted: DDP keeps rank 0's) and held-out predictions differ on at most one row. With the default (dropout, MoE) config the runs differ only by the random
 dropout masks and per-rank router statistics; quality then agrees within 2 points of held-out accuracy.
 """
 
@@ -55,5 +55,8 @@ def test_two_processes_match_one(spam, tmp_path):
         # BatchNorm running statistics are rank 0's (DDP broadcasts its buffers); training never reads them
         if a[k].is_floating_point() and "running_" not in k:
             assert float((a[k] - b[k]).abs().max()) < 1e-4, k
-    assert abs(one["metrics"]["holdout_acc"] - two["metrics"]["holdout_acc"]) <= 0.02
+    # held-out accuracy is read with BatchNorm's running statistics, which differ (see above): at most one of
+    # the 30 held-out rows may change its label
+    n_hold = one["metrics"]["n_holdout"]
+    assert abs(one["metrics"]["holdout_acc"] - two["metrics"]["holdout_acc"]) * n_hold <= 1 + 1e-9
     assert two["metrics"]["nproc"] == 2
