@@ -165,7 +165,7 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
                workdir: Path = typer.Option(Path("tiergate-quickstart"), help="Where models and config go"),
                no_serve: bool = typer.Option(False, "--no-serve", help="Stop after evaluating"),
                host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-               epsilon: float = typer.Option(0.005, help="Calibration risk bound: the cascade disagrees with the "
+               epsilon: float = typer.Option(0.01, help="Calibration risk bound: the cascade disagrees with the "
                                              "final tier on at most this share of items (with prob. >= 1 - delta)"),
                delta: float = typer.Option(0.05)) -> None:
     """From nothing to a served cascade: fetch, train, install rules, calibrate, evaluate, serve."""
