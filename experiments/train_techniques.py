@@ -187,11 +187,14 @@ def exp_largebatch2(b: Bench, budget_s: float) -> dict:
     steps), and batch 4096."""
     t_end = time.perf_counter() + budget_s
     B0, E, lr0 = 64, 6.0, 2e-3
-    base = b.run(_cfg(b, batch_size=B0, epochs=E, lr=lr0, keep_best=False), tag="baseline",
-                 eval_every=max(len(b.prep.fit_idx) // B0 // 6, 1))
-    target = base["holdout_acc"] - 0.005
-    base["steps_to_target"] = next((s for s, a in base["curve"] if a >= target), None)
-    runs = [dict(base, batch=B0, arm="baseline")]
+    if ARGS and ARGS.lb_target:  # the baseline was run before (same machine, same config): reuse its target
+        target, runs = ARGS.lb_target, []
+    else:
+        base = b.run(_cfg(b, batch_size=B0, epochs=E, lr=lr0, keep_best=False), tag="baseline",
+                     eval_every=max(len(b.prep.fit_idx) // B0 // 6, 1))
+        target = base["holdout_acc"] - 0.005
+        base["steps_to_target"] = next((s for s, a in base["curve"] if a >= target), None)
+        runs = [dict(base, batch=B0, arm="baseline")]
     plan = [
         (512, "sqrt+ghostbn", dict(lr=scale_lr(lr0, 512, B0, "sqrt"), warmup_frac=0.1), E, True),
         (512, "regime x2 (sqrt+ghostbn)", dict(lr=scale_lr(lr0, 512, B0, "sqrt"), warmup_frac=0.1), 2 * E, True),
@@ -201,6 +204,9 @@ def exp_largebatch2(b: Bench, budget_s: float) -> dict:
         (4096, "lamb", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1), E, False),
         (4096, "linear+warmup", dict(lr=scale_lr(lr0, 4096, B0, "linear"), warmup_frac=0.3), E, False),
     ]
+    if ARGS and ARGS.lb_arms:
+        wanted = set(ARGS.lb_arms.split(","))
+        plan = [p for p in plan if f"{p[1]}@{p[0]}" in wanted]
     for B, arm, kw, epochs, ghost in plan:
         if time.perf_counter() > t_end:
             break
@@ -353,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--metrics", default=None, help="pruning: metrics to run (default all)")
     ap.add_argument("--fractions", default=None, help="pruning: fractions kept (default 0.5,0.3,0.7,0.1)")
     ap.add_argument("--swat-arms", default=None, help='swat: only these arms, e.g. "fixed mask@0.8"')
+    ap.add_argument("--lb-arms", default=None, help='largebatch2: only these arms, e.g. "lamb@512"')
+    ap.add_argument("--lb-target", type=float, default=None, help="largebatch2: skip the baseline, use this target")
     ap.add_argument("--seeds", default=None, help="moe: seeds (then only the dense and top-1 arms)")
     a = ap.parse_args(argv)
     global ARGS
