@@ -62,6 +62,7 @@ class LargeConfig:
     moe: MoEConfig = field(default_factory=lambda: MoEConfig(d_model=128, d_hidden=256, n_experts=8, top_k=2))
     dense_hidden: int = 512         # hidden width of the dense FFN when ffn == "dense"
     wide: bool = True               # a linear path from the n-gram bag straight to the logits (wide & deep)
+    linear_member: bool = True      # average with a full-vocabulary TF-IDF + logistic regression member
     ghost_size: int | None = None   # Ghost BN chunk (None: plain BatchNorm)
     dropout: float = 0.2            # on the input features and inside blocks
     sparse_bag: bool = True         # sparse gradients for the n-gram bag (lazy AdamW); off for LAMB/LARS/DDP on GPU
@@ -300,9 +301,33 @@ def train_large(dataset, out_dir, *, preset: str | LargeConfig = "quick", select
     model, res = fit_head(prep, progress=progress, log=jsonl_logger(log_path) if log_path else None,
                           checkpoint=ckpt)
     metrics = head_metrics(prep, res)
-    metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
-    return save_large(out, model.cpu(), prep.featurizer, cfg, prep.labels, prep.data_fingerprint, metrics,
-                      history=res.history)
+    manifest = save_large(out, model.cpu(), prep.featurizer, cfg, prep.labels, prep.data_fingerprint, metrics,
+                          history=res.history)
+    if cfg.linear_member:
+        manifest = add_linear_member(dataset, out, selection=selection, manifest=manifest)
+    manifest["metrics"]["total_seconds"] = round(time.perf_counter() - t0, 2)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def add_linear_member(dataset, out: Path, *, selection=None, manifest: dict) -> dict:
+    """Train the ensemble's linear member (full-vocabulary word TF-IDF + logistic regression, the recipe of
+    the small tier, on the same training rows) into ``out/linear`` and record it in the manifest.
+
+    Why an ensemble: the MoE head reads MiniLM embeddings and a *truncated* hashed bag (each text's top
+    n-grams), the linear member every n-gram of the vocabulary; they err on different items, and their
+    average is steadier than either alone on the hard items the cascade escalates."""
+    from tiergate.models.small import SmallConfig, train_small
+
+    examples = dataset.split("train")
+    if selection is not None:
+        keep = set(selection)
+        examples = [e for e in examples if e.id in keep]
+    lin = train_small([make_item(e.text).model_text for e in examples], [e.label for e in examples],
+                      out / "linear", SmallConfig(), data_fingerprint=manifest.get("training_data_fingerprint", ""),
+                      name="large-linear")
+    manifest["linear_member"] = {"version": lin["version"], "n_features": lin["n_features"]}
+    return manifest
 
 
 def _preset_cfg(p) -> LargeConfig:
@@ -359,7 +384,8 @@ class LargeTier(Tier):
     kind = "model"
 
     def __init__(self, model: SparseClassifier, featurizer: Featurizer, labels: list[str], manifest: dict,
-                 batch_size: int = 32):
+                 batch_size: int = 32, linear=None):
+        self.linear = linear  # the ensemble's linear member (an OnnxTier), or None
         self.model = model.eval()
         self.featurizer = featurizer
         self.labels = list(labels)
@@ -409,10 +435,20 @@ class LargeTier(Tier):
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise ModelError(f"{d / 'model.safetensors'}: tensors do not match config.json ({str(e)[:300]})") from e
-        return cls(model, feat, labels, manifest)
+        linear = None
+        if cfg.linear_member and (d / "linear").is_dir():
+            from tiergate.models.small import OnnxTier
+
+            linear = OnnxTier(d / "linear", name="large-linear")
+            if sorted(linear.labels) != sorted(labels):
+                raise ModelError(f"{d / 'linear'}: labels {linear.labels} differ from the head's {labels}")
+        return cls(model, feat, labels, manifest, linear=linear)
 
     def version(self) -> str:
-        return str(self.manifest.get("weights_sha256", ""))[:16]
+        v = str(self.manifest.get("weights_sha256", ""))[:16]
+        if self.linear is not None:
+            v += "+" + self.linear.version()
+        return v
 
     @torch.inference_mode()
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
@@ -423,7 +459,11 @@ class LargeTier(Tier):
         for s in range(0, len(table), 256):
             b = table.batch(np.arange(s, min(s + 256, len(table))))
             out.append(torch.softmax(self.model(b).float(), -1).numpy())
-        return np.concatenate(out)
+        proba_NC = np.concatenate(out)
+        if self.linear is not None:
+            cols = [self.linear.labels.index(lab) for lab in self.labels]
+            proba_NC = 0.5 * (proba_NC + self.linear.predict_proba(items)[:, cols])
+        return proba_NC
 
     def predict(self, items: Sequence[Item]) -> list[TierOutput]:
         if not items:
