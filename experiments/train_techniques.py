@@ -219,6 +219,47 @@ def exp_largebatch2(b: Bench, budget_s: float) -> dict:
     return {"target_holdout_acc": target, "baseline_batch": B0, "runs": runs}
 
 
+def exp_largebatch3(b: Bench, budget_s: float) -> dict:
+    """Third large-batch run (H200), one seed per process (``--seeds``): the baseline and the arms at 8x the
+    batch that came closest before, plus LAMB with Ghost BN and a longer warm-up, and LAMB + Ghost BN trained
+    2x longer (996 steps: still 4.04x fewer than the baseline's 4,020). ``--label-smoothing`` applies to the
+    baseline and every arm alike. Seeds are compared by their means (the seed spread is about +-0.2 pp)."""
+    t_end = time.perf_counter() + budget_s
+    B0, E, lr0, B = 64, 6.0, 2e-3, 512
+    ls = ARGS.label_smoothing if ARGS else 0.0
+    suffix = f" +ls{ls:g}" if ls else ""
+    seeds = tuple(int(x) for x in ARGS.seeds.split(",")) if ARGS and ARGS.seeds else (0,)
+    sqrt_lr = scale_lr(lr0, B, B0, "sqrt")
+    plan = [
+        ("sqrt+ghostbn", dict(lr=sqrt_lr, warmup_frac=0.1), E, True),
+        ("lamb", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1), E, False),
+        ("lamb+ghostbn wu0.25", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.25), E, True),
+        ("sqrt+ghostbn wu0.25", dict(lr=sqrt_lr, warmup_frac=0.25), E, True),
+        ("lamb+ghostbn wu0.25 lr0.02", dict(optimizer="lamb", lr=2e-2, warmup_frac=0.25), E, True),
+        ("lamb+ghostbn wu0.25 x2 epochs", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.25), 2 * E, True),
+    ]
+    if ARGS and ARGS.lb_arms:
+        wanted = set(ARGS.lb_arms.split(","))
+        plan = [p for p in plan if p[0] in wanted]
+    runs = []
+    for seed in seeds:
+        base = b.run(_cfg(b, batch_size=B0, epochs=E, lr=lr0, keep_best=False, seed=seed, label_smoothing=ls),
+                     tag=f"baseline{suffix}/{seed}", eval_every=max(len(b.prep.fit_idx) // B0 // 6, 1))
+        target = base["holdout_acc"] - 0.005
+        base["steps_to_target"] = next((s for s, a in base["curve"] if a >= target), None)
+        runs.append(dict(base, batch=B0, arm="baseline" + suffix, seed=seed, target_holdout_acc=target))
+        for arm, kw, epochs, ghost in plan:
+            if time.perf_counter() > t_end:
+                break
+            cfg = _cfg(b, batch_size=B, epochs=epochs, keep_best=False, seed=seed, label_smoothing=ls, **kw)
+            if ghost:
+                cfg.ghost_size = B0
+            ev = max(len(b.prep.fit_idx) // B // 6, 1)
+            r = b.run(cfg, tag=f"{arm}{suffix}@{B}/{seed}", eval_every=ev, target=target)
+            runs.append(dict(r, batch=B, arm=arm + suffix, seed=seed, target_holdout_acc=target))
+    return {"baseline_batch": B0, "label_smoothing": ls, "runs": runs}
+
+
 def exp_pruning(b: Bench, budget_s: float, metrics=("el2n", "grand", "forgetting", "prototypes", "uncertainty"),
                 fractions=(0.5, 0.3, 0.7, 0.1)) -> dict:
     metrics = ARGS.metrics.split(",") if ARGS and ARGS.metrics else metrics
@@ -227,6 +268,17 @@ def exp_pruning(b: Bench, budget_s: float, metrics=("el2n", "grand", "forgetting
 
     t_end = time.perf_counter() + budget_s
     cfg = _cfg(b, batch_size=128, epochs=8.0, lr=3e-3, keep_best=False)
+    equal_steps = bool(ARGS and ARGS.prune_equal_steps)
+
+    def cfg_at(f: float):
+        """Equal epochs (default), or with --prune-equal-steps as many optimizer steps as the full run (the
+        subset is read 1/f times as often), for random and every metric alike."""
+        if not equal_steps:
+            return cfg
+        c = copy.deepcopy(cfg)
+        c.train.epochs = cfg.train.epochs / f
+        return c
+
     fit_table = b.full.subset(b.prep.fit_idx)
     ids = np.array([str(i) for i in b.prep.fit_idx])
     labels = fit_table.y
@@ -252,7 +304,7 @@ def exp_pruning(b: Bench, budget_s: float, metrics=("el2n", "grand", "forgetting
     for f in fractions:
         for seed in (0, 1)[: 1 if ARGS and ARGS.metrics else 2]:
             sel = pruning.select(ids, labels, np.zeros(len(ids)), f, mode="random", seed=seed)
-            r = b.run(cfg, rows=b.rows(np.array(sel, dtype=int)), tag=f"random@{f}/{seed}")
+            r = b.run(cfg_at(f), rows=b.rows(np.array(sel, dtype=int)), tag=f"random@{f}/{seed}")
             runs.append(dict(r, metric="random", mode="random", keep=f, seed=seed))
     for f in fractions:  # 0.5 first: the acceptance figure; a spent budget drops the other fractions
         for m in metrics:
@@ -260,11 +312,11 @@ def exp_pruning(b: Bench, budget_s: float, metrics=("el2n", "grand", "forgetting
                 if time.perf_counter() > t_end:
                     break
                 sel = pruning.select(ids, labels, scores[m], f, mode=mode)
-                r = b.run(cfg, rows=b.rows(np.array(sel, dtype=int)), tag=f"{m}/{mode}@{f}")
+                r = b.run(cfg_at(f), rows=b.rows(np.array(sel, dtype=int)), tag=f"{m}/{mode}@{f}")
                 runs.append(dict(r, metric=m, mode=mode, keep=f))
     for r in runs:
         r.pop("curve", None)
-    return {"runs": runs, "score_seconds": score_seconds}
+    return {"runs": runs, "score_seconds": score_seconds, "equal_steps": equal_steps}
 
 
 def _score_dev(fn, make_model, table, cfg, b: Bench, **kw):
@@ -324,6 +376,41 @@ def exp_moe(b: Bench, budget_s: float) -> dict:
     return {"runs": runs}
 
 
+def exp_moe2(b: Bench, budget_s: float) -> dict:
+    """Experts against dense where the feed-forward's capacity can matter: a narrow residual stream
+    (``--moe-d``), several blocks (``--moe-blocks``), many experts at the dense layer's active width.
+    ``--moe-arms``: "dense:H" and "moe:E:k:h" items (active width k*h = H for equal active parameters per row).
+    Early stopping on the held-out slice (keep_best) for every arm: more total parameters must not win or lose
+    by over- or under-training at a fixed epoch count."""
+    from tiergate.models.moe import MoEConfig
+
+    t_end = time.perf_counter() + budget_s
+    D, n_blocks = ARGS.moe_d, ARGS.moe_blocks
+    seeds = tuple(int(x) for x in ARGS.seeds.split(",")) if ARGS.seeds else (0,)
+    runs = []
+    for seed in seeds:
+        base = _cfg(b, batch_size=128, epochs=8.0, lr=3e-3, keep_best=True, seed=seed)
+        base.d_model, base.n_blocks = D, n_blocks
+        for spec in ARGS.moe_arms.split(","):
+            if time.perf_counter() > t_end:
+                break
+            kind, *nums = spec.split(":")
+            c = copy.deepcopy(base)
+            if kind == "dense":
+                c.ffn, c.dense_hidden = "dense", int(nums[0])
+                arm, active, load = f"dense H={nums[0]}", int(nums[0]), False
+            else:
+                E, k, h = (int(x) for x in nums)
+                c.ffn = "moe"
+                c.moe = MoEConfig(d_model=D, d_hidden=h, n_experts=E, top_k=k)
+                arm, active, load = f"moe E={E} top-{k} h={h}", k * h, True
+            r = b.run(c, tag=f"{arm} D={D} x{n_blocks}/{seed}", collect_load=load)
+            runs.append(dict(r, arm=arm, seed=seed, active_hidden=active, d_model=D, n_blocks=n_blocks))
+    for r in runs:
+        r.pop("curve", None)
+    return {"runs": runs}
+
+
 def exp_scaling(b: Bench, budget_s: float) -> dict:
     from tiergate.training.plan import fit_runs
     from tiergate.training.scaling import check_prediction, grid_run
@@ -344,8 +431,8 @@ def exp_scaling(b: Bench, budget_s: float) -> dict:
 
 ARGS = None
 
-EXPERIMENTS = {"largebatch": exp_largebatch, "largebatch2": exp_largebatch2, "pruning": exp_pruning, "swat": exp_swat, "moe": exp_moe,
-               "scaling": exp_scaling}
+EXPERIMENTS = {"largebatch": exp_largebatch, "largebatch2": exp_largebatch2, "largebatch3": exp_largebatch3,
+               "pruning": exp_pruning, "swat": exp_swat, "moe": exp_moe, "moe2": exp_moe2, "scaling": exp_scaling}
 
 
 def main(argv=None) -> int:
@@ -362,7 +449,12 @@ def main(argv=None) -> int:
     ap.add_argument("--swat-arms", default=None, help='swat: only these arms, e.g. "fixed mask@0.8"')
     ap.add_argument("--lb-arms", default=None, help='largebatch2: only these arms, e.g. "lamb@512"')
     ap.add_argument("--lb-target", type=float, default=None, help="largebatch2: skip the baseline, use this target")
-    ap.add_argument("--seeds", default=None, help="moe: seeds (then only the dense and top-1 arms)")
+    ap.add_argument("--seeds", default=None, help="moe: seeds (then only the dense and top-1 arms); moe2, largebatch3")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="largebatch3: for the baseline and every arm")
+    ap.add_argument("--prune-equal-steps", action="store_true", help="pruning: as many steps as the full run")
+    ap.add_argument("--moe-d", type=int, default=64, help="moe2: residual width")
+    ap.add_argument("--moe-blocks", type=int, default=2, help="moe2: blocks")
+    ap.add_argument("--moe-arms", default="dense:128,moe:16:1:128,moe:32:2:64", help="moe2: dense:H, moe:E:k:h")
     a = ap.parse_args(argv)
     global ARGS
     ARGS = a

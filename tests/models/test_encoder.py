@@ -53,6 +53,21 @@ def test_bfloat16_matches_float32(enc):
         assert _cos(a, b) > 0.999
 
 
+def test_bfloat16_embedding_does_not_depend_on_batch_mates():
+    """The default encoder answers an item the same, bit for bit, alone or among others (the cascade sends the
+    large tier only the escalated items, so "alone" and "in the cascade" must agree)."""
+    try:
+        bf = MiniLMEncoder.from_package(max_tokens=32, max_chunks=2, dtype="bfloat16")
+    except ModelError as e:
+        pytest.skip(str(e))
+    texts = ["Subject: cheap meds\n\nbuy now " * 3, "libc6\nGNU C Library", "a b c d e f g h i j k l " * 6,
+             "one", "Subject: lunch?\n\nare you free at noon on Friday, or later?"]
+    together = bf.encode(texts)
+    for i, t in enumerate(texts):
+        np.testing.assert_array_equal(bf.encode([t])[0], together[i])
+    np.testing.assert_array_equal(bf.encode(texts[::-1])[::-1], together)
+
+
 def test_hashed_bag_is_normalised_and_deterministic():
     texts = ["the cat sat on the mat", "dogs and cats", "x"]
     h = HashedNgrams(HashedNgramConfig(n_buckets=1024, max_per_text=64)).fit(texts)

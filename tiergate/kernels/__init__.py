@@ -19,12 +19,14 @@ SWAT sparse linear (``tiergate.kernels.swat``):
 
 Dispatch: backend="auto" runs the Triton kernels when every tensor is on CUDA and ``triton`` imports, else the
 plain-PyTorch reference (the CPU path); "triton" forces the kernels (on CPU only with TRITON_INTERPRET=1, which
-is how the tests run them); "reference" forces plain torch. Importing this package imports torch only; the
+is how the tests run them); "reference" forces plain torch. "auto" itself can be redirected from outside, for a
+whole model: ``with force_backend("reference"): ...`` or ``TIERGATE_KERNELS=reference`` (``default_backend()``
+says what "auto" means at the call site). Importing this package imports torch only; the
 Triton modules (``_moe_triton``, ``_swat_triton``) are imported on first use. Design, measured results and the
 notes log: docs/kernels.md.
 """
 
-from tiergate.kernels._backend import triton_available
+from tiergate.kernels._backend import default_backend, force_backend, triton_available
 from tiergate.kernels.moe import MoEAux, MoEConfig, MoEFFN, moe_ffn, moe_ffn_reference, route, sort_by_expert
 from tiergate.kernels.swat import (
     SwatConfig,
@@ -42,6 +44,8 @@ __all__ = [
     "MoEFFN",
     "SwatConfig",
     "SwatLinear",
+    "default_backend",
+    "force_backend",
     "moe_ffn",
     "moe_ffn_reference",
     "route",

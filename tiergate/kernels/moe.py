@@ -261,6 +261,19 @@ def moe_ffn(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tens
                          f"{None if b2_ED is None else tuple(b2_ED.shape)}: expected ({e}, {h}), ({e}, {d})")
     if not use_triton(backend, x_TD, w1_EDH, w2_EHD):
         return moe_ffn_reference(x_TD, expert_idx_Tk, gate_Tk, w1_EDH, w2_EHD, activation, b1_EH, b2_ED)
+    dev = x_TD.device.type
+    if torch.is_autocast_enabled(dev):
+        # Under autocast the reference's matmuls run in the autocast dtype; a custom Function sees its inputs
+        # as given (a model's LayerNorm output and fp32 parameters), so without this cast the Triton path would
+        # run fp32 GEMMs (Triton's, not torch._grouped_mm) where the reference runs bf16 cuBLAS: the
+        # torch.amp.custom_fwd(cast_inputs=...) rule, applied here. The gates stay fp32 (routing precision).
+        dt = torch.get_autocast_dtype(dev)
+        x_TD, w1_EDH, w2_EHD = x_TD.to(dt), w1_EDH.to(dt), w2_EHD.to(dt)
+        b1_EH = None if b1_EH is None else b1_EH.to(dt)
+        b2_ED = None if b2_ED is None else b2_ED.to(dt)
+        with torch.autocast(dev, enabled=False):
+            return MoEFFNFunction.apply(x_TD, gate_Tk, w1_EDH, w2_EHD, b1_EH, b2_ED, expert_idx_Tk, activation,
+                                        _resolve_gemm(gemm, x_TD, w1_EDH))
     return MoEFFNFunction.apply(x_TD, gate_Tk, w1_EDH, w2_EHD, b1_EH, b2_ED, expert_idx_Tk, activation,
                                 _resolve_gemm(gemm, x_TD, w1_EDH))
 
