@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,12 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(train_app, name="train")
 app.add_typer(prune_app, name="prune")
 app.add_typer(plan_app, name="plan")
+
+
+# Progress bars redraw many times a second; into a log file (no terminal) that is megabytes of carriage
+# returns. tqdm reads TQDM_* variables as defaults: redraw every 30 s there (a user's own setting wins).
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 def _setup_logging(verbose: bool = False) -> None:

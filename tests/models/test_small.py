@@ -19,6 +19,7 @@ from tiergate.models.small import (
     save_small,
     small_presets,
     softmax,
+    train_small,
 )
 
 
@@ -123,3 +124,16 @@ def test_presets_are_cheap_first():
     presets = small_presets(4497, 2)
     assert presets and all(isinstance(c, SmallConfig) for _, c in presets)
     assert len({n for n, _ in presets}) == len(presets)
+
+
+def test_solver_stop_is_recorded_not_warned(tmp_path, recwarn):
+    """A many-class preset stops lbfgs early on purpose: the manifest says so, no warning floods the output."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)]
+    texts = [" ".join(rng.choice(words, 12)) for _ in range(300)]
+    labels = [f"c{i % 6}" for i in range(300)]
+    m = train_small(texts, labels, tmp_path / "s", SmallConfig(max_iter=2, temperature="off"))
+    assert m["solver"] == {"name": "lbfgs", "n_iter": 2, "max_iter": 2, "converged": False}
+    assert not [w for w in recwarn if "converge" in str(w.message).lower()]
+    m = train_small(texts, labels, tmp_path / "t", SmallConfig(max_iter=500, temperature="off"))
+    assert m["solver"]["converged"] and m["solver"]["n_iter"] < 500

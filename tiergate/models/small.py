@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -157,6 +159,14 @@ def fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig | No
     on a slice of these same (train) texts and fold it into the weights, so the exported ONNX graph serves
     calibrated probabilities with no extra operator (and parity with scikit-learn is untouched)."""
     cfg = cfg or SmallConfig()
+    # lbfgs stopping at max_iter is a choice here (many-class presets stop early on purpose), not an accident:
+    # the warning scikit-learn prints per fit is replaced by ``converged`` / ``n_iter`` in the manifest.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return _fit_small(texts, labels, cfg, seed)
+
+
+def _fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig, seed: int) -> FittedSmall:
     texts, labels = list(texts), [str(v) for v in labels]
     t0 = time.perf_counter()
     pipe = build_pipeline(cfg)
@@ -299,6 +309,8 @@ def save_small(fitted: FittedSmall, out_dir: Path, cfg: SmallConfig, *, train_it
         "labels": [str(c) for c in clf.classes_], "n_features": feats.n_features_out,
         "config": asdict(cfg), "train_items": train_items, "train_seconds": round(fitted.seconds, 2),
         "data_fingerprint": data_fingerprint, "probability_calibration": calibration,
+        "solver": {"name": clf.solver, "n_iter": int(np.max(clf.n_iter_)), "max_iter": clf.max_iter,
+                   "converged": bool(np.max(clf.n_iter_) < clf.max_iter)},
         "sha256": {"model.onnx": sha256_file(out_dir / "model.onnx"), "features.json": sha256_file(out_dir / "features.json")},
     }
     manifest["version"] = hashlib.sha256(json.dumps(manifest["sha256"], sort_keys=True).encode()).hexdigest()[:12]
