@@ -62,3 +62,19 @@ def test_calibrate_measures_costs_and_sets_thresholds(tiny_workdir, tmp_path):
         assert "batches of 32" in t["cost"]["measured"] and "cores" in t["cost"]["measured"]
     assert cfg["tiers"][0]["threshold"]["default"] <= 1.0  # the plain search found a threshold
     assert cfg["calibration"]["method"] == "plain" and cfg["calibration"]["disagreement"] <= 0.02
+
+
+def test_calibrate_warns_when_the_final_tier_is_worse_than_a_cheaper_one():
+    from tiergate.config import TierConfig
+    from tiergate.pipeline import tier_checks
+    from tiergate.tiers import TierOutput
+
+    y = ["a", "b", "a", "b"]
+    tiers = [TierConfig(name="rules", kind="rules", path="r.yaml"), TierConfig(name="small", kind="onnx", path="s"),
+             TierConfig(name="large", kind="torch", path="l")]
+    rules = [TierOutput(None)] * 4
+    small = [TierOutput(v, 0.9) for v in ["a", "b", "a", "b"]]         # 4 / 4
+    large = [TierOutput(v, 0.9) for v in ["a", "b", "b", "b"]]         # 3 / 4
+    (msg,) = tier_checks(tiers, [rules, small, large], y)
+    assert "'large' alone is less accurate (75.00%) than 'small' alone (100.00%)" in msg
+    assert tier_checks(tiers, [rules, large, small], y) == []          # final better: nothing to say
