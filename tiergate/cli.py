@@ -12,9 +12,15 @@ from pathlib import Path
 
 import typer
 
-from tiergate.errors import TiergateError
-from tiergate.rules.cli import app as rules_app
-from tiergate.training.cli import plan_app, prune_app, train_app
+# Progress bars redraw many times a second; into a log file (no terminal) that is megabytes of carriage
+# returns. tqdm reads TQDM_* variables as defaults when it is first imported, hence before
+# anything else of tiergate: redraw every 30 s there (a user's own setting wins).
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
+
+from tiergate.errors import TiergateError  # noqa: E402
+from tiergate.rules.cli import app as rules_app  # noqa: E402
+from tiergate.training.cli import plan_app, prune_app, train_app  # noqa: E402
 
 app = typer.Typer(help="tiergate: an inference cascade gateway (rules -> small ONNX models -> large sparse model).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -24,12 +30,6 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(train_app, name="train")
 app.add_typer(prune_app, name="prune")
 app.add_typer(plan_app, name="plan")
-
-
-# Progress bars redraw many times a second; into a log file (no terminal) that is megabytes of carriage
-# returns. tqdm reads TQDM_* variables as defaults: redraw every 30 s there (a user's own setting wins).
-if not sys.stderr.isatty():
-    os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 def _setup_logging(verbose: bool = False) -> None:
