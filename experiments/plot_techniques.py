@@ -177,8 +177,109 @@ def plot_scaling(res: dict, out: Path, tag: str) -> tuple[str, list[str]]:
     return name, lines
 
 
-PLOTS = {"largebatch": plot_largebatch, "pruning": plot_pruning, "swat": plot_swat, "moe": plot_moe,
-         "scaling": plot_scaling}
+def _mean(xs) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def plot_largebatch3(res: dict, out: Path, tag: str) -> tuple[str, list[str]]:
+    """Seeds of the baseline and of each 8x arm; differences taken between means (and per seed)."""
+    runs = res["runs"]
+    groups = sorted({r["config"]["train"]["label_smoothing"] for r in runs})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), sharey=True, squeeze=False)
+    lines = ["| label smoothing | arm | batch | steps | seeds | mean test acc | vs baseline (pp) | mean held-out acc "
+             "| per seed (test) |", "|---|---|---|---|---|---|---|---|---|"]
+    for ax, ls in zip(axes[0], groups, strict=True):
+        rs = [r for r in runs if r["config"]["train"]["label_smoothing"] == ls]
+        base = {r["seed"]: 100 * r["test_acc"] for r in rs if r["arm"].startswith("baseline")}
+        b_mean = _mean(list(base.values()))
+        arms = [a for a in dict.fromkeys(r["arm"] for r in rs)]
+        arms = [a for a in arms if a.startswith("baseline")] + [a for a in arms if not a.startswith("baseline")]
+        for i, arm in enumerate(arms):
+            ar = sorted((r for r in rs if r["arm"] == arm), key=lambda r: r["seed"])
+            acc = [100 * r["test_acc"] for r in ar]
+            d = _mean(acc) - b_mean
+            hold = _mean([100 * r["holdout_acc"] for r in ar])
+            lines.append(f"| {ls:g} | {arm} | {ar[0]['batch']} | {ar[0]['steps']} | {len(ar)} | {_mean(acc):.2f} | "
+                         f"{'' if arm.startswith('baseline') else f'{d:+.2f}'} | {hold:.2f} | "
+                         + ", ".join(f"{a:.2f}" for a in acc) + " |")
+            if arm.startswith("baseline"):
+                continue
+            ax.bar(i, d, color="C0" if d > -0.2 else "C3", alpha=0.7)
+            ax.plot([i] * len(ar), [100 * r["test_acc"] - base[r["seed"]] for r in ar if r["seed"] in base], "k.")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(-0.2, color="k", ls="--", lw=0.8, label="target: -0.2 pp")
+        ax.set_xticks(range(len(arms)), [a.replace(" +ls", "\n+ls").replace(" ", "\n", 1) for a in arms], fontsize=6)
+        ax.set_title(f"label smoothing {ls:g}: baseline (batch 64) {b_mean:.2f}% over {len(base)} seeds", fontsize=8)
+    axes[0][0].set_ylabel("test acc at batch 512 minus baseline mean (pp)\nbar: mean over seeds; dots: per seed")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Large batch, 8x ({tag}): 498 steps (996 for x2) against 4,020", fontsize=9)
+    return _save(fig, out / f"largebatch3_{tag}.png"), lines
+
+
+def plot_moe2(res: dict, out: Path, tag: str) -> tuple[str, list[str]]:
+    runs = res["runs"]
+    confs = list(dict.fromkeys((r["d_model"], r["n_blocks"]) for r in runs))
+    fig, axes = plt.subplots(1, len(confs), figsize=(4 * len(confs), 4), squeeze=False)
+    lines = ["| d_model x blocks | arm | active FFN width | seeds | mean test acc | per seed | mean held-out acc "
+             "(best loss) | max expert share |", "|---|---|---|---|---|---|---|---|"]
+    for ax, (d, nb) in zip(axes[0], confs, strict=True):
+        rs = [r for r in runs if r["d_model"] == d and r["n_blocks"] == nb]
+        arms = list(dict.fromkeys(r["arm"] for r in rs))
+        means = []
+        for i, arm in enumerate(arms):
+            ar = sorted((r for r in rs if r["arm"] == arm), key=lambda r: r["seed"])
+            acc = [100 * r["test_acc"] for r in ar]
+            means.append(_mean(acc))
+            ax.bar(i, means[-1], color="gray" if arm.startswith("dense") else "C0", alpha=0.7)
+            ax.plot([i] * len(acc), acc, "k.")
+            load = max(max(x) for r in ar for x in r["load"]) if ar[0].get("load") else None
+            lines.append(f"| {d} x {nb} | {arm} | {ar[0]['active_hidden']} | {len(ar)} | {means[-1]:.2f} | "
+                         + ", ".join(f"{a:.2f}" for a in acc)
+                         + f" | {_mean([100 * r['best_holdout_acc'] for r in ar]):.2f} | "
+                         + ("" if load is None else f"{load:.3f}") + " |")
+        ax.set_xticks(range(len(arms)), [a.replace(" ", "\n", 2) for a in arms], fontsize=7)
+        ax.set_ylim(min(means) - 1, max(means) + 0.6)
+        ax.set_title(f"d_model {d}, {nb} block(s)", fontsize=9)
+    axes[0][0].set_ylabel("test accuracy (%), bar = mean, dots = seeds")
+    fig.suptitle(f"Experts vs dense at equal active FFN width ({tag})", fontsize=9)
+    return _save(fig, out / f"moe2_{tag}.png"), lines
+
+
+def plot_pruning50(res: dict, out: Path, tag: str) -> tuple[str, list[str]]:
+    runs = res["runs"]
+    scheds = list(dict.fromkeys(r.get("schedule", "equal-epochs") for r in runs))
+    fig, axes = plt.subplots(1, len(scheds), figsize=(6 * len(scheds), 4), sharey=True, squeeze=False)
+    lines = ["| schedule | metric | keep-hard | keep-easy |", "|---|---|---|---|"]
+    for ax, sc in zip(axes[0], scheds, strict=True):
+        rs = [r for r in runs if r.get("schedule", "equal-epochs") == sc]
+        full = _mean([100 * r["test_acc"] for r in rs if r["metric"] == "full"])
+        rnd = [100 * r["test_acc"] for r in rs if r["metric"] == "random"]
+        metrics = [m for m in dict.fromkeys(r["metric"] for r in rs) if m not in ("full", "random")]
+        lines.append(f"| {sc} | full data ({sum(r['metric'] == 'full' for r in rs)} runs) | {full:.2f} | |")
+        lines.append(f"| {sc} | random 50% ({len(rnd)} runs: " + ", ".join(f"{x:.2f}" for x in rnd)
+                     + f") | {_mean(rnd):.2f} | |")
+        for j, mode in enumerate(("hard", "easy")):
+            vals = [_mean([100 * r["test_acc"] for r in rs if r["metric"] == m and r["mode"] == mode]) for m in metrics]
+            ax.bar(np.arange(len(metrics)) + 0.4 * j - 0.2, vals, 0.4, label=f"keep-{mode}")
+        for m in metrics:
+            acc = {mode: _mean([100 * r["test_acc"] for r in rs if r["metric"] == m and r["mode"] == mode])
+                   for mode in ("hard", "easy")}
+            lines.append(f"| {sc} | {m} | " + " | ".join("-" if np.isnan(acc[k]) else f"{acc[k]:.2f}"
+                                                          for k in ("hard", "easy")) + " |")
+        ax.axhline(full, color="k", lw=1, label="full data")
+        ax.axhspan(full - 0.3, full, color="k", alpha=0.08)
+        ax.axhline(_mean(rnd), color="k", ls="--", lw=1, label="random 50%")
+        ax.set_xticks(range(len(metrics)), metrics, fontsize=7)
+        ax.set_ylim(77, full + 1)
+        ax.set_title(f"50% kept, {sc}", fontsize=9)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Pruning at 50% ({tag})", fontsize=9)
+    return _save(fig, out / f"pruning50_{tag}.png"), lines
+
+
+PLOTS = {"largebatch": plot_largebatch, "largebatch3": plot_largebatch3, "pruning": plot_pruning,
+         "pruning50": plot_pruning50, "swat": plot_swat, "moe": plot_moe, "moe2": plot_moe2, "scaling": plot_scaling}
 
 
 def plot_all(folder: Path, tag: str | None = None) -> list[str]:

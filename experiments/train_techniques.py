@@ -237,17 +237,22 @@ def exp_largebatch3(b: Bench, budget_s: float) -> dict:
         ("sqrt+ghostbn wu0.25", dict(lr=sqrt_lr, warmup_frac=0.25), E, True),
         ("lamb+ghostbn wu0.25 lr0.02", dict(optimizer="lamb", lr=2e-2, warmup_frac=0.25), E, True),
         ("lamb+ghostbn wu0.25 x2 epochs", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.25), 2 * E, True),
+        ("lamb lr0.02", dict(optimizer="lamb", lr=2e-2, warmup_frac=0.1), E, False),
+        ("lamb x2 epochs", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1), 2 * E, False),
     ]
     if ARGS and ARGS.lb_arms:
         wanted = set(ARGS.lb_arms.split(","))
         plan = [p for p in plan if p[0] in wanted]
     runs = []
     for seed in seeds:
-        base = b.run(_cfg(b, batch_size=B0, epochs=E, lr=lr0, keep_best=False, seed=seed, label_smoothing=ls),
-                     tag=f"baseline{suffix}/{seed}", eval_every=max(len(b.prep.fit_idx) // B0 // 6, 1))
-        target = base["holdout_acc"] - 0.005
-        base["steps_to_target"] = next((s for s, a in base["curve"] if a >= target), None)
-        runs.append(dict(base, batch=B0, arm="baseline" + suffix, seed=seed, target_holdout_acc=target))
+        if ARGS and ARGS.lb_target:  # this seed's baseline ran before (same machine and config): its target
+            target = ARGS.lb_target
+        else:
+            base = b.run(_cfg(b, batch_size=B0, epochs=E, lr=lr0, keep_best=False, seed=seed, label_smoothing=ls),
+                         tag=f"baseline{suffix}/{seed}", eval_every=max(len(b.prep.fit_idx) // B0 // 6, 1))
+            target = base["holdout_acc"] - 0.005
+            base["steps_to_target"] = next((s for s, a in base["curve"] if a >= target), None)
+            runs.append(dict(base, batch=B0, arm="baseline" + suffix, seed=seed, target_holdout_acc=target))
         for arm, kw, epochs, ghost in plan:
             if time.perf_counter() > t_end:
                 break
@@ -448,7 +453,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fractions", default=None, help="pruning: fractions kept (default 0.5,0.3,0.7,0.1)")
     ap.add_argument("--swat-arms", default=None, help='swat: only these arms, e.g. "fixed mask@0.8"')
     ap.add_argument("--lb-arms", default=None, help='largebatch2: only these arms, e.g. "lamb@512"')
-    ap.add_argument("--lb-target", type=float, default=None, help="largebatch2: skip the baseline, use this target")
+    ap.add_argument("--lb-target", type=float, default=None,
+                    help="largebatch2/3: skip the baseline, use this held-out target")
     ap.add_argument("--seeds", default=None, help="moe: seeds (then only the dense and top-1 arms); moe2, largebatch3")
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="largebatch3: for the baseline and every arm")
     ap.add_argument("--prune-equal-steps", action="store_true", help="pruning: as many steps as the full run")
