@@ -2,8 +2,8 @@
 
 Stated tolerance: with dropout off and a dense head, two processes each normalising half of every batch are,
 step for step, the same computation as one process with Ghost BN of half the batch; the only difference is
-float summation order (gradients averaged across ranks), so every weight agrees within 1e-4 (BatchNorm's
-running statistics excepted: DDP keeps rank 0's) and held-out predictions differ on at most one row. With the default (dropout, MoE) config the runs differ only by the random
+float summation order (gradients averaged across ranks), so every weight agrees within a tenth of the learning
+rate, 3e-4 (BatchNorm's running statistics excepted: DDP keeps rank 0's) and held-out predictions differ on at most one row. With the default (dropout, MoE) config the runs differ only by the random
 dropout masks and per-rank router statistics; quality then agrees within 2 points of held-out accuracy.
 """
 
@@ -18,6 +18,8 @@ from tiergate.models.encoder import HashedNgramConfig
 from tiergate.models.large import preset, train_large
 from tiergate.training.loop import TrainConfig
 from tiergate.training.run import _train_distributed
+
+LR = 3e-3
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def _cfg(ghost: int | None):
     cfg.dropout = 0.0
     cfg.ghost_size = ghost
     cfg.sparse_bag = False
-    cfg.train = TrainConfig(lr=3e-3, batch_size=32, epochs=3, keep_best=False)
+    cfg.train = TrainConfig(lr=LR, batch_size=32, epochs=3, keep_best=False)
     return cfg
 
 
@@ -54,7 +56,11 @@ def test_two_processes_match_one(spam, tmp_path):
     for k in a:
         # BatchNorm running statistics are rank 0's (DDP broadcasts its buffers); training never reads them
         if a[k].is_floating_point() and "running_" not in k:
-            assert float((a[k] - b[k]).abs().max()) < 1e-4, k
+            # Adam moves each coordinate by up to lr per step whatever the gradient's size, so a coordinate whose
+            # gradient cancels to rounding level can take a different step in the two runs: differences up to
+            # 1.06e-4 were seen (1 run in 6, head.bag.weight). A tenth of lr would still fail a rank that trained on its
+            # own half-batch gradient (it would differ by order lr on most coordinates after 24 steps).
+            assert float((a[k] - b[k]).abs().max()) < 0.1 * LR, k
     # held-out accuracy is read with BatchNorm's running statistics, which differ (see above): at most one of
     # the 30 held-out rows may change its label
     n_hold = one["metrics"]["n_holdout"]
