@@ -1,4 +1,4 @@
-# Sourced by experiments/gpu_techniques3.sh .. gpu_techniques5.sh: the environment of an H200 call, the data
+# Sourced by experiments/gpu_techniques3.sh .. gpu_techniques6.sh: the environment of an H200 call, the data
 # unpacked from .gpu/ (it travels compressed), and the large-tier step benchmark, which runs alone on the GPU
 # before anything else (it times steps).
 export TIERGATE_HOME=/tmp/tg PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1

@@ -239,6 +239,8 @@ def exp_largebatch3(b: Bench, budget_s: float) -> dict:
         ("lamb+ghostbn wu0.25 x2 epochs", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.25), 2 * E, True),
         ("lamb lr0.02", dict(optimizer="lamb", lr=2e-2, warmup_frac=0.1), E, False),
         ("lamb x2 epochs", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1), 2 * E, False),
+        ("lamb lr0.005", dict(optimizer="lamb", lr=5e-3, warmup_frac=0.1), E, False),
+        ("lamb lr0.003", dict(optimizer="lamb", lr=3e-3, warmup_frac=0.1), E, False),
     ]
     if ARGS and ARGS.lb_arms:
         wanted = set(ARGS.lb_arms.split(","))
