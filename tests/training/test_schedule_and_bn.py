@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tiergate.errors import ConfigError
 from tiergate.models.layers import GhostBatchNorm1d
@@ -68,3 +69,36 @@ def test_ghost_bn_eval_uses_running_stats_and_lone_last_row_is_handled():
     assert torch.allclose(g(z), expect, atol=1e-5)
     g.train()
     assert torch.isfinite(g(torch.randn(1, 2))).all()  # a batch of one row in training
+
+
+@pytest.mark.parametrize("n", [64, 67, 65, 130, 7])
+def test_ghost_bn_batched_chunks_match_one_batchnorm_per_chunk(n):
+    """The batched forward equals normalising each chunk with its own F.batch_norm call (outputs, input and
+    affine gradients, running statistics), including a remainder chunk and a folded lone last row."""
+    torch.manual_seed(0)
+    g = GhostBatchNorm1d(5, ghost_size=16)
+    with torch.no_grad():
+        g.weight.uniform_(0.5, 1.5)
+        g.bias.uniform_(-1, 1)
+    ref = GhostBatchNorm1d(5, ghost_size=16)
+    ref.load_state_dict(g.state_dict())
+    x = (torch.randn(n, 5) * 3 + 1).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y = g(x)
+    bounds = list(range(0, n, 16)) + [n]
+    if n > 16 and bounds[-1] - bounds[-2] == 1:
+        bounds.pop(-2)
+    if n <= 16:
+        y_ref = torch.nn.BatchNorm1d.forward(ref, x2)
+    else:
+        m = 1.0 - (1.0 - ref.momentum) ** (1.0 / (len(bounds) - 1))
+        y_ref = torch.cat([F.batch_norm(x2[a:b], ref.running_mean, ref.running_var, ref.weight, ref.bias, True, m,
+                                        ref.eps) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g.weight.grad, ref.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g.running_mean, ref.running_mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g.running_var, ref.running_var, atol=1e-6, rtol=1e-5)

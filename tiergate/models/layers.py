@@ -29,14 +29,26 @@ class GhostBatchNorm1d(nn.BatchNorm1d):
                 return F.batch_norm(x_ND, self.running_mean, self.running_var, self.weight, self.bias,
                                     False, 0.0, self.eps)
             return super().forward(x_ND)
-        bounds = list(range(0, N, g)) + [N]
-        if bounds[-1] - bounds[-2] == 1:  # a last chunk of one row joins the one before it
-            bounds.pop(-2)
-        n_chunks = len(bounds) - 1
+        k, r = divmod(N, g)
+        if r == 1:  # a last chunk of one row has no variance: it joins the chunk before it
+            k, r = k - 1, g + 1
+        n_chunks = k + (1 if r else 0)
         m = 1.0 - (1.0 - self.momentum) ** (1.0 / n_chunks)
-        outs = []
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            outs.append(F.batch_norm(x_ND[a:b], self.running_mean, self.running_var, self.weight, self.bias,
-                                     True, m, self.eps))
+        # The k full chunks in one batched computation (one launch per op, not one BatchNorm per chunk: at 16k
+        # rows and a ghost size of 64 the loop cost 2.7-4.3x the step on the H200), then the remainder chunk.
+        x_KGD = x_ND[: k * g].reshape(k, g, -1).float()  # statistics in float32, as batch_norm under autocast
+        mean_KD = x_KGD.mean(1)
+        var_KD = x_KGD.var(1, unbiased=False)
+        y_KGD = (x_KGD - mean_KD[:, None]) * torch.rsqrt(var_KD[:, None] + self.eps)
+        y = y_KGD.reshape(k * g, -1) * self.weight + self.bias
+        with torch.no_grad():  # running stats as k sequential momentum-m updates, in closed form
+            w_K = m * (1.0 - m) ** torch.arange(k - 1, -1, -1, dtype=mean_KD.dtype, device=mean_KD.device)
+            decay = (1.0 - m) ** k
+            unbiased_KD = var_KD * (g / (g - 1))
+            self.running_mean.mul_(decay).add_((w_K[:, None] * mean_KD.detach().to(self.running_mean.dtype)).sum(0))
+            self.running_var.mul_(decay).add_((w_K[:, None] * unbiased_KD.detach().to(self.running_var.dtype)).sum(0))
         self.num_batches_tracked += 1
-        return torch.cat(outs, 0)
+        if not r:
+            return y
+        rest = F.batch_norm(x_ND[k * g:], self.running_mean, self.running_var, self.weight, self.bias, True, m, self.eps)
+        return torch.cat([y, rest], 0)
