@@ -86,3 +86,14 @@ def test_hashed_bag_is_normalised_and_deterministic():
 def test_transform_before_fit_raises():
     with pytest.raises(ModelError):
         HashedNgrams().transform(["a b"])
+
+
+def test_hashed_bag_word_cache_changes_nothing_and_stays_bounded():
+    texts = ["the cat sat on the mat", "the dog sat on the log", "cats and dogs and mats"] * 3
+    fresh = HashedNgrams(HashedNgramConfig(n_buckets=4096)).counts(texts)
+    small = HashedNgrams(HashedNgramConfig(n_buckets=4096))
+    small._CACHE_MAX = 4  # forces clears while featurising
+    assert small.counts(texts) == fresh
+    assert len(small._char_cache) <= 4
+    other = HashedNgrams(HashedNgramConfig(n_buckets=1024))  # the cache is per instance: bucket count matters
+    assert max(k for _, cc in other.counts(texts) for k in cc) < 1024

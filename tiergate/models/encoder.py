@@ -253,9 +253,27 @@ class HashedNgrams:
     many character n-grams do not drown its words.
     """
 
+    _CACHE_MAX = 400_000  # distinct words whose character n-gram buckets are remembered (~100 MB at most)
+
     def __init__(self, cfg: HashedNgramConfig | None = None):
         self.cfg = cfg or HashedNgramConfig()
         self.idf_: np.ndarray | None = None
+        # word -> its character n-gram buckets. Hashing every n-gram of every word in Python is most of the cost
+        # of featurising a text (78% of the hashed large tier's CPU time per item, bench/large_tier_cpu_profile.py),
+        # and words repeat across texts. Bounded: cleared when full.
+        self._char_cache: dict[str, tuple[int, ...]] = {}
+
+    def _char_buckets(self, w: str) -> tuple[int, ...]:
+        got = self._char_cache.get(w)
+        if got is None:
+            c = self.cfg
+            p = f" {w} "
+            got = tuple(_h(p[i: i + n]) % c.n_buckets for n in range(c.char_min, c.char_max + 1)
+                        for i in range(len(p) - n + 1))
+            if len(self._char_cache) >= self._CACHE_MAX:
+                self._char_cache.clear()
+            self._char_cache[w] = got
+        return got
 
     def _counts(self, text: str) -> tuple[dict[int, int], dict[int, int]]:
         c = self.cfg
@@ -267,11 +285,8 @@ class HashedNgrams:
                 wc[k] = wc.get(k, 0) + 1
         cc: dict[int, int] = {}
         for w in set(words):  # char n-grams of each distinct word: bounded cost on repetitive mail
-            p = f" {w} "
-            for n in range(c.char_min, c.char_max + 1):
-                for i in range(len(p) - n + 1):
-                    k = _h(p[i: i + n]) % c.n_buckets
-                    cc[k] = cc.get(k, 0) + 1
+            for k in self._char_buckets(w):
+                cc[k] = cc.get(k, 0) + 1
         return wc, cc
 
     def fit(self, texts: Sequence[str]) -> HashedNgrams:
