@@ -78,3 +78,10 @@ def test_calibrate_warns_when_the_final_tier_is_worse_than_a_cheaper_one():
     (msg,) = tier_checks(tiers, [rules, small, large], y)
     assert "'large' alone is less accurate (75.00%) than 'small' alone (100.00%)" in msg
     assert tier_checks(tiers, [rules, large, small], y) == []          # final better: nothing to say
+
+
+def test_calibrate_summary_line_carries_the_warnings():
+    from tiergate.cli import _short
+
+    out = _short({"method": "ltt", "epsilon": 0.01, "ladder": [], "warnings": ["final tier is worse"]})
+    assert out.splitlines() == ["calibrated: method=ltt, epsilon=0.01", "warning: final tier is worse"]

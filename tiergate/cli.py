@@ -97,7 +97,8 @@ def calibrate(config: Path = typer.Option(..., help="tiergate.yaml"),
 
 
 def _short(result: dict) -> str:
-    return "calibrated: " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+    line = "calibrated: " + ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+    return "\n".join([line, *(f"warning: {w}" for w in result.get("warnings", []))])
 
 
 @app.command()
