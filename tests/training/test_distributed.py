@@ -3,7 +3,8 @@
 Stated tolerance: with dropout off and a dense head, two processes each normalising half of every batch are,
 step for step, the same computation as one process with Ghost BN of half the batch; the only difference is
 float summation order (gradients averaged across ranks), so every weight agrees within a tenth of the learning
-rate, 3e-4 (BatchNorm's running statistics excepted: DDP keeps rank 0's) and held-out predictions differ on at most one row. With the default (dropout, MoE) config the runs differ only by the random
+rate, 3e-4 (BatchNorm's running statistics excepted: DDP keeps rank 0's) and held-out predictions differ on at most two
+rows of 30. With the default (dropout, MoE) config the runs differ only by the random
 dropout masks and per-rank router statistics; quality then agrees within 2 points of held-out accuracy.
 """
 
@@ -63,8 +64,10 @@ def test_two_processes_match_one(spam, tmp_path):
             # head.bag.weight). A tenth of lr would still fail a rank that trained on its own half-batch gradient
             # (it would differ by order lr on most coordinates after 24 steps).
             assert float((a[k] - b[k]).abs().max()) < 0.1 * LR, k
-    # held-out accuracy is read with BatchNorm's running statistics, which differ (see above): at most one of
-    # the 30 held-out rows may change its label
+    # held-out accuracy is read with BatchNorm's running statistics, which differ by design (rank 0's moving
+    # average over its half-batches, against one over 16-row ghost chunks): measured over 9 runs, 0-2 of the 30
+    # held-out rows changed label (0 in 7, 1 in 1, 2 in 1). At most two may; the weight check above is the
+    # strict one (a rank training on its own gradient fails it by orders of magnitude)
     n_hold = one["metrics"]["n_holdout"]
-    assert abs(one["metrics"]["holdout_acc"] - two["metrics"]["holdout_acc"]) * n_hold <= 1 + 1e-9
+    assert abs(one["metrics"]["holdout_acc"] - two["metrics"]["holdout_acc"]) * n_hold <= 2 + 1e-9
     assert two["metrics"]["nproc"] == 2
