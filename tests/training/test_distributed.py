@@ -2,8 +2,8 @@
 
 Stated tolerance: with dropout off and a dense head, two processes each normalising half of every batch are,
 step for step, the same computation as one process with Ghost BN of half the batch; the only difference is
-float summation order (gradients averaged across ranks), so every weight agrees within a tenth of the learning
-rate, 3e-4 (BatchNorm's running statistics excepted: DDP keeps rank 0's) and held-out predictions differ on at most two
+float summation order (gradients averaged across ranks), so all but a
+thousandth of the weights agree within a tenth of the learning rate, 3e-4, and none by more than 10 lr (BatchNorm's running statistics excepted: DDP keeps rank 0's) and held-out predictions differ on at most two
 rows of 30. With the default (dropout, MoE) config the runs differ only by the random
 dropout masks and per-rank router statistics; quality then agrees within 2 points of held-out accuracy.
 """
@@ -58,12 +58,15 @@ def test_two_processes_match_one(spam, tmp_path):
         # BatchNorm running statistics are rank 0's (DDP broadcasts its buffers); training never reads them
         if a[k].is_floating_point() and "running_" not in k:
             # Adam moves each coordinate by up to lr per step whatever the gradient's size, so a coordinate whose
-            # gradient cancels to rounding level can take a different step in the two runs. The summation order
-            # changes with the process's string-hash seed (set order of n-grams in the bag): over 8 seeds the
-            # largest difference was 1.1e-5 to 6.2e-5, and 1.06e-4 in one failing run of the old 1e-4 bound (all
-            # head.bag.weight). A tenth of lr would still fail a rank that trained on its own half-batch gradient
-            # (it would differ by order lr on most coordinates after 24 steps).
-            assert float((a[k] - b[k]).abs().max()) < 0.1 * LR, k
+            # gradient cancels to rounding level can take a different step in the two runs (summation order
+            # changes with the process's string-hash seed: set order of n-grams in the bag). Measured: the
+            # largest difference 1.1e-5 to 6.2e-5 over 8 seeds, then 1.06e-4 and 5.9e-4 in single coordinates
+            # of head.bag.weight. So the check is on the share of coordinates that moved apart by more than a
+            # tenth of lr (a rank training on its own half-batch gradient moves most of them by order lr), with a
+            # loose cap on the largest (ten steps of lr out of 24).
+            d = (a[k] - b[k]).abs()
+            assert float((d > 0.1 * LR).float().mean()) < 1e-3, k
+            assert float(d.max()) < 10 * LR, k
     # held-out accuracy is read with BatchNorm's running statistics, which differ by design (rank 0's moving
     # average over its half-batches, against one over 16-row ghost chunks): measured over 9 runs, 0-2 of the 30
     # held-out rows changed label (0 in 7, 1 in 1, 2 in 1). At most two may; the weight check above is the
