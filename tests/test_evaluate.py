@@ -66,7 +66,7 @@ def test_calibrate_measures_costs_and_sets_thresholds(tiny_workdir, tmp_path):
 
 def test_calibrate_warns_when_the_final_tier_is_worse_than_a_cheaper_one():
     from tiergate.config import TierConfig
-    from tiergate.pipeline import tier_checks
+    from tiergate.evaluate import tier_checks
     from tiergate.tiers import TierOutput
 
     y = ["a", "b", "a", "b"]

@@ -47,6 +47,23 @@ def _acc(pred: Sequence[str | None], y: Sequence[str]) -> float | None:
     return float(np.mean([p == t for p, t in zip(pred, y, strict=True)]))
 
 
+def tier_checks(tiers: Sequence[TierConfig], outputs: Sequence[Sequence[TierOutput]], y_true: Sequence[str]) -> list[str]:
+    """What a user should hear before trusting thresholds: the guarantee is relative to the final tier, so a
+    final tier less accurate alone (on these labelled items) than a cheaper model tier before it makes
+    escalation pay for nothing. One sentence per problem found; [] when there is none."""
+    if not len(y_true) or len(tiers) < 2:
+        return []
+    final = _acc([o.label for o in outputs[-1]], y_true)
+    out = []
+    for i, tc in enumerate(tiers[:-1]):
+        a = None if tc.kind == "rules" else _acc([o.label for o in outputs[i]], y_true)
+        if a is not None and a > final:
+            out.append(f"on the {len(y_true)} calibration items the final tier {tiers[-1].name!r} alone is less "
+                       f"accurate ({100 * final:.2f}%) than {tc.name!r} alone ({100 * a:.2f}%): items it escalates "
+                       "pay more for no gain; the disagreement guarantee is relative to the final tier")
+    return out
+
+
 def summarize(outputs: Sequence[Sequence[TierOutput]], y_true: Sequence[str], tiers: Sequence[TierConfig], *,
               dataset: str, split: str, certificate: dict | None = None) -> dict:
     """The evaluation report (the keys ``tiergate evaluate --json`` promises)."""

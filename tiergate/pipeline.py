@@ -19,7 +19,7 @@ from tiergate.cost import cost_from_timings
 from tiergate.data import Dataset, load_dataset, make_item
 from tiergate.data.items import Item
 from tiergate.errors import CalibrationError
-from tiergate.evaluate import score_tiers, summarize
+from tiergate.evaluate import score_tiers, summarize, tier_checks
 
 log = logging.getLogger("tiergate")
 
@@ -66,25 +66,6 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     save_config(cascade.config, config_path)
     cascade.close()
     return result
-
-
-def tier_checks(tiers, outputs, y) -> list[str]:
-    """What a user should hear before trusting the thresholds: the guarantee is relative to the final tier,
-    so a final tier that is less accurate (on these labelled calibration items) than a cheaper model tier
-    before it makes escalation pay for nothing. Returns one sentence per problem found."""
-    n = len(y)
-    if n == 0 or len(tiers) < 2:
-        return []
-    acc = [None if tc.kind == "rules" else sum(o.label == t for o, t in zip(outputs[i], y, strict=True)) / n
-           for i, tc in enumerate(tiers)]
-    final = acc[-1]
-    out = []
-    for tc, a in zip(tiers[:-1], acc[:-1], strict=True):
-        if a is not None and final is not None and a > final:
-            out.append(f"on the {n} calibration items the final tier {tiers[-1].name!r} alone is less accurate "
-                       f"({100 * final:.2f}%) than {tc.name!r} alone ({100 * a:.2f}%): items it escalates pay "
-                       "more for no gain; the disagreement guarantee is relative to the final tier")
-    return out
 
 
 def _choose(cascade: Cascade, outputs, y, *, epsilon, delta, risk, method, ds: Dataset, items=None) -> dict:
