@@ -20,6 +20,7 @@ N x H buffers where autograd over the plain layer holds four.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -262,7 +263,8 @@ def moe_ffn(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tens
     if not use_triton(backend, x_TD, w1_EDH, w2_EHD):
         return moe_ffn_reference(x_TD, expert_idx_Tk, gate_Tk, w1_EDH, w2_EHD, activation, b1_EH, b2_ED)
     dev = x_TD.device.type
-    if torch.is_autocast_enabled(dev):
+    autocast = torch.is_autocast_enabled(dev)
+    if autocast:
         # Under autocast the reference's matmuls run in the autocast dtype; a custom Function sees its inputs
         # as given (a model's LayerNorm output and fp32 parameters), so without this cast the Triton path would
         # run fp32 GEMMs (Triton's, not torch._grouped_mm) where the reference runs bf16 cuBLAS: the
@@ -271,11 +273,9 @@ def moe_ffn(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tens
         x_TD, w1_EDH, w2_EHD = x_TD.to(dt), w1_EDH.to(dt), w2_EHD.to(dt)
         b1_EH = None if b1_EH is None else b1_EH.to(dt)
         b2_ED = None if b2_ED is None else b2_ED.to(dt)
-        with torch.autocast(dev, enabled=False):
-            return MoEFFNFunction.apply(x_TD, gate_Tk, w1_EDH, w2_EHD, b1_EH, b2_ED, expert_idx_Tk, activation,
-                                        _resolve_gemm(gemm, x_TD, w1_EDH))
-    return MoEFFNFunction.apply(x_TD, gate_Tk, w1_EDH, w2_EHD, b1_EH, b2_ED, expert_idx_Tk, activation,
-                                _resolve_gemm(gemm, x_TD, w1_EDH))
+    with torch.autocast(dev, enabled=False) if autocast else contextlib.nullcontext():
+        return MoEFFNFunction.apply(x_TD, gate_Tk, w1_EDH, w2_EHD, b1_EH, b2_ED, expert_idx_Tk, activation,
+                                    _resolve_gemm(gemm, x_TD, w1_EDH))
 
 
 @dataclass
