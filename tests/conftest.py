@@ -16,6 +16,19 @@ from tiergate.data import load_dataset, make_item
 from tiergate.models.small import SmallConfig, train_small
 
 
+def spam_sample(n: int, seed: int, split: str = "train") -> list:
+    """``n`` rows drawn without replacement from the cached spamassassin ``split`` (skips the test when the
+    corpus is not cached: `tiergate data fetch spamassassin`)."""
+    import numpy as np
+
+    try:
+        ds = load_dataset("spamassassin", fetch=False)
+    except Exception as e:  # noqa: BLE001 - whatever the loader says, the test cannot run without the corpus
+        pytest.skip(f"spamassassin is not cached: {e}")
+    rows = ds.split(split)
+    return [rows[i] for i in np.random.default_rng(seed).choice(len(rows), n, replace=False)]
+
+
 @pytest.fixture(scope="session")
 def spam_ds():
     return load_dataset("spamassassin")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tiergate.data import Dataset, load_dataset, make_item
+from tests.conftest import spam_sample
+from tiergate.data import Dataset, make_item
 from tiergate.errors import ModelError
 from tiergate.models.encoder import HashedNgramConfig
 from tiergate.models.large import LargeConfig, LargeTier, preset, train_large
@@ -18,13 +19,7 @@ from tiergate.training.loop import TrainConfig
 
 
 def _small_spam(n_train: int = 240, n_test: int = 60) -> Dataset:
-    ds = load_dataset("spamassassin", fetch=False)
-    rng = np.random.default_rng(0)
-    tr = ds.split("train")
-    te = ds.split("test")
-    pick = [tr[i] for i in rng.choice(len(tr), n_train, replace=False)]
-    pick += [te[i] for i in rng.choice(len(te), n_test, replace=False)]
-    return Dataset("spam-small", pick)
+    return Dataset("spam-small", spam_sample(n_train, seed=0) + spam_sample(n_test, seed=0, split="test"))
 
 
 def _tiny_cfg(encoder: str) -> LargeConfig:
@@ -37,10 +32,7 @@ def _tiny_cfg(encoder: str) -> LargeConfig:
 
 @pytest.fixture(scope="module")
 def spam():
-    try:
-        return _small_spam()
-    except Exception as e:  # noqa: BLE001 - the corpus is cached by `tiergate data fetch`
-        pytest.skip(f"spamassassin is not cached: {e}")
+    return _small_spam()
 
 
 @pytest.fixture(scope="module")

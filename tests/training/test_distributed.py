@@ -10,11 +10,11 @@ dropout masks and per-rank router statistics; quality then agrees within 2 point
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from tiergate.data import Dataset, load_dataset
+from tests.conftest import spam_sample
+from tiergate.data import Dataset
 from tiergate.models.encoder import HashedNgramConfig
 from tiergate.models.large import preset, train_large
 from tiergate.training.loop import TrainConfig
@@ -25,13 +25,7 @@ LR = 3e-3
 
 @pytest.fixture(scope="module")
 def spam():
-    try:
-        ds = load_dataset("spamassassin", fetch=False)
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"spamassassin is not cached: {e}")
-    rng = np.random.default_rng(1)
-    tr = ds.split("train")
-    return Dataset("spam-ddp", [tr[i] for i in rng.choice(len(tr), 300, replace=False)])
+    return Dataset("spam-ddp", spam_sample(300, seed=1))
 
 
 def _cfg(ghost: int | None):

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from tiergate.data import Dataset, load_dataset
+from tests.conftest import spam_sample
+from tiergate.data import Dataset
 from tiergate.errors import ConfigError
 from tiergate.training import pruning
 from tiergate.training.run import score_dataset, select_from_scores
@@ -28,13 +29,7 @@ def test_select_hard_easy_random_per_class():
 
 @pytest.fixture(scope="module")
 def spam():
-    try:
-        ds = load_dataset("spamassassin", fetch=False)
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"spamassassin is not cached: {e}")
-    rng = np.random.default_rng(2)
-    tr = ds.split("train")
-    rows = [tr[i] for i in rng.choice(len(tr), 240, replace=False)]
+    rows = spam_sample(240, seed=2)
     # flip a few labels: mislabelled rows are the hardest there are
     flipped = {rows[i].id for i in range(0, 240, 40)}
     from dataclasses import replace
