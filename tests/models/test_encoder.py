@@ -97,3 +97,23 @@ def test_hashed_bag_word_cache_changes_nothing_and_stays_bounded():
     assert len(small._char_cache) <= 4
     other = HashedNgrams(HashedNgramConfig(n_buckets=1024))  # the cache is per instance: bucket count matters
     assert max(k for _, cc in other.counts(texts) for k in cc) < 1024
+
+
+def test_hashed_bag_does_not_depend_on_the_process_hash_salt():
+    """The bag's ids, their order and the top-k cut are the same in processes with different string-hash salts
+    (a set iterated in salt order once made the large tier's training differ from run to run)."""
+    import subprocess
+    import sys
+
+    prog = ("import hashlib\n"
+            "from tiergate.models.encoder import HashedNgramConfig, HashedNgrams\n"
+            "t = ['zeta alpha beta gamma delta epsilon eta theta iota kappa lambda mu nu xi omicron pi rho'] * 2\n"
+            "h = HashedNgrams(HashedNgramConfig(n_buckets=4096, max_per_text=16)).fit(t)\n"
+            "ids, off, w = h.transform(t)\n"
+            "print(hashlib.sha256(ids.tobytes() + w.tobytes()).hexdigest())\n")
+    outs = set()
+    for salt in ("1", "2", "3"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": salt}
+        outs.add(subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True,
+                                check=True).stdout.strip())
+    assert len(outs) == 1

@@ -284,7 +284,9 @@ class HashedNgrams:
                 k = _h("w " + " ".join(words[i: i + n])) % c.n_buckets
                 wc[k] = wc.get(k, 0) + 1
         cc: dict[int, int] = {}
-        for w in set(words):  # char n-grams of each distinct word: bounded cost on repetitive mail
+        # char n-grams of each distinct word (bounded cost on repetitive mail), in first-seen order: a set's
+        # order follows the per-process string hash salt, and with it the bag's row order and top-k ties
+        for w in dict.fromkeys(words):
             for k in self._char_buckets(w):
                 cc[k] = cc.get(k, 0) + 1
         return wc, cc
