@@ -193,7 +193,7 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
             on_step(step, inner)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}")
+            bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)  # the bar redraws at its own interval
         if step % eval_every == 0 or step == total:
             rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": sched.lr_at(step - 1),
                    "train_loss": loss_sum, "seconds": time.perf_counter() - t0,
