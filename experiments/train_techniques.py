@@ -241,6 +241,9 @@ def exp_largebatch3(b: Bench, budget_s: float) -> dict:
         ("lamb x2 epochs", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1), 2 * E, False),
         ("lamb lr0.005", dict(optimizer="lamb", lr=5e-3, warmup_frac=0.1), E, False),
         ("lamb lr0.003", dict(optimizer="lamb", lr=3e-3, warmup_frac=0.1), E, False),
+        # seventh call: LAMB's own schedule (linear warm-up, then linear decay: You et al. 2020), a shorter warm-up
+        ("lamb poly", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.1, schedule="poly"), E, False),
+        ("lamb wu0.05", dict(optimizer="lamb", lr=1e-2, warmup_frac=0.05), E, False),
     ]
     if ARGS and ARGS.lb_arms:
         wanted = set(ARGS.lb_arms.split(","))
