@@ -64,6 +64,29 @@ def test_calibrate_measures_costs_and_sets_thresholds(tiny_workdir, tmp_path):
     assert cfg["calibration"]["method"] == "plain" and cfg["calibration"]["disagreement"] <= 0.02
 
 
+def test_calibrate_with_a_budget_records_it_and_needs_learn_then_test(tiny_workdir, tmp_path):
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "w"
+    shutil.copytree(tiny_workdir, work)
+    args = ["calibrate", "--config", str(work / "tiergate.yaml"), "--data", "spamassassin", "--no-measure",
+            "--epsilon", "0.05", "--budget", "0.5", "--json"]
+    before = (work / "tiergate.yaml").read_text()
+    r = CliRunner().invoke(app, [*args, "--method", "plain"])
+    assert r.exit_code != 0 and "--budget needs the Learn-then-Test method" in r.output
+    assert (work / "tiergate.yaml").read_text() == before  # a refused calibration changes nothing
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    cfg = yaml.safe_load((work / "tiergate.yaml").read_text())
+    assert cfg["calibration"]["budget"] == 0.5 and cfg["certificate"]["budget"] == 0.5
+    assert out["budget"] == 0.5
+    if out["budget_met"]:
+        assert 1 - cfg["certificate"]["saved_fraction_calibration"] <= 0.5
+
+
 def test_calibrate_warns_when_the_final_tier_is_worse_than_a_cheaper_one():
     from tiergate.config import TierConfig
     from tiergate.evaluate import tier_checks

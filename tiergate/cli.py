@@ -84,15 +84,19 @@ def calibrate(config: Path = typer.Option(..., help="tiergate.yaml"),
               data: str = typer.Option(..., help="data set name or path (its calibration split is used)"),
               epsilon: float = typer.Option(0.01, help="Allowed risk (share of items)"),
               delta: float = typer.Option(0.05, help="Allowed probability that the risk bound fails"),
-              risk: str = typer.Option("disagreement", help="disagreement | error"),
+              risk: str = typer.Option("disagreement", help="disagreement | error, or class-conditional: disagreement@LABEL | error@LABEL (counted on items the final tier calls LABEL)"),
               method: str = typer.Option("auto", help="auto (Learn-then-Test when available) | ltt | plain"),
               no_measure: bool = typer.Option(False, "--no-measure", help="Keep the costs already in the config"),
+              budget: float | None = typer.Option(
+                  None, help="Spend up to this share of the all-to-final-tier cost (e.g. 0.1) on agreeing with the "
+                             "final tier: the most conservative certified setting that fits, not the cheapest"),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure tier costs and choose thresholds on the calibration split; writes them into CONFIG."""
     _setup_logging()
     from tiergate.pipeline import calibrate as run
 
-    result = run(config, data, epsilon=epsilon, delta=delta, risk=risk, method=method, measure=not no_measure)
+    result = run(config, data, epsilon=epsilon, delta=delta, risk=risk, method=method, measure=not no_measure,
+                 budget=budget)
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else _short(result))
 
 

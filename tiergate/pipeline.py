@@ -46,8 +46,9 @@ def set_costs(cascade: Cascade, timings: dict[str, list[float]], *, batch_size: 
 
 def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: float = 0.05,
               risk: str = "disagreement", method: str = "auto", measure: bool = True,
-              progress: bool = True) -> dict:
-    """Measure costs, choose thresholds on the calibration split, write them into the config."""
+              progress: bool = True, budget: float | None = None) -> dict:
+    """Measure costs, choose thresholds on the calibration split, write them into the config. With ``budget``
+    (a share of the all-to-final-tier cost), spend up to it on agreeing with the final tier (Learn-then-Test)."""
     cascade = Cascade.from_config(config_path)
     ds = load_dataset(data)
     items, y = items_of(ds, "calibration", progress)
@@ -57,7 +58,8 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     outputs = score_tiers(cascade, items, progress=progress, batch_size=COST_BATCH, timings=timings)
     if measure:
         set_costs(cascade, timings, batch_size=COST_BATCH, what=f"{data} calibration items")
-    result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds, items=items)
+    result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds, items=items,
+                     budget=budget)
     checks = tier_checks(cascade.config.tiers, outputs, y)
     if checks:
         result["warnings"] = checks
@@ -68,14 +70,17 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     return result
 
 
-def _choose(cascade: Cascade, outputs, y, *, epsilon, delta, risk, method, ds: Dataset, items=None) -> dict:
+def _choose(cascade: Cascade, outputs, y, *, epsilon, delta, risk, method, ds: Dataset, items=None,
+            budget: float | None = None) -> dict:
     try:
         from tiergate.calibration import ltt  # the guaranteed procedure, when present
     except ImportError:
         ltt = None
     if ltt is not None and method in ("auto", "ltt"):
         return ltt.calibrate_cascade(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk,
-                                     data_hash=ds.fingerprint(), items=items)
+                                     data_hash=ds.fingerprint(), items=items, budget=budget)
+    if budget is not None:
+        raise CalibrationError("--budget needs the Learn-then-Test method (--method ltt or auto)")
     from tiergate.calibration.plain import disagreement, plain_thresholds
 
     tiers = plain_thresholds(outputs, cascade.config.tiers, epsilon=epsilon)

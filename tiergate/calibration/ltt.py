@@ -23,6 +23,12 @@ Procedure (:func:`calibrate_cascade`):
 The same sequence is walked again for a ladder of stricter epsilons, so a request may ask for one
 (:func:`thresholds_for_epsilon`).
 
+With a ``budget`` (the most the cascade may cost, as a share of sending everything to the final tier), step 4
+picks differently among the certified settings: not the one that saves the most, but the most conservative one
+whose cost fits the budget, i.e. the budget is spent on agreeing with the final tier (FrugalGPT's question,
+"best quality for this spend", answered with a certificate). Any choice among certified settings keeps the
+guarantee, since all of them hold together with probability 1 - delta.
+
 >>> result = calibrate_cascade(cascade, outputs, y, epsilon=0.01, delta=0.05, data_hash=ds.fingerprint())  # doctest: +SKIP
 """
 
@@ -59,7 +65,8 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
                       delta: float, risk: str = "disagreement", data_hash: str = "",
                       items: Sequence[Item] | None = None, path: str = "auto",
                       selection_fraction: float | None = None, shadow: str = "auto", pvalue: str = "binomial",
-                      seed: int = 0, ladder: Sequence[float] | None = None, report: bool = True) -> dict:
+                      seed: int = 0, ladder: Sequence[float] | None = None, report: bool = True,
+                      budget: float | None = None) -> dict:
     """Choose every non-final model tier's thresholds with a Learn-then-Test guarantee; write them, the
     certificate and the ladder into ``cascade.config``; return a summary.
 
@@ -70,9 +77,12 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
     loss learnt on the selection part) or ``greedy`` (per class, best saving per loss first, on the selection
     part). ``shadow``: ``on``, ``off`` or ``auto`` (on from 2,000 items).
     ``selection_fraction``: share of items spent on learning (default 0.3 when anything is learnt, else 0).
+    ``budget``: spend up to this share of the all-to-final-tier cost (see the module's docstring).
     """
     if not 0 < epsilon < 1 or not 0 < delta < 1:
         raise CalibrationError(f"epsilon ({epsilon}) and delta ({delta}) must lie strictly between 0 and 1")
+    if budget is not None and not 0 < budget <= 1:
+        raise CalibrationError(f"budget ({budget}) is a share of the all-to-final-tier cost: it must lie in (0, 1]")
     if pvalue not in PVALUES:
         raise CalibrationError(f"pvalue {pvalue!r}: use one of {sorted(PVALUES)}")
     rk = Risk.parse(risk)
@@ -134,6 +144,7 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
                     "%d even with zero losses, so nothing but the final tier alone can be certified",
                     n_test, epsilon, delta, min_items(epsilon, delta))
     chosen, rejected, pvals = fixed_sequence(frontier, n_test, epsilon, delta, pvalue)
+    chosen, budget_met = within_budget(frontier, rejected, chosen, budget, 1 - _off_saved(test))
     off_TC = np.full_like(base_TC, NEVER)  # every tier but the final one off: risk exactly 0
     chosen_TC = settings[chosen] if chosen >= 0 else off_TC
     for j, row in enumerate(frontier):
@@ -144,7 +155,8 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
     for eps in sorted({round(epsilon * f, 10) for f in (ladder or LADDER_FACTORS)} - {epsilon}, reverse=True):
         if eps >= epsilon:
             continue
-        j, _, _ = fixed_sequence(frontier, n_test, eps, delta, pvalue)
+        j, rej, _ = fixed_sequence(frontier, n_test, eps, delta, pvalue)
+        j, _ = within_budget(frontier, rej, j, budget, 1 - _off_saved(test))
         rung_TC = settings[j] if j >= 0 else off_TC
         rungs.append({"epsilon": eps, "bound": _bound(frontier, j, n_test, delta),
                       "saved_fraction": frontier[j]["saved_fraction"] if j >= 0 else _off_saved(test),
@@ -169,6 +181,9 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
         "assumption": "calibration items are exchangeable with the traffic the cascade serves",
         "ladder": rungs,
     }
+    if budget is not None:
+        cert["budget"] = budget
+        cert["budget_met"] = budget_met
     cfg.certificate = cert
     report_path = None
     if report and getattr(cascade, "base", None) is not None:
@@ -177,8 +192,14 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
         report_path = write_report(Path(cascade.base) / "calibration", frontier, cert, title=cfg.dataset or "cascade")
     cfg.calibration = {"method": "ltt", "epsilon": epsilon, "delta": delta, "risk": str(rk), "n": n,
                        "shadow_rules": shadowed, "rules_off": rules_off, "data_hash": data_hash, "path": path,
+                       **({"budget": budget} if budget is not None else {}),
                        **({"report": str(report_path)} if report_path else {})}
     warnings = _diagnose(test, movable, tiers)
+    if not budget_met:
+        cost = 1 - (frontier[chosen]["saved_fraction"] if chosen >= 0 else _off_saved(test))
+        warnings.append(f"no setting certified at epsilon {epsilon:g} costs as little as the budget {budget:g} of the "
+                        f"all-to-final-tier cost; chose the cheapest certified one ({cost:.4f}): raise epsilon or "
+                        "the budget")
     for w in warnings:
         log.warning("%s", w)
     summary = {"method": "ltt", "risk": str(rk), "epsilon": epsilon, "delta": delta, "n": n_test,
@@ -186,7 +207,8 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
                "saved_fraction_calibration": round(cert["saved_fraction_calibration"], 4),
                "final_only": chosen < 0, "path": path, "settings_certified": rejected,
                "shadowed_rules": sum(len(v) for v in shadowed.values()),
-               "thresholds": cert["thresholds"], "shadow_rules": shadowed, "ladder": rungs, "warnings": warnings}
+               "thresholds": cert["thresholds"], "shadow_rules": shadowed, "ladder": rungs, "warnings": warnings,
+               **({"budget": budget, "budget_met": budget_met} if budget is not None else {})}
     if report_path:
         summary["report"] = str(report_path)
     log.info("calibrated (%s): n=%d, %d losses, bound %.4g <= %.4g, saved %.3f on calibration", METHOD, n_test,
@@ -244,6 +266,21 @@ def fixed_sequence(frontier: list[dict], n: int, epsilon: float, delta: float, p
         if row["saved_fraction"] > best_saved:
             best, best_saved = j, row["saved_fraction"]
     return best, rejected, pvals
+
+
+def within_budget(frontier: list[dict], certified: int, best: int, budget: float | None,
+                  off_cost: float = 1.0) -> tuple[int, bool]:
+    """Among the first ``certified`` settings (the order runs from the most conservative), the first whose cost
+    (1 - saved fraction) is at most ``budget``: it spends the budget on agreeing with the final tier. Returns
+    (its index, True); without a budget, or when no certified setting fits it, (``best``, whether ``best`` fits;
+    ``off_cost`` is the cost of the final tier alone, the answer when ``best`` is -1)."""
+    if budget is None:
+        return best, True
+    for j in range(certified):
+        if 1 - frontier[j]["saved_fraction"] <= budget + 1e-12:
+            return j, True
+    cost = 1 - frontier[best]["saved_fraction"] if best >= 0 else off_cost
+    return best, cost <= budget + 1e-12
 
 
 def _bound(frontier: list[dict], j: int, n: int, delta: float) -> float:

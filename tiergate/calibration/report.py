@@ -37,6 +37,8 @@ def plot_frontier(frontier: list[dict], cert: dict, path: Path, *, title: str = 
     ax.scatter([r for r, c in zip(risk, ok, strict=True) if c], [s for s, c in zip(saved, ok, strict=True) if c],
                s=9, c="#1f77b4", label="certified (p <= delta)")
     ax.axvline(eps, color="#d62728", ls="--", lw=1, label=f"epsilon = {eps:g}")
+    if cert.get("budget") is not None:
+        ax.axhline(1 - cert["budget"], color="#2ca02c", ls=":", lw=1, label=f"budget: cost <= {cert['budget']:g}")
     for r in chosen:
         ax.scatter([r["risk"]], [r["saved_fraction"]], s=90, marker="*", c="#ff7f0e", zorder=5, label="chosen")
         ax.plot([r["risk"], bound], [r["saved_fraction"]] * 2, color="#ff7f0e", lw=2,
@@ -88,6 +90,11 @@ def summary_markdown(frontier: list[dict], cert: dict, *, png: str, title: str) 
                      f"final tier {chosen['disagreement']:.4f}{acc}.")
     else:
         lines.append("**Chosen**: nothing was certified; every item goes to the final tier (risk 0 by definition).")
+    if cert.get("budget") is not None:
+        lines += ["", f"**Budget**: up to {cert['budget']:g} of the all-to-final-tier cost, spent on agreeing with the "
+                      "final tier: the chosen setting is the most conservative certified one that fits it"
+                      + ("." if cert.get("budget_met") else "; no certified setting fits it, so the cheapest certified "
+                         "one was taken.")]
     shadow = {k: v for k, v in (cert.get("shadow_rules") or {}).items() if v}
     lines += ["", "Rules in shadow mode: " + ("; ".join(f"{k}: {', '.join(v)}" for k, v in shadow.items()) or "none"), ""]
     if cert.get("ladder"):
