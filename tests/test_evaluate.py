@@ -108,3 +108,17 @@ def test_calibrate_summary_line_carries_the_warnings():
 
     out = _short({"method": "ltt", "epsilon": 0.01, "ladder": [], "warnings": ["final tier is worse"]})
     assert out.splitlines() == ["calibrated: method=ltt, epsilon=0.01", "warning: final tier is worse"]
+
+
+def test_calibrate_keeps_its_own_warnings_beside_the_tier_checks(tiny_workdir, tmp_path, monkeypatch):
+    import shutil
+
+    import tiergate.pipeline as pipeline
+
+    work = tmp_path / "w"
+    shutil.copytree(tiny_workdir, work)
+    monkeypatch.setattr(pipeline, "tier_checks", lambda tiers, outputs, y: ["a tier check"])
+    res = pipeline.calibrate(work / "tiergate.yaml", "spamassassin", epsilon=0.05, measure=False, progress=False,
+                             budget=1e-4)
+    assert res["budget_met"] is False
+    assert "a tier check" in res["warnings"] and any("budget" in w for w in res["warnings"])

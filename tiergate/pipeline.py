@@ -61,8 +61,8 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds, items=items,
                      budget=budget)
     checks = tier_checks(cascade.config.tiers, outputs, y)
-    if checks:
-        result["warnings"] = checks
+    if checks:  # beside calibrate's own warnings (a budget no certified setting fits, ...), not instead of them
+        result["warnings"] = list(dict.fromkeys([*result.get("warnings", []), *checks]))
         for w in checks:
             log.warning("%s", w)
     save_config(cascade.config, config_path)
