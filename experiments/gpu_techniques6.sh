@@ -4,11 +4,5 @@
 # and 5: their held-out targets through --lb-target). Carry .gpu/debian-packages.jsonl.gz.
 set -u
 source experiments/gpu_env.sh
-TG=(0.8641823899371069 0.8612473794549266 0.8635534591194969 0.8599895178197065 0.8595702306079664)
-for s in 0 1 2 3 4; do
-  timeout 200 python3 $P --out $W/lsd$s --only largebatch3 --seeds $s --label-smoothing 0.1 --lb-target ${TG[$s]} \
-    --lb-arms "lamb lr0.005,lamb lr0.003" --budget-s 150 > $W/lsd$s.log 2>&1 &
-done
-wait
-tail -qn 1 $W/*.log
-tar czf $OUT/all.tgz -C $W .
+lb_seeds lsd "lamb lr0.005,lamb lr0.003" 200 150 "0 1 2 3 4" \
+  "0.8641823899371069 0.8612473794549266 0.8635534591194969 0.8599895178197065 0.8595702306079664"

@@ -5,10 +5,4 @@
 # depends on the hash salt), so that the figure is a 10-seed mean, not a 5-seed one. Carry .gpu/debian-packages.jsonl.gz.
 set -u
 source experiments/gpu_env.sh
-for s in 0 1 2 3 4 5 6 7 8 9; do
-  timeout ${T:-420} python3 $P --out $W/lb$s --only largebatch3 --seeds $s --label-smoothing 0.1 \
-    --lb-arms "lamb" --budget-s ${B:-400} > $W/lb$s.log 2>&1 &
-done
-wait
-tail -qn 1 $W/*.log
-tar czf $OUT/all.tgz -C $W .
+lb_seeds lb lamb ${T:-420} ${B:-400} "0 1 2 3 4 5 6 7 8 9"

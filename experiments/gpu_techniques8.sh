@@ -4,11 +4,5 @@
 # LAMB's own schedule (warm-up then linear decay) and a 5% warm-up. Picked, with "lamb", on mean held-out accuracy.
 set -u
 source experiments/gpu_env.sh
-TG=(0.8620859538784067 0.8597798742138365 0.8618763102725366 0.8620859538784067 0.8608280922431866 0.8622955974842768 0.8606184486373165 0.8662788259958071 0.8614570230607966 0.8589412997903564)
-for s in 0 1 2 3 4 5 6 7 8 9; do
-  timeout 300 python3 $P --out $W/lc$s --only largebatch3 --seeds $s --label-smoothing 0.1 --lb-target ${TG[$s]} \
-    --lb-arms "lamb poly,lamb wu0.05" --budget-s 280 > $W/lc$s.log 2>&1 &
-done
-wait
-tail -qn 1 $W/*.log
-tar czf $OUT/all.tgz -C $W .
+lb_seeds lc "lamb poly,lamb wu0.05" 300 280 "0 1 2 3 4 5 6 7 8 9" \
+  "0.8620859538784067 0.8597798742138365 0.8618763102725366 0.8620859538784067 0.8608280922431866 0.8622955974842768 0.8606184486373165 0.8662788259958071 0.8614570230607966 0.8589412997903564"

@@ -34,6 +34,10 @@ def main() -> None:
     y = np.array([e.label for e in rows])
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "results.jsonl", "w") as log:
+        def score(tier) -> dict:
+            pred = np.array(tier.labels)[tier.predict_proba(items).argmax(1)]
+            return {"split": args.split, "acc": float((pred == y).mean()), "errors": int((pred != y).sum())}
+
         def emit(rec: dict) -> None:
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
@@ -41,18 +45,13 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             d = args.out / f"large_seed{seed}"
             manifest = train_large(ds, d, seed=seed, progress=False)
-            tier = LargeTier.load(d)
-            pred = np.array(tier.labels)[tier.predict_proba(items).argmax(1)]
-            emit({"tier": "large", "seed": seed, "split": args.split, "acc": float((pred == y).mean()),
-                  "errors": int((pred != y).sum()), "holdout_acc": manifest["metrics"]["holdout_acc"]})
+            emit({"tier": "large", "seed": seed, **score(LargeTier.load(d)),
+                  "holdout_acc": manifest["metrics"]["holdout_acc"]})
         train = ds.split("train")
         _, cfg = small_presets(len(train), len(ds.labels))[-1]  # the small tier quickstart builds
         small = train_small([make_item(e.text).model_text for e in train], [e.label for e in train],
                             args.out / "small", cfg)
-        tier = OnnxTier(args.out / "small")
-        pred = np.array(tier.labels)[tier.predict_proba(items).argmax(1)]
-        emit({"tier": "small", "split": args.split, "acc": float((pred == y).mean()), "errors": int((pred != y).sum()),
-              "version": small["version"]})
+        emit({"tier": "small", **score(OnnxTier(args.out / "small")), "version": small["version"]})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tiergate.cli import app
@@ -46,13 +48,20 @@ def test_data_info_json():
     assert json.loads(r.stdout)["splits"]["test"]["n"] == 769
 
 
-def test_calibrate_measures_costs_and_sets_thresholds(tiny_workdir, tmp_path):
+@pytest.fixture
+def tiny_copy(tiny_workdir, tmp_path) -> Path:
+    """A private copy of the tiny cascade's work directory, for tests that calibrate it (calibrate writes the config)."""
     import shutil
-
-    import yaml
 
     work = tmp_path / "w"
     shutil.copytree(tiny_workdir, work)
+    return work
+
+
+def test_calibrate_measures_costs_and_sets_thresholds(tiny_copy):
+    import yaml
+
+    work = tiny_copy
     r = CliRunner().invoke(app, ["calibrate", "--config", str(work / "tiergate.yaml"), "--data", "spamassassin",
                                  "--method", "plain", "--epsilon", "0.02"])
     assert r.exit_code == 0, r.output
@@ -64,13 +73,10 @@ def test_calibrate_measures_costs_and_sets_thresholds(tiny_workdir, tmp_path):
     assert cfg["calibration"]["method"] == "plain" and cfg["calibration"]["disagreement"] <= 0.02
 
 
-def test_calibrate_with_a_budget_records_it_and_needs_learn_then_test(tiny_workdir, tmp_path):
-    import shutil
-
+def test_calibrate_with_a_budget_records_it_and_needs_learn_then_test(tiny_copy):
     import yaml
 
-    work = tmp_path / "w"
-    shutil.copytree(tiny_workdir, work)
+    work = tiny_copy
     args = ["calibrate", "--config", str(work / "tiergate.yaml"), "--data", "spamassassin", "--no-measure",
             "--epsilon", "0.05", "--budget", "0.5", "--json"]
     before = (work / "tiergate.yaml").read_text()
@@ -110,13 +116,10 @@ def test_calibrate_summary_line_carries_the_warnings():
     assert out.splitlines() == ["calibrated: method=ltt, epsilon=0.01", "warning: final tier is worse"]
 
 
-def test_calibrate_keeps_its_own_warnings_beside_the_tier_checks(tiny_workdir, tmp_path, monkeypatch):
-    import shutil
-
+def test_calibrate_keeps_its_own_warnings_beside_the_tier_checks(tiny_copy, monkeypatch):
     import tiergate.pipeline as pipeline
 
-    work = tmp_path / "w"
-    shutil.copytree(tiny_workdir, work)
+    work = tiny_copy
     monkeypatch.setattr(pipeline, "tier_checks", lambda tiers, outputs, y: ["a tier check"])
     res = pipeline.calibrate(work / "tiergate.yaml", "spamassassin", epsilon=0.05, measure=False, progress=False,
                              budget=1e-4)

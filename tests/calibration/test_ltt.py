@@ -165,16 +165,19 @@ def test_certificate_goes_stale_on_threshold_and_version_changes(pool):
     assert certificate_status(c, None) is None
 
 
+def _calibrated(pool, budget=None):
+    """A fresh cascade calibrated on the first 3,000 pooled items at epsilon 0.02 (with ``budget``, if given)."""
+    outs, yy = take(*pool, range(3000))
+    c = cascade_for()
+    return c, calibrate_cascade(c, outs, yy, epsilon=0.02, delta=0.05, report=False, budget=budget)
+
+
 def test_a_budget_buys_agreement_with_the_most_conservative_certified_setting_that_fits(pool):
-    outputs, y = pool
-    outs, yy = take(outputs, y, range(3000))
-    free = cascade_for()
-    calibrate_cascade(free, outs, yy, epsilon=0.02, delta=0.05, report=False)
+    free, _ = _calibrated(pool)
     cheapest = free.config.certificate
     cost0 = 1 - cheapest["saved_fraction_calibration"]
     budget = cost0 + 0.1
-    c = cascade_for()
-    res = calibrate_cascade(c, outs, yy, epsilon=0.02, delta=0.05, report=False, budget=budget)
+    c, res = _calibrated(pool, budget)
     cert = c.config.certificate
     cost = 1 - cert["saved_fraction_calibration"]
     assert res["budget_met"] and cert["budget"] == budget and c.config.calibration["budget"] == budget
@@ -182,21 +185,17 @@ def test_a_budget_buys_agreement_with_the_most_conservative_certified_setting_th
     assert cert["losses"] <= cheapest["losses"] and cert["bound"] <= 0.02  # and still certified at epsilon
     assert c.config.tiers[0].threshold.default >= free.config.tiers[0].threshold.default
     # the most conservative setting that fits: a budget a little below what it costs must choose a cheaper one
-    tighter = cascade_for()
-    calibrate_cascade(tighter, outs, yy, epsilon=0.02, delta=0.05, report=False, budget=cost - 1e-6)
+    tighter, _ = _calibrated(pool, cost - 1e-6)
     assert 1 - tighter.config.certificate["saved_fraction_calibration"] < cost
     # a stricter rung may not fit the budget: it then saves what it can, never more than the requested epsilon's
     assert all(r["saved_fraction"] <= cert["saved_fraction_calibration"] + 1e-12 for r in cert["ladder"])
 
 
 def test_a_budget_no_certified_setting_fits_falls_back_to_the_cheapest_and_says_so(pool):
-    outputs, y = pool
-    outs, yy = take(outputs, y, range(3000))
-    free, c = cascade_for(), cascade_for()
-    calibrate_cascade(free, outs, yy, epsilon=0.02, delta=0.05, report=False)
-    res = calibrate_cascade(c, outs, yy, epsilon=0.02, delta=0.05, report=False, budget=1e-4)
+    free, _ = _calibrated(pool)
+    c, res = _calibrated(pool, 1e-4)
     assert res["budget_met"] is False and any("budget" in w for w in res["warnings"])
     assert c.config.tiers[0].threshold == free.config.tiers[0].threshold
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(CalibrationError, match="budget"):
-            calibrate_cascade(cascade_for(), outs, yy, epsilon=0.02, delta=0.05, report=False, budget=bad)
+            _calibrated(pool, bad)

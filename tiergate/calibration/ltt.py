@@ -144,7 +144,8 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
                     "%d even with zero losses, so nothing but the final tier alone can be certified",
                     n_test, epsilon, delta, min_items(epsilon, delta))
     chosen, rejected, pvals = fixed_sequence(frontier, n_test, epsilon, delta, pvalue)
-    chosen, budget_met = within_budget(frontier, rejected, chosen, budget, 1 - _off_saved(test))
+    off_cost = 1 - _off_saved(test)  # the final tier alone, the fallback when nothing is certified
+    chosen, budget_met = within_budget(frontier, rejected, chosen, budget, off_cost)
     off_TC = np.full_like(base_TC, NEVER)  # every tier but the final one off: risk exactly 0
     chosen_TC = settings[chosen] if chosen >= 0 else off_TC
     for j, row in enumerate(frontier):
@@ -156,7 +157,7 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
         if eps >= epsilon:
             continue
         j, rej, _ = fixed_sequence(frontier, n_test, eps, delta, pvalue)
-        j, _ = within_budget(frontier, rej, j, budget, 1 - _off_saved(test))
+        j, _ = within_budget(frontier, rej, j, budget, off_cost)
         rung_TC = settings[j] if j >= 0 else off_TC
         rungs.append({"epsilon": eps, "bound": _bound(frontier, j, n_test, delta),
                       "saved_fraction": frontier[j]["saved_fraction"] if j >= 0 else _off_saved(test),
@@ -196,7 +197,7 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
                        **({"report": str(report_path)} if report_path else {})}
     warnings = _diagnose(test, movable, tiers)
     if not budget_met:
-        cost = 1 - (frontier[chosen]["saved_fraction"] if chosen >= 0 else _off_saved(test))
+        cost = 1 - frontier[chosen]["saved_fraction"] if chosen >= 0 else off_cost
         warnings.append(f"no setting certified at epsilon {epsilon:g} costs as little as the budget {budget:g} of the "
                         f"all-to-final-tier cost; chose the cheapest certified one ({cost:.4f}): raise epsilon or "
                         "the budget")
