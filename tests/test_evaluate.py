@@ -92,6 +92,17 @@ def test_calibrate_with_a_budget_records_it_and_needs_learn_then_test(tiny_copy)
     if out["budget_met"]:
         assert 1 - cfg["certificate"]["saved_fraction_calibration"] <= 0.5
 
+    # recalibrating without --budget keeps the budget the config was calibrated with; --budget 0 removes it
+    plain = [a for a in args if a not in ("--budget", "0.5")]
+    r = CliRunner().invoke(app, plain)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["budget"] == 0.5
+    r = CliRunner().invoke(app, [*plain, "--budget", "0"])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load((work / "tiergate.yaml").read_text())
+    assert "budget" not in json.loads(r.stdout) and "budget" not in cfg["calibration"]
+    assert "budget" not in cfg["certificate"]
+
 
 def test_calibrate_warns_when_the_final_tier_is_worse_than_a_cheaper_one():
     from tiergate.config import TierConfig

@@ -22,6 +22,11 @@ from tiergate.errors import TiergateError  # noqa: E402
 from tiergate.rules.cli import app as rules_app  # noqa: E402
 from tiergate.training.cli import plan_app, prune_app, train_app  # noqa: E402
 
+# quickstart's cost target: the cascade may cost up to 10% of sending everything to the final tier (BRIEF's
+# ">= 90% saved"); within that, the certified setting that sends the final tier the most uncertain items wins,
+# so the escalation path and the learning loop that feeds on escalations see real traffic (docs/calibration.md).
+QUICKSTART_BUDGET = 0.1
+
 app = typer.Typer(help="tiergate: an inference cascade gateway (rules -> small ONNX models -> large sparse model).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Fetch and inspect data sets.", no_args_is_help=True)
@@ -88,15 +93,18 @@ def calibrate(config: Path = typer.Option(..., help="tiergate.yaml"),
               method: str = typer.Option("auto", help="auto (Learn-then-Test when available) | ltt | plain"),
               no_measure: bool = typer.Option(False, "--no-measure", help="Keep the costs already in the config"),
               budget: float | None = typer.Option(
-                  None, help="Spend up to this share of the all-to-final-tier cost (e.g. 0.1) on agreeing with the "
-                             "final tier: the most conservative certified setting that fits, not the cheapest"),
+                  None, min=0.0, max=1.0,
+                  help="Spend up to this share of the all-to-final-tier cost (e.g. 0.1) on agreeing with the "
+                       "final tier: the most conservative certified setting that fits, not the cheapest. "
+                       "Default: the budget CONFIG was last calibrated with; 0 saves the most"),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure tier costs and choose thresholds on the calibration split; writes them into CONFIG."""
     _setup_logging()
+    from tiergate.pipeline import KEEP
     from tiergate.pipeline import calibrate as run
 
     result = run(config, data, epsilon=epsilon, delta=delta, risk=risk, method=method, measure=not no_measure,
-                 budget=budget)
+                 budget=KEEP if budget is None else budget)
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else _short(result))
 
 
@@ -179,7 +187,11 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
                host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
                epsilon: float = typer.Option(0.01, help="Calibration risk bound: the cascade disagrees with the "
                                              "final tier on at most this share of items (with prob. >= 1 - delta)"),
-               delta: float = typer.Option(0.05)) -> None:
+               delta: float = typer.Option(0.05),
+               budget: float = typer.Option(
+                   QUICKSTART_BUDGET, min=0.0, max=1.0, help="Spend up to this share of the all-to-final-tier cost on agreeing with "
+                   "the final tier (0.1: save at least 90%, and send the final tier the most uncertain items that "
+                   "fit); 0 saves the most the certificate allows")) -> None:
     """From nothing to a served cascade: fetch, train, install rules, calibrate, evaluate, serve."""
     import time
 
@@ -191,7 +203,7 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
     t0 = time.perf_counter()
     path = build(data, workdir)
     typer.echo("[4/5] calibrate: measure costs, choose thresholds on the calibration split")
-    result = run_calibrate(path, data, epsilon=epsilon, delta=delta)
+    result = run_calibrate(path, data, epsilon=epsilon, delta=delta, budget=budget or None)
     typer.echo("      " + _short(result))
     typer.echo("[5/5] evaluate on the test split")
     report = run_evaluate(path, data, "test")

@@ -24,6 +24,7 @@ from tiergate.evaluate import score_tiers, summarize, tier_checks
 log = logging.getLogger("tiergate")
 
 COST_BATCH = 32  # the batch size at which costs are measured (and stated in the config)
+KEEP = "keep"    # calibrate's default budget: the one the config was last calibrated with
 
 
 def items_of(ds: Dataset, split: str, progress: bool = False) -> tuple[list[Item], list[str]]:
@@ -46,10 +47,18 @@ def set_costs(cascade: Cascade, timings: dict[str, list[float]], *, batch_size: 
 
 def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: float = 0.05,
               risk: str = "disagreement", method: str = "auto", measure: bool = True,
-              progress: bool = True, budget: float | None = None) -> dict:
+              progress: bool = True, budget: float | str | None = KEEP) -> dict:
     """Measure costs, choose thresholds on the calibration split, write them into the config. With ``budget``
-    (a share of the all-to-final-tier cost), spend up to it on agreeing with the final tier (Learn-then-Test)."""
+    (a share of the all-to-final-tier cost), spend up to it on agreeing with the final tier (Learn-then-Test).
+    ``KEEP`` keeps the budget of the config's last calibration (a recalibration after retraining keeps the
+    cost policy it had); ``None`` or 0 saves the most the certificate allows."""
     cascade = Cascade.from_config(config_path)
+    if budget == KEEP:
+        budget = (cascade.config.calibration or {}).get("budget")
+        if budget is not None:
+            log.info("keeping the budget the config was calibrated with: %g of the all-to-final-tier cost "
+                     "(--budget 0 saves the most instead)", budget)
+    budget = budget or None
     ds = load_dataset(data)
     items, y = items_of(ds, "calibration", progress)
     if not items:
