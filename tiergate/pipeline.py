@@ -72,8 +72,8 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     checks = tier_checks(cascade.config.tiers, outputs, y)
     if checks:  # beside calibrate's own warnings (a budget no certified setting fits, ...), not instead of them
         result["warnings"] = list(dict.fromkeys([*result.get("warnings", []), *checks]))
-        for w in checks:
-            log.warning("%s", w)
+        for w in checks:  # likewise returned, and printed by the CLI
+            log.info("warning: %s", w)
     save_config(cascade.config, config_path)
     cascade.close()
     return result
