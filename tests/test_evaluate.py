@@ -81,7 +81,7 @@ def test_calibrate_with_a_budget_records_it_and_needs_learn_then_test(tiny_copy)
             "--epsilon", "0.05", "--budget", "0.5", "--json"]
     before = (work / "tiergate.yaml").read_text()
     r = CliRunner().invoke(app, [*args, "--method", "plain"])
-    assert r.exit_code != 0 and "--budget needs the Learn-then-Test method" in r.output
+    assert r.exit_code != 0 and "needs the Learn-then-Test method" in r.output
     assert (work / "tiergate.yaml").read_text() == before  # a refused calibration changes nothing
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -97,6 +97,8 @@ def test_calibrate_with_a_budget_records_it_and_needs_learn_then_test(tiny_copy)
     r = CliRunner().invoke(app, plain)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["budget"] == 0.5
+    r = CliRunner().invoke(app, [*plain, "--method", "plain"])  # the kept budget is named, with the way out
+    assert r.exit_code != 0 and "last calibrated with" in r.output and "--budget 0" in r.output
     r = CliRunner().invoke(app, [*plain, "--budget", "0"])
     assert r.exit_code == 0, r.output
     cfg = yaml.safe_load((work / "tiergate.yaml").read_text())

@@ -45,7 +45,7 @@ def test_quickstart_builds_calibrates_and_evaluates_a_cascade_within_its_budget(
     if cert["budget_met"]:
         assert 1 - cert["saved_fraction_calibration"] <= 0.1 + 1e-9
     else:
-        assert "budget" in proc.stdout  # said, not silently ignored
+        assert "warning: no setting certified" in proc.stdout  # said, not silently ignored
     assert all(t["cost"]["measured"] for t in cfg["tiers"])  # costs measured on this machine, written in
 
 

@@ -203,7 +203,7 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
     t0 = time.perf_counter()
     path = build(data, workdir)
     typer.echo("[4/5] calibrate: measure costs, choose thresholds on the calibration split")
-    result = run_calibrate(path, data, epsilon=epsilon, delta=delta, budget=budget or None)
+    result = run_calibrate(path, data, epsilon=epsilon, delta=delta, budget=budget)  # 0: save the most
     typer.echo("      " + _short(result))
     typer.echo("[5/5] evaluate on the test split")
     report = run_evaluate(path, data, "test")

@@ -59,6 +59,9 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
             log.info("keeping the budget the config was calibrated with: %g of the all-to-final-tier cost "
                      "(--budget 0 saves the most instead)", budget)
     budget = budget or None
+    if budget is not None and method not in ("auto", "ltt"):  # before scoring anything
+        raise CalibrationError(f"a budget ({budget:g}: --budget, or the one the config was last calibrated with) needs "
+                               "the Learn-then-Test method (--method ltt or auto); --budget 0 drops it")
     ds = load_dataset(data)
     items, y = items_of(ds, "calibration", progress)
     if not items:
@@ -81,15 +84,11 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
 
 def _choose(cascade: Cascade, outputs, y, *, epsilon, delta, risk, method, ds: Dataset, items=None,
             budget: float | None = None) -> dict:
-    try:
-        from tiergate.calibration import ltt  # the guaranteed procedure, when present
-    except ImportError:
-        ltt = None
-    if ltt is not None and method in ("auto", "ltt"):
+    from tiergate.calibration import ltt
+
+    if method in ("auto", "ltt"):
         return ltt.calibrate_cascade(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk,
                                      data_hash=ds.fingerprint(), items=items, budget=budget)
-    if budget is not None:
-        raise CalibrationError("--budget needs the Learn-then-Test method (--method ltt or auto)")
     from tiergate.calibration.plain import disagreement, plain_thresholds
 
     tiers = plain_thresholds(outputs, cascade.config.tiers, epsilon=epsilon)
