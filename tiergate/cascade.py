@@ -23,6 +23,7 @@ from pathlib import Path
 from tiergate.config import Thresholds, TierConfig, TiergateConfig, load_config
 from tiergate.data.items import Item
 from tiergate.errors import ConfigError, UnavailableError
+from tiergate.registry import build_tier, capabilities_of
 from tiergate.tiers import Tier, TierOutput
 
 log = logging.getLogger("tiergate.cascade")
@@ -42,7 +43,8 @@ class Decision:
     baseline_cost_usd: float = 0.0          # what sending it straight to the final tier would have cost
     path: list[str] = field(default_factory=list)
     request_id: str = ""
-    degraded: bool = False                  # a later tier failed; this is an earlier tier's answer
+    degraded: bool = False                  # a later tier failed or ran out of time; an earlier tier's answer
+    degraded_reason: str = ""               # error | timeout | breaker_open | deadline
 
     def to_dict(self) -> dict:
         return {
@@ -51,12 +53,13 @@ class Decision:
             "tier": self.tier, "reason": self.reason, "latency_ms": round(self.latency_ms, 3),
             "cost_usd": self.cost_usd, "baseline_cost_usd": self.baseline_cost_usd,
             "cost_saved_usd": self.baseline_cost_usd - self.cost_usd, "path": self.path, "degraded": self.degraded,
+            **({"degraded_reason": self.degraded_reason} if self.degraded else {}),
             **({"request_id": self.request_id} if self.request_id else {}),
         }
 
 
 def reason_for(tier: TierConfig, out: TierOutput, final: bool) -> str:
-    if out.reason and tier.kind == "rules":
+    if out.reason and not capabilities_of(tier).distribution:  # a rule decided, not a confidence
         return f"rule:{out.reason}"
     if final:
         return "final-tier"
@@ -109,27 +112,6 @@ def route(outputs: Sequence[Sequence[TierOutput]], tiers: Sequence[TierConfig]) 
     return routed
 
 
-def load_tier(tc: TierConfig, base: Path) -> Tier:
-    """Build the tier a config entry describes (imports lazily: a rules-only host needs no torch)."""
-    path = (base / tc.path) if not Path(tc.path).is_absolute() else Path(tc.path)
-    if tc.kind == "rules":
-        from tiergate.rules.tier import RulesTier
-
-        tier: Tier = RulesTier.from_path(path)
-    elif tc.kind == "onnx":
-        from tiergate.models.small import OnnxTier
-
-        tier = OnnxTier(path, name=tc.name)
-    elif tc.kind == "torch":
-        from tiergate.models.large import LargeTier
-
-        tier = LargeTier.load(path)
-    else:  # pragma: no cover - pydantic restricts kind
-        raise ConfigError(f"tier {tc.name}: unknown kind {tc.kind!r}")
-    tier.name = tc.name
-    return tier
-
-
 class Cascade:
     """Tiers in order with their thresholds and costs.
 
@@ -148,7 +130,7 @@ class Cascade:
     @classmethod
     def from_config(cls, path: str | Path) -> Cascade:
         cfg, base = load_config(path)
-        cascade = cls(cfg, [load_tier(tc, base) for tc in cfg.tiers], base)
+        cascade = cls(cfg, [build_tier(tc, base, model_dirs=cfg.model_dirs) for tc in cfg.tiers], base)
         if (cfg.calibration or {}).get("shadow_rules"):  # rules calibration put in shadow mode
             from tiergate.calibration.shadow import apply_shadow_rules
 
@@ -190,6 +172,7 @@ class Cascade:
         paths: list[list[str]] = [[] for _ in range(n)]
         decisions: list[Decision | None] = [None] * n
         best: dict[int, tuple[int, TierOutput]] = {}  # the most recent model answer per item, for degradation
+        model_answers = [capabilities_of(tc).distribution for tc in cfgs]  # which tiers' answers count there
         at: dict[int, list[int]] = {len(cfgs) - 1 if final_only else 0: list(range(n))}
         for i, tier in enumerate(self.tiers):
             idx = at.pop(i, [])
@@ -210,7 +193,7 @@ class Cascade:
                 elapsed[k] += dt
                 cost[k] += cfgs[i].cost.usd_per_item
                 paths[k].append(cfgs[i].name)
-                if out.label is not None and cfgs[i].kind != "rules":
+                if out.label is not None and model_answers[i]:
                     best[k] = (i, out)
                 nxt = step(i, out, cfgs)
                 if nxt is None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tiergate.errors import ConfigError
+from tiergate.registry import tier_kinds
 
 # Documented default prices per hour of hardware (USD). CPU: one 2-vCPU cloud instance of the kind these
 # figures are measured on (e.g. AWS c7i.large on demand, about 0.09 USD/h). GPU: one H200 rented by the hour.
@@ -53,7 +54,7 @@ class Thresholds(_Strict):
 
 class TierConfig(_Strict):
     name: str
-    kind: Literal["rules", "onnx", "torch"]
+    kind: str                              # a registered kind (tiergate.registry): rules, onnx, torch, ...
     path: str
     hardware: str = "cpu-2core"
     threshold: Thresholds = Field(default_factory=Thresholds)
@@ -64,6 +65,14 @@ class TierConfig(_Strict):
     def _name(cls, v: str) -> str:
         if not v or not v.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"tier name {v!r} must be letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in tier_kinds():
+            raise ValueError(f"unknown tier kind {v!r}: use one of {', '.join(tier_kinds())} (a plugin adds more "
+                             "with tiergate.registry.register_tier_kind before the config is loaded)")
         return v
 
 
@@ -80,6 +89,8 @@ class TiergateConfig(_Strict):
     labels: list[str] = Field(default_factory=list)
     hardware: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_HARDWARE))  # USD per hour
     tiers: list[TierConfig]
+    model_dirs: list[str] = Field(default_factory=list)  # folders besides this file's that tier paths may lie
+                                                         # in, relative to this file's folder (tiergate.registry)
     server: ServerConfig = Field(default_factory=ServerConfig)
     calibration: dict[str, Any] = Field(default_factory=dict)   # how thresholds were chosen
     certificate: dict[str, Any] | None = None

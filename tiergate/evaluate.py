@@ -17,6 +17,7 @@ from tqdm import tqdm
 from tiergate.cascade import Cascade, route
 from tiergate.config import TierConfig
 from tiergate.data.items import Item
+from tiergate.registry import capabilities_of
 from tiergate.tiers import TierOutput
 
 
@@ -47,6 +48,12 @@ def _acc(pred: Sequence[str | None], y: Sequence[str]) -> float | None:
     return float(np.mean([p == t for p, t in zip(pred, y, strict=True)]))
 
 
+def _alone_accuracy(tc: TierConfig, outs: Sequence[TierOutput], y: Sequence[str]) -> float | None:
+    """Accuracy of tier ``tc`` answering every item itself; None for a tier without a distribution (a rule set
+    abstains on most items, so its accuracy alone says nothing)."""
+    return _acc([o.label for o in outs], y) if capabilities_of(tc).distribution else None
+
+
 def tier_checks(tiers: Sequence[TierConfig], outputs: Sequence[Sequence[TierOutput]], y_true: Sequence[str]) -> list[str]:
     """What a user should hear before trusting thresholds: the guarantee is relative to the final tier, so a
     final tier less accurate alone (on these labelled items) than a cheaper model tier before it makes
@@ -56,7 +63,7 @@ def tier_checks(tiers: Sequence[TierConfig], outputs: Sequence[Sequence[TierOutp
     final = _acc([o.label for o in outputs[-1]], y_true)
     out = []
     for i, tc in enumerate(tiers[:-1]):
-        a = None if tc.kind == "rules" else _acc([o.label for o in outputs[i]], y_true)
+        a = _alone_accuracy(tc, outputs[i], y_true)
         if a is not None and a > final:
             out.append(f"on the {len(y_true)} calibration items the final tier {tiers[-1].name!r} alone is less "
                        f"accurate ({100 * final:.2f}%) than {tc.name!r} alone ({100 * a:.2f}%): items it escalates "
@@ -75,7 +82,7 @@ def summarize(outputs: Sequence[Sequence[TierOutput]], y_true: Sequence[str], ti
     per_tier = []
     for i, tc in enumerate(tiers):
         mine = [k for k, r in enumerate(routed) if r.tier_index == i]
-        alone = None if tc.kind == "rules" else _acc([o.label for o in outputs[i]], y_true)
+        alone = _alone_accuracy(tc, outputs[i], y_true)
         per_tier.append({
             "name": tc.name, "kind": tc.kind, "share": len(mine) / n if n else 0.0, "n": len(mine),
             "accuracy": _acc([pred[k] for k in mine], [y_true[k] for k in mine]),
@@ -85,7 +92,7 @@ def summarize(outputs: Sequence[Sequence[TierOutput]], y_true: Sequence[str], ti
     esc = [k for k, r in enumerate(routed) if final_i in r.path]
     prev_i = final_i - 1
     prev_acc = None
-    if esc and prev_i >= 0 and tiers[prev_i].kind != "rules":
+    if esc and prev_i >= 0 and capabilities_of(tiers[prev_i]).distribution:
         prev_acc = _acc([outputs[prev_i][k].label for k in esc], [y_true[k] for k in esc])
     cascade_usd = sum(sum(tiers[i].cost.usd_per_item for i in r.path) for r in routed)
     final_usd = n * tiers[final_i].cost.usd_per_item

@@ -4,7 +4,7 @@ A tier takes a batch of :class:`~tiergate.data.Item` and returns one :class:`Tie
 proposed label with its confidence and class probabilities, or an abstention, or a forced escalation. The
 tier never decides whether its answer is *good enough*: the cascade compares the confidence with the tier's
 threshold. Rules, ONNX models, torch models and remote tiers all implement :class:`Tier`; the cascade knows
-nothing else about them. :class:`FunctionTier` is the test double.
+nothing else about them but their declared :class:`Capabilities`. :class:`FunctionTier` is the test double.
 """
 
 from __future__ import annotations
@@ -16,6 +16,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tiergate.data.items import Item
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a tier promises about its answers; the cascade, evaluation and calibration branch on these, never
+    on what kind of tier it is (a kind declares them once, in :mod:`tiergate.registry`).
+
+    >>> Capabilities(distribution=False)
+    Capabilities(distribution=False, batch_invariant=True, max_batch=None)
+    """
+
+    distribution: bool = True      # answers carry class probabilities whose confidence thresholds and
+                                   # calibration act on (False for rules: their confidence is the rule's own)
+    batch_invariant: bool = True   # an item's output does not depend on the other items in its batch
+                                   # (safe to batch items of different requests together)
+    max_batch: int | None = None   # largest batch predict() takes at once; None = any
 
 
 @dataclass(slots=True)
@@ -39,13 +55,14 @@ class Tier(ABC):
     """A batch of items in, one :class:`TierOutput` per item out, in order.
 
     Contract: ``predict`` never raises on any item that :func:`~tiergate.data.make_item` produced; it returns
-    exactly ``len(items)`` outputs. ``kind`` is ``"rules"`` or ``"model"``; ``labels`` is the tier's label
-    set (empty for a rules tier that can name any label).
+    exactly ``len(items)`` outputs, and holds to what ``capabilities`` declares (at most
+    ``capabilities.max_batch`` items are passed at once). ``labels`` is the tier's label set (empty for a rules
+    tier that can name any label).
     """
 
     name: str
-    kind: str = "model"
     labels: list[str]
+    capabilities: Capabilities = Capabilities()
 
     @abstractmethod
     def predict(self, items: Sequence[Item]) -> list[TierOutput]: ...
@@ -71,16 +88,20 @@ def outputs_from_proba(proba_NC: np.ndarray, labels: Sequence[str], reason: str 
 
 class FunctionTier(Tier):
     """A tier backed by a function ``texts -> probability matrix``: the test double of the interface.
+    ``capabilities`` (default: the base class's) declares what the double stands in for.
 
     >>> t = FunctionTier("const", ["a", "b"], lambda texts: np.tile([0.9, 0.1], (len(texts), 1)))
     >>> t.predict([make_item("x")])[0].label
     'a'
     """
 
-    def __init__(self, name: str, labels: Sequence[str], fn: Callable[[list[str]], np.ndarray]):
+    def __init__(self, name: str, labels: Sequence[str], fn: Callable[[list[str]], np.ndarray],
+                 capabilities: Capabilities | None = None):
         self.name = name
         self.labels = list(labels)
         self.fn = fn
+        if capabilities is not None:
+            self.capabilities = capabilities
 
     def predict(self, items: Sequence[Item]) -> list[TierOutput]:
         if not items:

@@ -9,7 +9,7 @@ from tests.rules.conftest import GOOD, rules_yaml
 from tiergate.data import make_item
 from tiergate.errors import RuleError
 from tiergate.rules.tier import RulesTier, pack_path
-from tiergate.tiers import Tier
+from tiergate.tiers import Capabilities, Tier
 
 
 def sample(name, labels):
@@ -19,7 +19,8 @@ def sample(name, labels):
 
 def test_predict_contract(write):
     tier = RulesTier.from_path(write("r.yaml", GOOD))
-    assert isinstance(tier, Tier) and tier.name == "rules" and tier.kind == "rules"
+    assert isinstance(tier, Tier) and tier.name == "rules"
+    assert tier.capabilities == Capabilities(distribution=False)
     outs = tier.predict([make_item("You won the lottery"), make_item("Subject: Meeting notes\n\nx"),
                          make_item("nothing")])
     assert [(o.label, o.confidence, o.reason, o.escalate_to) for o in outs] == [

@@ -44,12 +44,20 @@ import numpy as np
 
 from tiergate.calibration.bounds import PVALUES, min_items, upper_bound
 from tiergate.calibration.paths import greedy_path, modelled_path, shared_path, start_setting
-from tiergate.calibration.replay import NEVER, Scored, scored_from_outputs, thresholds_matrix, to_thresholds
+from tiergate.calibration.replay import (
+    NEVER,
+    Scored,
+    movable_tiers,
+    scored_from_outputs,
+    thresholds_matrix,
+    to_thresholds,
+)
 from tiergate.calibration.risk import Risk
 from tiergate.calibration.shadow import choose_shadow_rules, rules_tier_indices, shadow_of
 from tiergate.config import Thresholds, TiergateConfig
 from tiergate.data.items import Item
 from tiergate.errors import CalibrationError
+from tiergate.registry import capabilities_of
 from tiergate.tiers import TierOutput
 
 log = logging.getLogger(__name__)
@@ -91,9 +99,9 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
     n = len(y)
     if not outputs or len(outputs) != len(tiers) or any(len(o) != n for o in outputs):
         raise CalibrationError("outputs must hold one list per tier with one output per calibration item")
-    movable = [i for i, t in enumerate(tiers[:-1]) if t.kind != "rules"]
+    movable = movable_tiers(tiers)
     for tc in tiers:  # rules a previous calibration switched off start from their own threshold again
-        if tc.kind == "rules" and tc.name in (cfg.calibration or {}).get("rules_off", []):
+        if not capabilities_of(tc).distribution and tc.name in (cfg.calibration or {}).get("rules_off", []):
             tc.threshold = Thresholds(default=0.0)
     rules_idx = rules_tier_indices(cascade)
     if shadow not in ("auto", "on", "off"):
@@ -296,7 +304,7 @@ def _write_thresholds(cfg: TiergateConfig, thr_TC: np.ndarray, labels: list[str]
     """Write the chosen setting; returns the rules tiers switched off (restored by the next calibration)."""
     off = []
     for i, tc in enumerate(cfg.tiers[:-1]):
-        if tc.kind == "rules":
+        if not capabilities_of(tc).distribution:
             # Rules keep their own threshold unless everything before the final tier is switched off.
             if np.all(thr_TC[i] >= NEVER) and tc.threshold.default < NEVER:
                 tc.threshold = Thresholds(default=NEVER)
@@ -311,7 +319,7 @@ def _thresholds_dump(thr_TC: np.ndarray, labels: list[str], cfg: TiergateConfig)
     for i, tc in enumerate(cfg.tiers):
         if i == len(cfg.tiers) - 1:
             out[tc.name] = tc.threshold.model_dump()
-        elif tc.kind == "rules":
+        elif not capabilities_of(tc).distribution:
             out[tc.name] = (Thresholds(default=NEVER) if np.all(thr_TC[i] >= NEVER) else tc.threshold).model_dump()
         else:
             out[tc.name] = to_thresholds(thr_TC[i], labels).model_dump()
@@ -360,7 +368,7 @@ def certificate_status(cascade, cert: dict | None) -> dict | None:
         if name not in certified:
             reasons.append(f"tier {name} was not part of the certified cascade")
         elif certified[name] != version:
-            what = "rule set reloaded" if _kind(cascade, name) == "rules" else "model swapped or retrained"
+            what = "model swapped or retrained" if _has_distribution(cascade, name) else "rule set reloaded"
             reasons.append(f"tier {name}: {what} (version {certified[name]} -> {version})")
     for name in certified:
         if name not in current:
@@ -377,11 +385,11 @@ def certificate_status(cascade, cert: dict | None) -> dict | None:
     return {**cert, "stale": bool(reasons), "stale_reasons": reasons}
 
 
-def _kind(cascade, name: str) -> str:
+def _has_distribution(cascade, name: str) -> bool:
     for tc in cascade.config.tiers:
         if tc.name == name:
-            return tc.kind
-    return ""
+            return capabilities_of(tc).distribution
+    return True
 
 
 def _same_thresholds(a: dict, b: dict) -> bool:

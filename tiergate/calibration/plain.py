@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tiergate.calibration.replay import movable_tiers
 from tiergate.cascade import route
 from tiergate.config import Thresholds, TierConfig
 from tiergate.tiers import TierOutput
@@ -26,7 +27,7 @@ def plain_thresholds(outputs: Sequence[Sequence[TierOutput]], tiers: Sequence[Ti
                      epsilon: float = 0.01, grid: Sequence[float] = DEFAULT_GRID) -> list[TierConfig]:
     """Return copies of ``tiers`` with thresholds set; rules tiers keep theirs, the final tier is untouched."""
     tiers = [t.model_copy(deep=True) for t in tiers]
-    movable = [i for i, t in enumerate(tiers[:-1]) if t.kind != "rules"]
+    movable = movable_tiers(tiers)
     for i in movable:
         tiers[i].threshold = Thresholds(default=1.01)
     budget = epsilon / max(1, len(movable))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiergate.config import Thresholds, TierConfig
+from tiergate.registry import capabilities_of
 from tiergate.tiers import TierOutput
 
 NEVER = 1.01  # a threshold no confidence reaches: the tier never decides
@@ -120,6 +121,12 @@ def scored_from_outputs(outputs: Sequence[Sequence[TierOutput]], y: Sequence[str
     else:  # costs not measured: count only what reaches the final tier
         cost_T = np.array([0.0] * (T - 1) + [1.0])
     return Scored(list(seen), label_TN, conf_TN, jump_TN, reason_TN, y_N, cost_T)
+
+
+def movable_tiers(tiers: Sequence[TierConfig]) -> list[int]:
+    """Indices of the tiers whose thresholds calibration sets: every non-final tier with a distribution (a rule
+    set's confidence is the rule's own; the final tier always decides)."""
+    return [i for i, t in enumerate(tiers[:-1]) if capabilities_of(t).distribution]
 
 
 def thresholds_matrix(tiers: Sequence[TierConfig], labels: Sequence[str]) -> np.ndarray:

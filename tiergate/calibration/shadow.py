@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from tiergate.calibration.paths import start_setting
-from tiergate.calibration.replay import scored_from_outputs, thresholds_matrix
+from tiergate.calibration.replay import movable_tiers, scored_from_outputs, thresholds_matrix
 from tiergate.calibration.risk import Risk
 from tiergate.data.items import Item
+from tiergate.registry import capabilities_of
 from tiergate.tiers import TierOutput
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _is_rules(tier) -> bool:
 
 def rules_tier_indices(cascade) -> list[int]:
     return [i for i, (t, tc) in enumerate(zip(cascade.tiers, cascade.config.tiers, strict=True))
-            if tc.kind == "rules" and _is_rules(t)]
+            if not capabilities_of(tc).distribution and _is_rules(t)]
 
 
 def shadow_of(cascade) -> dict[str, list[str]]:
@@ -69,7 +70,7 @@ def choose_shadow_rules(cascade, outputs: list[list[TierOutput]], y: Sequence[st
     """Shadow the rules whose selection-part decisions carry a loss; re-run the rules tier on every item so
     ``outputs`` (updated in place) describe the set as it will be served. Returns the shadow overrides."""
     tiers = cascade.config.tiers
-    movable = [i for i, t in enumerate(tiers[:-1]) if t.kind != "rules"]
+    movable = movable_tiers(tiers)
     prev = (previous or {}).get("shadow_rules") or {}
     result: dict[str, list[str]] = {}
     for i in rules_tier_indices(cascade):

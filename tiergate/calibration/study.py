@@ -18,7 +18,7 @@ import numpy as np
 
 from tiergate.calibration.ltt import calibrate_cascade, evaluate_settings, fixed_sequence
 from tiergate.calibration.paths import modelled_path, shared_path
-from tiergate.calibration.replay import scored_from_outputs, thresholds_matrix
+from tiergate.calibration.replay import movable_tiers, scored_from_outputs, thresholds_matrix
 from tiergate.calibration.risk import Risk
 from tiergate.evaluate import summarize
 
@@ -79,7 +79,7 @@ def path_rows(config, scored, epsilon: float, delta: float, seeds=(0, 1, 2)) -> 
     s = scored_from_outputs(outs, y, config.tiers, extra_labels=config.labels)
     rk = Risk("disagreement")
     base = thresholds_matrix(config.tiers, s.labels)
-    movable = [i for i, t in enumerate(config.tiers[:-1]) if t.kind != "rules"]
+    movable = movable_tiers(config.tiers)
 
     def certified(part, settings):
         fr = evaluate_settings(part, settings, rk)
@@ -99,6 +99,7 @@ def path_rows(config, scored, epsilon: float, delta: float, seeds=(0, 1, 2)) -> 
 
 def main(argv=None) -> None:
     from tiergate.config import load_config
+    from tiergate.registry import capabilities_of
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
@@ -110,7 +111,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     config, _ = load_config(a.config)
     for t in config.tiers:  # rules a previous calibration switched off are part of the cascade being studied
-        if t.kind == "rules" and t.name in (config.calibration or {}).get("rules_off", []):
+        if not capabilities_of(t).distribution and t.name in (config.calibration or {}).get("rules_off", []):
             t.threshold.default = 0.0
     scored = scored_splits(a.config, a.data)
     lines = [f"# Calibration study: {a.data}, epsilon {a.epsilon}, delta {a.delta}", "",

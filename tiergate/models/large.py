@@ -44,7 +44,7 @@ from tiergate.models.artifacts import sha256_file
 from tiergate.models.encoder import HashedNgramConfig, HashedNgrams, MiniLMEncoder, minilm_dir
 from tiergate.models.layers import GhostBatchNorm1d
 from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
-from tiergate.tiers import Tier, TierOutput, outputs_from_proba
+from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
 from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout
 from tiergate.training.loop import TrainConfig, train
 
@@ -375,10 +375,17 @@ class LargeTier(Tier):
     """The large tier served in-process on CPU (or a GPU when given ``device``)."""
 
     name = "large"
-    kind = "model"
+    # Batch-invariant (to float rounding; tests/models/test_large.py checks one item alone against its batch):
+    # the encoder runs every chunk unpadded on its own (MiniLMEncoder, batch_size=1), the n-gram bag is per
+    # text, and in eval mode (Ghost)BatchNorm uses running statistics and dropout is off. A dropless MoE routes
+    # each row alone; one with a capacity_factor drops by batch load, so such a model declares otherwise in
+    # __init__. Any batch size: the head runs in slices of 256 rows.
+    capabilities = Capabilities()
 
     def __init__(self, model: SparseClassifier, featurizer: Featurizer, labels: list[str], manifest: dict,
                  batch_size: int = 32, linear=None):
+        if any(isinstance(m, MoEFFN) and m.cfg.capacity_factor is not None for m in model.modules()):
+            self.capabilities = Capabilities(batch_invariant=False)
         self.linear = linear  # the ensemble's linear member (an OnnxTier), or None
         self.model = model.eval()
         self.featurizer = featurizer

@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline
 from tiergate.data.items import Item
 from tiergate.errors import ModelError
 from tiergate.models.artifacts import sha256_file
-from tiergate.tiers import Tier, TierOutput, outputs_from_proba
+from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
 
 FORMAT_VERSION = 1
 
@@ -354,7 +354,10 @@ class OnnxTier(Tier):
     Its version is the hash of its files, so a swap marks the certificate stale.
     """
 
-    kind = "model"
+    # Batch-invariant: each row's features come from its own text (vocabulary and idf are fixed), nothing is
+    # padded, and the graph maps rows to rows. Any batch size: predict_proba feeds the graph in slices of
+    # ``batch_size``. (A brought graph is taken to be row-wise too, as every sklearn/skl2onnx classifier is.)
+    capabilities = Capabilities()
 
     def __init__(self, path: Path, name: str = "small", threads: int | None = None, batch_size: int = 64):
         import onnxruntime as ort

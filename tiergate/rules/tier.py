@@ -25,7 +25,7 @@ from tiergate.rules.engine import DEFAULT_REGEX_TIMEOUT_S, Decision, Engine, for
 from tiergate.rules.examples import run_examples
 from tiergate.rules.lint import lint
 from tiergate.rules.loader import RuleSource, load_path, load_text
-from tiergate.tiers import Tier, TierOutput
+from tiergate.tiers import Capabilities, Tier, TierOutput
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ class RulesTier(Tier):
     """A YAML rule set as a tier. Build with :meth:`from_path` (or :meth:`from_text`)."""
 
     name = "rules"
-    kind = "rules"
+    # A rule's confidence is its own, not a probability thresholds are calibrated on; each item is decided
+    # alone (one engine snapshot per batch, no state across items), so batches may mix requests.
+    capabilities = Capabilities(distribution=False)
 
     def __init__(self, engine: Engine, path: Path | None = None, *,
                  regex_timeout_s: float = DEFAULT_REGEX_TIMEOUT_S, max_chars: int = DEFAULT_MAX_CHARS):
