@@ -167,16 +167,32 @@ def classify(input: Path = typer.Argument(..., help="JSONL with a 'text' per lin
 @clean_errors
 def serve(config: Path = typer.Option(..., help="tiergate.yaml"),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
+          workers: int = typer.Option(1, min=1, help="Worker processes (each loads the models; metrics are merged)"),
           log_level: str = typer.Option("info")) -> None:
     """Serve the cascade over HTTP (FastAPI on uvicorn)."""
-    import uvicorn
-
     from tiergate.config import load_config
-    from tiergate.gateway.app import create_app
+    from tiergate.gateway.server import run
 
     _setup_logging()
     load_config(config)  # fail fast, with the config's own error, before uvicorn starts
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level)
+    run(config, host=host, port=port, workers=workers, log_level=log_level)
+
+
+@app.command("keys")
+@clean_errors
+def keys(name: str = typer.Option(..., help="Who the key is for (shown in logs and metrics)"),
+         privilege: list[str] = typer.Option([], help="final_only and/or epsilon")) -> None:
+    """Make an API key for /v1/*: prints the key (give it to the client) and the config entry (its hash)."""
+    import yaml
+
+    from tiergate.gateway.auth import new_key
+
+    bad = set(privilege) - {"final_only", "epsilon"}
+    if bad:
+        raise typer.BadParameter(f"unknown privilege(s) {sorted(bad)}: use final_only, epsilon")
+    key, digest = new_key()
+    typer.echo(f"key (shown once, keep it secret): {key}\n\nadd to server.api_keys in tiergate.yaml:")
+    typer.echo(yaml.safe_dump([{"name": name, "sha256": digest, "privileges": list(privilege)}], sort_keys=False))
 
 
 @app.command()
@@ -213,7 +229,13 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
     if not no_serve:
         typer.echo(f"serving on http://{host}:{port}  (try: curl -s localhost:{port}/v1/classify "
                    "-H 'content-type: application/json' -d '{\"text\": \"Subject: hi\\n\\nhello\"}')")
-        serve(config=path, host=host, port=port, log_level="info")
+        # A fresh process: training left gigabytes behind in this one, which a server does not need.
+        import os
+        import sys
+
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "tiergate.cli", "serve", "--config", str(path),
+                                  "--host", host, "--port", str(port)])
 
 
 if __name__ == "__main__":

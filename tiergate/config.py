@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiergate.errors import ConfigError
 from tiergate.registry import tier_kinds
@@ -76,11 +76,68 @@ class TierConfig(_Strict):
         return v
 
 
+class TierServing(_Strict):
+    """How the gateway runs one tier: a queue, a batcher gathering items across requests, one executor."""
+
+    max_batch: int = Field(default=64, ge=1)          # items per predict() call, gathered across requests
+    max_wait_ms: float = Field(default=0.0, ge=0)     # 0: run what is queued as soon as the tier is idle
+    max_queue_items: int | None = Field(default=None, ge=1)  # items waiting; None: 4 x max_batch
+    # Work waiting, in seconds of this tier's measured compute: beyond it new requests get 429. Keeps the
+    # latency of accepted requests bounded under overload (a queue in items alone is 25x longer on a tier 25x
+    # slower).
+    max_queue_ms: float = Field(default=1000.0, gt=0)
+    timeout_ms: float = Field(default=30_000, gt=0)   # one batch longer than this counts as a failure
+    threads: int = Field(default=1, ge=1)             # batches of this tier run at once
+
+    @property
+    def queue_limit(self) -> int:
+        return self.max_queue_items if self.max_queue_items is not None else 4 * self.max_batch
+
+
+class BreakerConfig(_Strict):
+    """A tier's circuit breaker: open after ``failures`` consecutive failed batches, try again after
+    ``cooldown_s`` (half-open: one batch), close on its success."""
+
+    failures: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=5.0, gt=0)
+
+
+Privilege = Literal["final_only", "epsilon"]
+
+
+class ApiKey(_Strict):
+    """A client of ``/v1/*``: the key is stored only as its SHA-256 (``tiergate keys new`` makes one)."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    privileges: list[Privilege] = Field(default_factory=list)
+
+
 class ServerConfig(_Strict):
-    max_inflight: int = 64                 # requests in progress at once; more are answered 429
-    max_batch_items: int = 256             # items per request
+    max_inflight: int = Field(default=512, ge=1)      # requests in progress at once; more are answered 429
+    max_batch_items: int = Field(default=256, ge=1)   # items per request
     max_text_chars: int = 200_000          # characters read per item
-    request_timeout_s: float = 30.0
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)  # checked before parsing (413); 64 texts of 10 KB fit
+    request_timeout_s: float = 30.0        # the longest deadline a client may ask for
+    default_deadline_ms: float = Field(default=10_000, gt=0)  # a request's deadline when it names none
+    body_timeout_s: float = Field(default=10.0, gt=0)  # a body not received within this is answered 408
+    keepalive_timeout_s: float = Field(default=5.0, gt=0)  # idle keep-alive connections are closed after it
+    shutdown_grace_s: float = Field(default=20.0, ge=0)  # in-flight requests get this long to finish
+    on_final_tier_failure: Literal["answer_cheaper", "fail"] = "answer_cheaper"
+    batching: TierServing = Field(default_factory=TierServing)           # every tier's defaults
+    tiers: dict[str, TierServing] = Field(default_factory=dict)          # per tier, replacing the defaults
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    api_keys: list[ApiKey] = Field(default_factory=list)  # empty: /v1/* is open to anyone
+    # Privileges every caller has without a key. Forcing items onto the final tier is a cost lever, so it is
+    # off unless the operator grants it (quickstart's config grants both, for trying things out).
+    anonymous_privileges: list[Privilege] = Field(default_factory=list)
+
+    def serving_of(self, tier: str) -> TierServing:
+        """The batching defaults with the tier's own settings on top (only the keys it sets)."""
+        own = self.tiers.get(tier)
+        if own is None:
+            return self.batching
+        return self.batching.model_copy(update=own.model_dump(exclude_unset=True))
 
 
 class TiergateConfig(_Strict):
@@ -106,6 +163,14 @@ class TiergateConfig(_Strict):
         if v[-1].kind == "rules":
             raise ValueError("the last tier must be a model: it always decides, and a rule set cannot")
         return v
+
+    @model_validator(mode="after")
+    def _server_tiers(self) -> TiergateConfig:
+        unknown = set(self.server.tiers) - {t.name for t in self.tiers}
+        if unknown:
+            raise ValueError(f"server.tiers names {sorted(unknown)}, which are not tiers of this config "
+                             f"(tiers: {[t.name for t in self.tiers]})")
+        return self
 
 
 def load_config(path: str | Path) -> tuple[TiergateConfig, Path]:

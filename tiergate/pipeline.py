@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tiergate.cascade import Cascade
-from tiergate.config import Thresholds, TierConfig, TiergateConfig, load_config, save_config
+from tiergate.config import ServerConfig, Thresholds, TierConfig, TiergateConfig, load_config, save_config
 from tiergate.cost import cost_from_timings
 from tiergate.data import Dataset, load_dataset, make_item
 from tiergate.data.items import Item
@@ -159,7 +159,10 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
         say(f"      rule pack installed: {pack.name}")
     tiers += [TierConfig(name=name, kind="onnx", path=name) for name, _ in smalls]
     tiers.append(TierConfig(name="large", kind="torch", path="large"))
-    cfg = TiergateConfig(dataset=data, labels=ds.labels, tiers=tiers)
+    # A quickstart is for trying things: any caller may force the final tier or ask for a stricter epsilon.
+    # A production config grants those per API key (server.api_keys) or not at all; see docs/gateway.md.
+    server = ServerConfig(anonymous_privileges=["final_only", "epsilon"])
+    cfg = TiergateConfig(dataset=data, labels=ds.labels, tiers=tiers, server=server)
     path = workdir / "tiergate.yaml"
     save_config(cfg, path)
     say(f"      built in {time.perf_counter() - t0:.0f} s")

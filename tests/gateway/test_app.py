@@ -29,7 +29,10 @@ def scrape(base: str) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def server(tiny_workdir):
-    with running_server(create_app(tiny_workdir / "tiergate.yaml")) as base:
+    cfg = yaml.safe_load((tiny_workdir / "tiergate.yaml").read_text())
+    cfg["server"] = {"anonymous_privileges": ["final_only", "epsilon"]}
+    (tiny_workdir / "open.yaml").write_text(yaml.safe_dump(cfg))
+    with running_server(create_app(tiny_workdir / "open.yaml")) as base:
         yield base
 
 
@@ -78,14 +81,15 @@ def test_bad_requests_get_422(server, body):
     assert r.status_code == 422 and r.json()["error"] == "InputError"
 
 
-def test_too_many_items_is_400(server):
+def test_too_many_items_is_422(server):
     r = httpx.post(server + "/v1/classify", json={"texts": ["x"] * 257})
-    assert r.status_code == 400 and "max_batch_items" in r.json()["detail"]
+    assert r.status_code == 422 and "max_batch_items" in r.json()["detail"]
 
 
 def test_overload_answers_429_not_timeouts(tiny_workdir, tmp_path):
     cfg = yaml.safe_load((tiny_workdir / "tiergate.yaml").read_text())
     cfg["server"] = {"max_inflight": 1}
+    cfg["model_dirs"] = [str(tiny_workdir)]
     for t in cfg["tiers"]:
         t["path"] = str(tiny_workdir / t["path"])
     p = tmp_path / "tight.yaml"

@@ -12,18 +12,13 @@ import httpx
 import pytest
 
 from tests.conftest import running_server
+from tests.gateway.conftest import LOTTERY
+from tests.gateway.conftest import RULES as RULES_V1
 from tests.rules.conftest import rules_yaml
 from tiergate.config import Thresholds, TierConfig, TiergateConfig, save_config
 from tiergate.gateway.app import create_app
 
 TOKEN = "s3cret-token"
-RULES_V1 = rules_yaml("""
-- id: lottery-win
-  description: lottery wins
-  when: {keywords: [lottery]}
-  then: {label: spam, confidence: 0.97}
-  examples: {match: ["You won the lottery"], no_match: ["lotto"]}
-""")
 RULES_V2 = RULES_V1.replace("0.97", "0.93") + rules_yaml("""
 - id: meeting-notes
   description: internal notes
@@ -36,7 +31,6 @@ BROKEN = RULES_V1 + """  - id: lottery-win
     when: {regex: "(unclosed"}
     then: {label: spam}
 """
-LOTTERY = "Subject: congratulations\n\nYou won the LOTTERY, claim now"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def gateway(tiny_workdir, tmp_path_factory):
         TierConfig(name="rules", kind="rules", path="rules.yaml", threshold=Thresholds(default=0.0)),
         TierConfig(name="small", kind="onnx", path=str(tiny_workdir / "small"), threshold=Thresholds(default=0.9)),
         TierConfig(name="final", kind="onnx", path=str(tiny_workdir / "final")),
-    ])
+    ], model_dirs=[str(tiny_workdir)])
     save_config(cfg, d / "tiergate.yaml")
     with running_server(create_app(d / "tiergate.yaml")) as base:
         yield base, d
@@ -159,9 +153,11 @@ def _router_client(tier):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from tiergate.gateway.errors import install_error_handlers
     from tiergate.gateway.rules_admin import make_rules_admin_router
 
     app = FastAPI()
+    install_error_handlers(app)  # the one place errors become HTTP
     app.include_router(make_rules_admin_router(lambda: tier))
     return TestClient(app)
 
@@ -174,7 +170,7 @@ def test_router_edge_cases(monkeypatch):
     assert none.post("/admin/rules/reload", headers=auth()).status_code == 404
     tier = RulesTier.from_text(RULES_V1)
     c = _router_client(tier)
-    assert c.put("/admin/rules", content=b"\xff\xfe not utf-8", headers=auth()).status_code == 400
+    assert c.put("/admin/rules", content=b"\xff\xfe not utf-8", headers=auth()).status_code == 422
     assert c.put("/admin/rules", content=b"#" * 2_000_001, headers=auth()).status_code == 413
     r = c.post("/admin/rules/reload", headers=auth())  # built from text: nothing to re-read
     assert r.status_code == 422 and "replace_text" in r.json()["detail"]

@@ -18,17 +18,46 @@ COST = Counter("tiergate_cost_usd_total", "Compute cost spent per tier (USD), es
 BASELINE = Counter("tiergate_baseline_cost_usd_total", "Counterfactual cost of sending every item to the final tier (USD)")
 # A gauge, though named like a counter (the name is the public contract): an item that escalates costs more
 # than the baseline, so the running total can step down, which a Prometheus counter may never do.
-SAVED = Gauge("tiergate_cost_saved_usd_total", "Baseline cost minus actual cost, running total (USD)")
+SAVED = Gauge("tiergate_cost_saved_usd_total", "Baseline cost minus actual cost, running total (USD)",
+              multiprocess_mode="sum")
 REQUESTS = Counter("tiergate_requests_total", "HTTP classify requests by outcome", ["outcome"])
 REQUEST_LATENCY = Histogram("tiergate_request_latency_seconds", "End-to-end latency of classify requests",
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-INFLIGHT = Gauge("tiergate_inflight_requests", "Classify requests in progress")
-READY = Gauge("tiergate_ready", "1 when the models are loaded and the gateway serves")
-TIER_INFO = Gauge("tiergate_tier_info", "Loaded tiers and their versions (value 1)", ["tier", "kind", "version"])
-TIER_THRESHOLD = Gauge("tiergate_tier_threshold", "Default confidence threshold per tier", ["tier"])
-TIER_COST_PER_ITEM = Gauge("tiergate_tier_cost_per_item_usd", "Configured cost per item per tier (USD)", ["tier"])
+INFLIGHT = Gauge("tiergate_inflight_requests", "Classify requests in progress", multiprocess_mode="livesum")
+READY = Gauge("tiergate_ready", "1 when the models are loaded and the gateway serves", multiprocess_mode="min")
+TIER_INFO = Gauge("tiergate_tier_info", "Loaded tiers and their versions (value 1)", ["tier", "kind", "version"], multiprocess_mode="max")
+TIER_THRESHOLD = Gauge("tiergate_tier_threshold", "Default confidence threshold per tier", ["tier"], multiprocess_mode="max")
+TIER_COST_PER_ITEM = Gauge("tiergate_tier_cost_per_item_usd", "Configured cost per item per tier (USD)", ["tier"], multiprocess_mode="max")
 
-OUTCOMES = ("ok", "bad_request", "overloaded", "error", "unavailable")
+# The serving path (issue 12): batching, admission, degraded answers, the gateway's own time.
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_SIZE = Histogram("tiergate_batch_size", "Items per batch a tier ran (gathered across requests)", ["tier"],
+                       buckets=_SIZE_BUCKETS)
+QUEUE_WAIT = Histogram("tiergate_queue_wait_seconds", "Time an item waited in a tier's queue before its batch ran",
+                       ["tier"], buckets=_FAST_BUCKETS)
+OVERHEAD = Histogram("tiergate_overhead_seconds", "Time a classify request spent in the gateway outside tier "
+                     "compute (parsing, queueing, routing, encoding)", buckets=_FAST_BUCKETS)
+QUEUE_ITEMS = Gauge("tiergate_queue_items", "Items waiting or running per tier", ["tier"], multiprocess_mode="livesum")
+DEGRADED = Counter("tiergate_degraded_total", "Items answered by a cheaper tier because a later one could not "
+                   "(error, timeout, breaker_open, deadline)", ["reason"])
+ESCALATION_REASONS = Counter("tiergate_escalation_reasons_total", "Items passed on from a tier, by why",
+                             ["tier", "reason"])
+TIER_BATCHES = Counter("tiergate_tier_batches_total", "Batches each tier was asked to run (attempts)", ["tier"])
+TIER_FAILURES = Counter("tiergate_tier_failures_total", "Batches that failed, by tier and why", ["tier", "reason"])
+REJECTED = Counter("tiergate_rejected_total", "Requests refused with 429, by the tier that was saturated", ["tier"])
+BREAKER = Gauge("tiergate_breaker_state", "Circuit breaker per tier: 0 closed, 1 open, 2 half-open", ["tier"],
+                multiprocess_mode="max")
+PRIVILEGED = Counter("tiergate_privileged_requests_total", "Requests using final_only or epsilon, by outcome",
+                     ["privilege", "outcome"])
+MODEL_RELOADS = Counter("tiergate_model_reloads_total", "Model hot-swap attempts by outcome", ["outcome"])
+FAULTS = Gauge("tiergate_fault_injected", "1 while an operator's fault is injected on the tier", ["tier"],
+               multiprocess_mode="max")
+
+DEGRADED_REASONS = ("error", "timeout", "breaker_open", "deadline")
+FAILURE_REASONS = ("error", "timeout", "breaker_open")
+ESCALATION_WHY = ("low_confidence", "error", "timeout", "breaker_open")
+OUTCOMES = ("ok", "bad_request", "overloaded", "error", "unavailable", "unauthorized")
 
 
 def init_labels(tiers: Sequence[tuple[str, str, str, float, float]], labels: Sequence[str]) -> None:
@@ -48,6 +77,25 @@ def init_labels(tiers: Sequence[tuple[str, str, str, float, float]], labels: Seq
         ESCALATIONS.labels(a, b)
     for o in OUTCOMES:
         REQUESTS.labels(o)
+    for name in names:
+        BATCH_SIZE.labels(name)
+        QUEUE_WAIT.labels(name)
+        QUEUE_ITEMS.labels(name)
+        TIER_BATCHES.labels(name)
+        REJECTED.labels(name)
+        BREAKER.labels(name)
+        FAULTS.labels(name)
+        for r in FAILURE_REASONS:
+            TIER_FAILURES.labels(name, r)
+        for r in ESCALATION_WHY:
+            ESCALATION_REASONS.labels(name, r)
+    for r in DEGRADED_REASONS:
+        DEGRADED.labels(r)
+    for priv in ("final_only", "epsilon"):
+        for o in ("allowed", "denied"):
+            PRIVILEGED.labels(priv, o)
+    for o in ("ok", "rejected"):
+        MODEL_RELOADS.labels(o)
 
 
 def observe_batch(tier: str, n_items: int, seconds: float) -> None:

@@ -1,0 +1,288 @@
+"""The serving path against a real uvicorn server on loopback and real ONNX tiers: batching across requests,
+admission by work, deadlines, degraded answers, the circuit breaker, faults, privileges, limits, hot swap."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import shutil
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import running_server
+from tests.gateway.conftest import HAM, LOTTERY, write_config
+from tests.gateway.test_app import scrape
+from tiergate.gateway.app import create_app
+from tiergate.gateway.auth import new_key
+
+TOKEN = "serving-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+OPEN = {"anonymous_privileges": ["final_only", "epsilon"]}
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch):
+    monkeypatch.setenv("TIERGATE_ADMIN_TOKEN", TOKEN)
+
+
+def post(base, body, timeout=30, **kw):
+    return httpx.post(base + "/v1/classify", json=body, timeout=timeout, **kw)
+
+
+def fire(base, n, body):
+    """``n`` requests at once from ``n`` connected clients: [(status, retry-after, seconds)]."""
+    import threading
+
+    clients = [httpx.Client(base_url=base, timeout=30) for _ in range(n)]
+    for c in clients:  # connect first: only the answer is timed
+        c.get("/healthz")
+    start = threading.Barrier(n)
+
+    def one(c):
+        start.wait()
+        t = time.perf_counter()
+        r = c.post("/v1/classify", json=body)
+        return r, r.headers.get("retry-after"), time.perf_counter() - t
+
+    with cf.ThreadPoolExecutor(n) as ex:
+        res = list(ex.map(one, clients))
+    for c in clients:
+        c.close()
+    return res
+
+
+def fault(base, **body):
+    r = httpx.post(base + "/admin/faults", json=body, headers=ADMIN)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("max_batch", [64, 1])
+def test_concurrent_requests_share_one_batch(serving_dir, tiny_workdir, max_batch):
+    p = write_config(serving_dir, tiny_workdir, f"batch{max_batch}", {
+        **OPEN, "tiers": {"final": {"max_batch": max_batch, "max_queue_items": 64, "max_queue_ms": 60_000}}})
+    with running_server(create_app(p)) as base:
+        fault(base, tier="final", delay_ms=300)  # a batch runs long enough for the others to queue behind it
+        before = scrape(base)
+        rs = [r for r, _, _ in fire(base, 12, {"text": HAM, "final_only": True})]
+        assert all(r.status_code == 200 and r.json()["tier"] == "final" for r in rs)
+        after = scrape(base)
+        key = 'tiergate_batch_size_{}{{tier="final"}}'
+        batches = after[key.format("count")] - before.get(key.format("count"), 0)
+        items = after[key.format("sum")] - before.get(key.format("sum"), 0)
+        assert items == 12
+        if max_batch == 1:
+            assert batches == 12
+        else:  # the first batch takes what came first; the rest gather while it runs
+            assert batches <= 4, batches
+
+
+def test_saturated_tier_answers_429_with_retry_after(serving_dir, tiny_workdir):
+    p = write_config(serving_dir, tiny_workdir, "tight", {
+        **OPEN, "tiers": {"final": {"max_batch": 1, "max_queue_items": 2}}})
+    with running_server(create_app(p)) as base:
+        fault(base, tier="final", delay_ms=300)
+        before = scrape(base)
+
+        res = [(r.status_code, ra, dt) for r, ra, dt in fire(base, 12, {"text": HAM, "final_only": True})]
+        codes = [c for c, _, _ in res]
+        assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+        rejected = [(ra, dt) for c, ra, dt in res if c == 429]
+        assert all(ra is not None and int(ra) >= 1 for ra, _ in rejected)
+        slowest_ok = max(dt for c, _, dt in res if c == 200)
+        # refused at once, not after waiting in line (the admitted ones wait for 300 ms batches, one by one)
+        assert max(dt for _, dt in rejected) < 0.6 * slowest_ok
+        m = scrape(base)
+        for key in ('tiergate_rejected_total{tier="final"}', 'tiergate_requests_total{outcome="overloaded"}'):
+            assert m[key] - before.get(key, 0) == len(rejected)
+
+
+def test_deadline_skips_a_slow_final_tier(serving_dir, tiny_workdir):
+    # the small tier never decides, so everything not ruled on goes to the final tier
+    p = write_config(serving_dir, tiny_workdir, "deadline", OPEN, final_threshold_small=1.01)
+    with running_server(create_app(p)) as base:
+        fault(base, tier="final", delay_ms=1200)
+        t = time.perf_counter()
+        r = post(base, {"text": HAM, "deadline_ms": 300})
+        first = time.perf_counter() - t
+        d = r.json()
+        assert r.status_code == 200 and d["degraded"] and d["degraded_reason"] == "deadline" and d["tier"] == "small"
+        assert first < 1.0  # answered at its deadline, not when the slow batch ended
+        time.sleep(1.3)  # the slow batch ends; the runner now knows how slow the final tier is
+        t = time.perf_counter()
+        r = post(base, {"text": HAM}, headers={"X-Tiergate-Deadline-Ms": "300"})
+        d = r.json()
+        assert d["degraded_reason"] == "deadline" and "final" not in d["path"]  # skipped at routing time
+        assert time.perf_counter() - t < 1.0  # well before the slow batch would have ended
+        assert post(base, {"text": HAM}, headers={"X-Tiergate-Deadline-Ms": "soon"}).status_code == 422
+        assert scrape(base)['tiergate_degraded_total{reason="deadline"}'] >= 2
+
+
+def test_failing_final_tier_degrades_and_the_breaker_recovers(serving_dir, tiny_workdir):
+    p = write_config(serving_dir, tiny_workdir, "breaker", {**OPEN, "breaker": {"failures": 2, "cooldown_s": 0.5}})
+    with running_server(create_app(p)) as base:
+        fault(base, tier="final", error_rate=1.0)
+        rs = [post(base, {"text": HAM, "final_only": True}) for _ in range(6)]
+        assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+        ds = [r.json() for r in rs]
+        assert all(d["degraded"] and d["tier"] in ("rules", "small") for d in ds)
+        # the item skipped the cheaper tiers; they ran once the final tier failed
+        assert ds[0]["path"][0] == "final" and "small" in ds[0]["path"]
+        assert {d["degraded_reason"] for d in ds} == {"error", "breaker_open"}  # open after two failures
+        m = scrape(base)
+        assert m['tiergate_breaker_state{tier="final"}'] == 1
+        # a rule still decides what it knows, degraded or not
+        assert post(base, {"text": LOTTERY, "final_only": True}).json()["tier"] == "rules"
+        assert httpx.delete(base + "/admin/faults", headers=ADMIN).status_code == 200
+        time.sleep(0.6)
+        d = post(base, {"text": HAM, "final_only": True}).json()
+        assert d["tier"] == "final" and not d["degraded"]  # half-open trial succeeded: closed again
+        assert scrape(base)['tiergate_breaker_state{tier="final"}'] == 0
+
+
+def test_fail_policy_answers_503(serving_dir, tiny_workdir):
+    p = write_config(serving_dir, tiny_workdir, "failpolicy", {**OPEN, "on_final_tier_failure": "fail"})
+    with running_server(create_app(p)) as base:
+        fault(base, tier="final", error_rate=1.0)
+        r = post(base, {"text": HAM, "final_only": True})
+        assert r.status_code == 503 and r.json()["error"] == "UnavailableError"
+        assert "on_final_tier_failure" in r.json()["detail"]
+
+
+def test_faults_need_the_admin_token_and_a_real_tier(serving_dir, tiny_workdir, monkeypatch):
+    p = write_config(serving_dir, tiny_workdir, "faults", OPEN)
+    with running_server(create_app(p)) as base:
+        assert httpx.post(base + "/admin/faults", json={"tier": "final", "error_rate": 1}).status_code == 401
+        r = httpx.post(base + "/admin/faults", json={"tier": "nope", "error_rate": 1}, headers=ADMIN)
+        assert r.status_code == 404 and "final" in r.json()["detail"]
+        r = httpx.post(base + "/admin/faults", json={"tier": "final", "error_rate": 2}, headers=ADMIN)
+        assert r.status_code == 422
+        fault(base, tier="final", delay_ms=5)
+        assert httpx.get(base + "/admin/faults", headers=ADMIN).json()["faults"] == {
+            "final": {"error_rate": 0.0, "delay_ms": 5.0}}
+        monkeypatch.delenv("TIERGATE_ADMIN_TOKEN")
+        r = httpx.delete(base + "/admin/faults", headers=ADMIN)
+        assert r.status_code == 403 and "TIERGATE_ADMIN_TOKEN" in r.json()["detail"]
+
+
+def test_privileges_and_api_keys(serving_dir, tiny_workdir):
+    key, digest = new_key()
+    vip, vip_digest = new_key()
+    p = write_config(serving_dir, tiny_workdir, "keys", {"api_keys": [
+        {"name": "plain", "sha256": digest}, {"name": "vip", "sha256": vip_digest, "privileges": ["final_only"]}]})
+    with running_server(create_app(p)) as base:
+        before = scrape(base)
+        assert post(base, {"text": HAM}).status_code == 401
+        assert post(base, {"text": HAM}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert post(base, {"text": HAM}, headers={"X-API-Key": key}).status_code == 200
+        r = post(base, {"text": HAM, "final_only": True}, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 403 and "final_only" in r.json()["detail"]
+        assert post(base, {"text": HAM, "epsilon": 0.01}, headers={"X-API-Key": vip}).status_code == 403
+        r = post(base, {"text": HAM, "final_only": True}, headers={"X-API-Key": vip})
+        assert r.status_code == 200 and r.json()["tier"] == "final"
+        m = scrape(base)
+        for outcome in ("denied", "allowed"):
+            key = f'tiergate_privileged_requests_total{{outcome="{outcome}",privilege="final_only"}}'
+            assert m[key] - before.get(key, 0) == 1
+        assert httpx.get(base + "/healthz").status_code == 200  # probes need no key
+
+
+BAD_BODIES = {
+    "malformed JSON": b'{"text": "abc"',
+    "wrong type": b'{"text": 12345}',
+    "missing field": b'{"txt": "hello"}',
+    "unknown key": b'{"text": "a", "colour": "red"}',
+    "both text and texts": b'{"text": "a", "texts": ["b"]}',
+    "empty texts": b'{"texts": []}',
+    "non-string item": b'{"texts": ["a", 3]}',
+    "invalid UTF-8": b'{"text": "\xff\xfe\xfa"}',
+    "deep nesting": b'{"text": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+    "null": b"null",
+    "a list": b"[]",
+    "string bool": b'{"text": "a", "final_only": "yes"}',
+    "empty body": b"",
+}
+
+
+@pytest.fixture(scope="module")
+def plain_server(serving_dir, tiny_workdir):
+    p = write_config(serving_dir, tiny_workdir, "plain", {"max_body_bytes": 210_000, "max_batch_items": 8})
+    with running_server(create_app(p)) as base:
+        yield base
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+def test_bad_input_is_4xx_with_one_body_shape(plain_server, name):
+    r = httpx.post(plain_server + "/v1/classify", content=BAD_BODIES[name], headers={"content-type": "application/json"})
+    assert r.status_code == 422, (name, r.status_code, r.text[:300])
+    body = r.json()
+    assert body["error"] == "InputError" and body["detail"].startswith("invalid request body")
+
+
+def test_limits(plain_server):
+    r = httpx.post(plain_server + "/v1/classify", json={"text": "x" * 300_000})
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"]
+    r = httpx.post(plain_server + "/v1/classify", json={"texts": ["x"] * 9})
+    assert r.status_code == 422 and "max_batch_items" in r.json()["detail"]
+    # unknown routes and methods answer in the same shape
+    r = httpx.get(plain_server + "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"] == "NotFoundError"
+    assert httpx.get(plain_server + "/v1/classify").json()["error"] == "MethodNotAllowed"
+    # privileges are off by default
+    assert post(plain_server, {"text": HAM, "final_only": True}).status_code == 403
+
+
+def test_any_json_string_is_classified(plain_server):
+    texts = ["", " ", "\x00", "\u202e\u0301", "Subject: \U0001f600\n\n\x7f", "\ufeff<html>" * 50]
+    body = json.dumps({"texts": texts})
+    r = httpx.post(plain_server + "/v1/classify", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [d["label"] in ("ham", "spam") for d in r.json()["results"]] == [True] * len(texts)
+    # JSON's grammar allows a lone surrogate escape, but it is no Unicode text: refused as input, never a 500
+    r = httpx.post(plain_server + "/v1/classify", content=b'{"text": "\\ud800 x"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "escape" in r.json()["detail"]
+
+
+def test_overhead_is_reported(plain_server):
+    r = post(plain_server, {"text": LOTTERY})
+    assert r.status_code == 200 and r.json()["tier"] == "rules"
+    assert 0 <= float(r.headers["x-tiergate-overhead-ms"]) < 1000
+    m = scrape(plain_server)
+    assert m["tiergate_overhead_seconds_count"] >= 1
+    for name in ("tiergate_queue_wait_seconds_count", "tiergate_batch_size_count", "tiergate_degraded_total"):
+        assert name in m
+
+
+def test_models_hot_swap_keeps_the_old_models_on_a_corrupt_file(serving_dir, tiny_workdir, tmp_path):
+    d = tmp_path / "swap"
+    d.mkdir()
+    shutil.copy(serving_dir / "rules.yaml", d / "rules.yaml")
+    for name in ("small", "final"):
+        shutil.copytree(tiny_workdir / name, d / name)
+    p = write_config(d, tiny_workdir, "swap", OPEN)
+    text = p.read_text().replace(str(tiny_workdir / "small"), "small").replace(str(tiny_workdir / "final"), "final")
+    p.write_text(text)
+    with running_server(create_app(p)) as base:
+        assert httpx.post(base + "/admin/models/reload").status_code == 401
+        r = httpx.post(base + "/admin/models/reload", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["status"] == "unchanged"
+        v0 = httpx.get(base + "/readyz").json()["tiers"][1]["version"]
+        onnx = d / "small" / "model.onnx"
+        onnx.write_bytes(onnx.read_bytes()[:1000])  # a truncated upload
+        with cf.ThreadPoolExecutor(4) as ex:
+            traffic = ex.submit(lambda: [post(base, {"text": HAM}).status_code for _ in range(30)])
+            r = httpx.post(base + "/admin/models/reload", headers=ADMIN, timeout=60)
+            codes = traffic.result()
+        assert r.status_code == 422, r.text
+        assert any("small" in problem for problem in r.json()["problems"])
+        assert set(codes) == {200}
+        assert httpx.get(base + "/readyz").json()["tiers"][1]["version"] == v0
+        # a real new model (here: the final tier's files in the small tier's place) swaps in
+        shutil.rmtree(d / "small")
+        shutil.copytree(d / "final", d / "small")
+        r = httpx.post(base + "/admin/models/reload", headers=ADMIN, timeout=60)
+        assert r.status_code == 200 and r.json()["status"] == "reloaded", r.text
+        assert httpx.get(base + "/readyz").json()["tiers"][1]["version"] != v0
+        assert post(base, {"text": HAM}).status_code == 200
+        assert scrape(base)['tiergate_model_reloads_total{outcome="rejected"}'] == 1

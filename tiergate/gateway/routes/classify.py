@@ -1,0 +1,124 @@
+"""``POST /v1/classify``: one item (``text``) or a batch (``texts``).
+
+The body is read under the size limit (:mod:`tiergate.gateway.limits`) and parsed here by pydantic straight
+from bytes (a strict schema: unknown keys, wrong types, empty batches, malformed JSON, invalid UTF-8 and
+runaway nesting are 422, never 500). The response carries ``X-Tiergate-Overhead-Ms``: the request's time in
+the gateway less the compute of the tier batches it took part in.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tiergate.calibration.ltt import thresholds_for_epsilon
+from tiergate.cascade import Cascade, new_request_id
+from tiergate.errors import InputError
+from tiergate.gateway import metrics as m
+from tiergate.gateway.auth import authenticate, require_privilege
+from tiergate.gateway.errors import invalid_body
+
+router = APIRouter(tags=["classify"])
+
+DEADLINE_HEADER = "x-tiergate-deadline-ms"
+
+
+class ClassifyRequest(BaseModel):
+    """One item (``text``) or a batch (``texts``); ``final_only`` and ``epsilon`` are privileges."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str | None = Field(default=None, description="One input (an RFC 822 message or plain text)")
+    texts: list[str] | None = Field(default=None, min_length=1, description="A batch of inputs")
+    final_only: bool = Field(default=False, description="Send the item(s) straight to the final tier (a privilege)")
+    epsilon: float | None = Field(default=None, gt=0, lt=1, description=(
+        "Ask for a stricter risk bound than the configured certificate (a privilege): the least strict certified "
+        "setting within it applies, or the final tier alone when none is certified that strictly"))
+    deadline_ms: float | None = Field(default=None, gt=0, description=(
+        "Answer within this many milliseconds (also the X-Tiergate-Deadline-Ms header); a tier that cannot finish "
+        "in time is skipped and the best answer so far is returned, flagged degraded"))
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (one item) or 'texts' (a list of items)")
+        return self
+
+
+_SCHEMA = ClassifyRequest.model_json_schema()
+
+
+@router.post("/v1/classify", openapi_extra={"requestBody": {
+    "required": True, "content": {"application/json": {"schema": _SCHEMA}}}})
+async def classify(request: Request):
+    gw = request.app.state.gateway
+    sched = gw.require_scheduler()
+    srv = sched.server
+    client = authenticate(request, srv)
+    raw = await request.body()
+    try:
+        req = ClassifyRequest.model_validate_json(raw)
+    except ValidationError as e:
+        raise invalid_body(e.errors(include_url=False, include_input=False)) from None
+    texts = [req.text] if req.text is not None else list(req.texts or [])
+    if len(texts) > srv.max_batch_items:
+        raise InputError(f"{len(texts)} items in one request; the limit is {srv.max_batch_items} "
+                         "(server.max_batch_items): split the batch")
+    if req.final_only:
+        require_privilege(client, "final_only")
+    if req.epsilon is not None:
+        require_privilege(client, "epsilon")
+    deadline_s = _deadline_s(request, req, srv)
+    cfgs, applied = _policy(sched.cascade, req)
+    decisions, compute_s = await sched.classify(texts, deadline_s=deadline_s, final_only=applied["final_only"],
+                                                cfgs=cfgs)
+    m.record(decisions, {tc.name: tc.cost.usd_per_item for tc in sched.cfgs})
+    out = []
+    for d in decisions:
+        d.request_id = new_request_id()
+        row = d.to_dict()
+        row["final_only"] = applied["final_only"]
+        if req.epsilon is not None:
+            row["applied"] = applied
+        out.append(row)
+    m.REQUESTS.labels("ok").inc()
+    t0 = request.scope.get("tiergate.t0", time.perf_counter())
+    wall = time.perf_counter() - t0
+    overhead = max(wall - compute_s, 0.0)
+    m.REQUEST_LATENCY.observe(wall)
+    m.OVERHEAD.observe(overhead)
+    return JSONResponse(out[0] if req.text is not None else {"results": out},
+                        headers={"X-Tiergate-Overhead-Ms": f"{overhead * 1000:.3f}"})
+
+
+def _deadline_s(request: Request, req: ClassifyRequest, srv) -> float:
+    """The body's ``deadline_ms``, else the header, else the server default; never above
+    ``server.request_timeout_s``."""
+    ms = req.deadline_ms
+    header = request.headers.get(DEADLINE_HEADER)
+    if ms is None and header is not None:
+        try:
+            ms = float(header)
+        except ValueError:
+            ms = -1.0
+        if not ms > 0:
+            raise InputError(f"X-Tiergate-Deadline-Ms must be a positive number of milliseconds (got {header!r})")
+    if ms is None:
+        ms = srv.default_deadline_ms
+    return min(ms / 1000, srv.request_timeout_s)
+
+
+def _policy(c: Cascade, req: ClassifyRequest) -> tuple[list | None, dict]:
+    """Which tier configs a request gets: the configured ones, a stricter certified rung, or the final tier."""
+    if req.final_only or req.epsilon is None:
+        return None, {"final_only": req.final_only}
+    cert = c.config.certificate or {}
+    th = thresholds_for_epsilon(c.config, req.epsilon)
+    if th is None:
+        return None, {"final_only": True, "epsilon_requested": req.epsilon, "mode": "final_only",
+                      "why": "no setting is certified at this epsilon; the final tier alone has zero disagreement"}
+    cfgs = [tc.model_copy(update={"threshold": t}) for tc, t in zip(c.config.tiers, th, strict=True)]
+    return cfgs, {"final_only": False, "epsilon_requested": req.epsilon, "mode": "certified",
+                  "certificate_epsilon": cert.get("epsilon")}

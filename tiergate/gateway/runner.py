@@ -1,0 +1,289 @@
+"""One runner per tier: a bounded queue, a batcher that gathers items across requests, an executor, a circuit
+breaker, and the operator's injected faults.
+
+A runner never decides where an item goes next; it hands every finished batch back to its owner
+(:class:`~tiergate.gateway.scheduler.Scheduler`), which routes with the cascade's own :func:`~tiergate.cascade.step`.
+
+Batching policy: when the tier is idle, whatever is queued runs at once (so a lone request pays no wait); while a
+batch runs, new items gather, and the next batch takes up to ``max_batch`` of them. ``max_wait_ms > 0`` also
+holds a short batch until it fills or its oldest item has waited that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tiergate.config import BreakerConfig, TierConfig, TierServing
+from tiergate.data.items import Item, make_item
+from tiergate.gateway import metrics as m
+from tiergate.tiers import Capabilities, Tier, TierOutput
+
+log = logging.getLogger("tiergate.gateway.runner")
+
+
+class InjectedFault(RuntimeError):
+    """Raised inside a tier's batch by ``POST /admin/faults`` (a rehearsal, not a bug)."""
+
+
+@dataclass(slots=True)
+class Fault:
+    """An operator's fault on one tier: each batch fails with probability ``error_rate`` after ``delay_ms``."""
+
+    error_rate: float = 0.0
+    delay_ms: float = 0.0
+
+    def apply(self) -> None:
+        if self.delay_ms > 0:
+            time.sleep(self.delay_ms / 1000)
+        if self.error_rate > 0 and random.random() < self.error_rate:
+            raise InjectedFault(f"injected fault (error_rate={self.error_rate})")
+
+
+class Breaker:
+    """Closed → (``failures`` consecutive failed batches) → open → (``cooldown_s``) → half-open: one trial
+    batch; its success closes the breaker, its failure opens it again for another cool-down."""
+
+    CLOSED, OPEN, HALF_OPEN = 0, 1, 2
+
+    def __init__(self, cfg: BreakerConfig, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self.failures = 0
+        self.opened_at = 0.0
+        self.state = self.CLOSED
+        self._trial = False
+
+    def allow(self) -> bool:
+        """May a batch run now? In half-open state only one trial batch at a time."""
+        if self.state == self.OPEN and self.clock() - self.opened_at >= self.cfg.cooldown_s:
+            self.state, self._trial = self.HALF_OPEN, False
+        if self.state == self.CLOSED:
+            return True
+        if self.state == self.HALF_OPEN and not self._trial:
+            self._trial = True
+            return True
+        return False
+
+    def refusing(self) -> bool:
+        """Open and still cooling down (a check that takes no trial slot)."""
+        return self.state == self.OPEN and self.clock() - self.opened_at < self.cfg.cooldown_s
+
+    def success(self) -> None:
+        self.failures, self.state, self._trial = 0, self.CLOSED, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.state == self.HALF_OPEN or self.failures >= self.cfg.failures:
+            self.state, self.opened_at, self._trial = self.OPEN, self.clock(), False
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One item on its way through the cascade (owned by the scheduler; runners only queue and batch it)."""
+
+    request: object                       # the scheduler's request state
+    k: int                                # index of the item in its request
+    text: str
+    item: Item | None = None              # parsed in the entry tier's executor, never on the event loop
+    tier: int = 0                         # the tier it waits for
+    path: list[str] = field(default_factory=list)
+    cost: float = 0.0
+    compute_s: float = 0.0
+    best: tuple[int, TierOutput] | None = None   # the latest model answer, for degraded answers
+    cheap_only: bool = False              # the final tier failed: cheaper tiers answer, flagged degraded
+    degraded_reason: str = ""
+    enqueued: float = 0.0
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """A finished batch: outputs in item order, or the reason it failed (``error``, ``timeout``,
+    ``breaker_open``)."""
+
+    items: list[Pending]
+    outputs: list[TierOutput] | None
+    seconds: float
+    failure: str = ""
+    error: BaseException | None = None
+
+
+class TierRunner:
+    """Queue, batcher and executor of one tier. ``on_batch(runner, result)`` is called on the event loop."""
+
+    def __init__(self, index: int, tier: Tier, tc: TierConfig, serving: TierServing, breaker: BreakerConfig,
+                 capabilities: Capabilities, on_batch: Callable[[TierRunner, BatchResult], None],
+                 max_text_chars: int):
+        self.index = index
+        self.tier = tier
+        self.tc = tc
+        self.name = tc.name
+        self.serving = serving
+        self.caps = capabilities
+        self.max_batch = min(serving.max_batch, capabilities.max_batch or serving.max_batch)
+        self.breaker = Breaker(breaker)
+        self.fault = Fault()
+        self.on_batch = on_batch
+        self.max_text_chars = max_text_chars
+        self.queue: collections.deque[Pending] = collections.deque()
+        self.running = 0                              # items in batches being computed
+        # Seconds per item, smoothed over batches: admission and deadline routing read it. Starts from the
+        # calibrated cost measurement when there is one.
+        self.seconds_per_item = tc.cost.seconds_per_item or 0.001
+        self.items_done = 0
+        self._pool = ThreadPoolExecutor(max_workers=serving.threads, thread_name_prefix=f"tier-{tc.name}")
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(serving.threads)
+        self._task: asyncio.Task | None = None
+        self._batches: set[asyncio.Task] = set()
+        self._closed = False
+        self._lock = threading.Lock()  # guards the fault, which the admin endpoint swaps from the loop thread
+
+    # -------------------------------------------------------------------------------------------- queueing
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"runner-{self.name}")
+
+    def put(self, items: Sequence[Pending]) -> None:
+        now = time.perf_counter()
+        for p in items:
+            p.tier = self.index
+            p.enqueued = now
+        self.queue.extend(items)
+        self._wake.set()
+
+    @property
+    def load(self) -> int:
+        """Items queued or being computed."""
+        return len(self.queue) + self.running
+
+    def expected_wait_s(self, extra: int = 0) -> float:
+        """How long an item put now would wait until its batch is done, from the measured speed."""
+        return (self.load + extra + 1) * self.seconds_per_item
+
+    def drain_rate(self) -> float:
+        """Items per second this tier gets through (for Retry-After)."""
+        return self.serving.threads / max(self.seconds_per_item, 1e-6)
+
+    # ------------------------------------------------------------------------------------------- batching
+    async def _loop(self) -> None:
+        while not self._closed:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._slots.acquire()
+            if self.serving.max_wait_ms > 0:
+                await self._fill()
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _fill(self) -> None:
+        until = self.queue[0].enqueued + self.serving.max_wait_ms / 1000
+        while len(self.queue) < self.max_batch and not self._closed:
+            left = until - time.perf_counter()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[Pending]:
+        batch: list[Pending] = []
+        while self.queue and len(batch) < self.max_batch:
+            p = self.queue.popleft()
+            if not p.request.done:  # type: ignore[attr-defined] - answered already (deadline): drop its work
+                batch.append(p)
+        return batch
+
+    async def _run(self, batch: list[Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        self.running += len(batch)
+        t0 = time.perf_counter()
+        m.BATCH_SIZE.labels(self.name).observe(len(batch))
+        m.TIER_BATCHES.labels(self.name).inc()
+        wait = m.QUEUE_WAIT.labels(self.name)
+        for p in batch:
+            wait.observe(t0 - p.enqueued)
+        try:
+            if not self.breaker.allow():
+                result = BatchResult(batch, None, 0.0, "breaker_open")
+            else:
+                fut = loop.run_in_executor(self._pool, self._predict, batch)
+                try:
+                    outs, seconds = await asyncio.wait_for(asyncio.shield(fut), self.serving.timeout_ms / 1000)
+                    result = BatchResult(batch, outs, seconds)
+                    m.observe_batch(self.name, len(batch), seconds)
+                    self.breaker.success()
+                    self._learn_speed(len(batch), seconds)
+                except TimeoutError:
+                    # The thread cannot be interrupted; its result is dropped and the breaker hears of it.
+                    self.breaker.failure()
+                    result = BatchResult(batch, None, time.perf_counter() - t0, "timeout")
+                except Exception as e:  # a failing tier degrades its items; it never fails the loop
+                    self.breaker.failure()
+                    if not isinstance(e, InjectedFault):
+                        log.error("tier %s failed on a batch of %d: %s: %s", self.name, len(batch),
+                                  type(e).__name__, e)
+                    result = BatchResult(batch, None, time.perf_counter() - t0, "error", e)
+        finally:
+            self.running -= len(batch)
+            self._slots.release()
+            m.BREAKER.labels(self.name).set(self.breaker.state)
+        try:
+            self.on_batch(self, result)
+        except Exception:  # routing bugs must not kill the runner; the requests hit their deadline
+            log.exception("routing a batch of tier %s failed", self.name)
+
+    def _predict(self, batch: list[Pending]) -> tuple[list[TierOutput], float]:
+        """In the executor thread: parse what is unparsed, apply faults, run the tier."""
+        for p in batch:
+            if p.item is None:
+                p.item = make_item(p.text, max_chars=self.max_text_chars)
+        with self._lock:
+            fault = self.fault
+        t0 = time.perf_counter()
+        fault.apply()
+        outs = self.tier.predict([p.item for p in batch])  # type: ignore[misc]
+        if len(outs) != len(batch):
+            raise RuntimeError(f"tier {self.name} returned {len(outs)} outputs for {len(batch)} items")
+        return outs, time.perf_counter() - t0
+
+    def _learn_speed(self, n: int, seconds: float) -> None:
+        per_item = seconds / max(n, 1)
+        self.items_done += n
+        # Fast at first (the calibrated figure may be from another machine), then smooth.
+        alpha = 0.5 if self.items_done < 256 else 0.1
+        self.seconds_per_item += alpha * (per_item - self.seconds_per_item)
+
+    def set_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self.fault = fault
+        m.FAULTS.labels(self.name).set(1 if fault.error_rate or fault.delay_ms else 0)
+
+    # ------------------------------------------------------------------------------------------ stopping
+    async def stop(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,302 @@
+"""The serving path: items of concurrent requests flow between per-tier runners, routed by the cascade's
+:func:`~tiergate.cascade.step`, so what is served is what calibration measured.
+
+::
+
+    request ─► admit (queues bounded in items and in seconds of work, per tier; else 429 + Retry-After)
+            ─► runner[entry] ─ batch ─► step() ─┬─ decided ─────────────────► the request's future
+                                               └─ escalated ─► runner[next] (skipped when it cannot finish
+                                                  before the deadline: the best answer so far, degraded)
+
+Degraded answers (``degraded: true`` with ``degraded_reason``): the final tier failed (``error``), timed out
+(``timeout``), its breaker is open (``breaker_open``), or it could not finish in time (``deadline``). The
+best cheaper answer is used, and an item that skipped the cheaper tiers (``final_only``) runs them first;
+``server.on_final_tier_failure: fail`` answers 503 instead. A failing cheaper tier passes its items on.
+
+>>> sched = Scheduler(cascade, cascade.config.server); await sched.start()          # doctest: +SKIP
+>>> decisions, compute_s = await sched.classify(["Subject: hi"], deadline_s=1.0)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+from tiergate.cascade import Cascade, Decision, step
+from tiergate.config import ServerConfig, TierConfig
+from tiergate.errors import DeadlineError, OverloadedError, UnavailableError
+from tiergate.gateway import metrics as m
+from tiergate.gateway.runner import BatchResult, Fault, Pending, TierRunner
+from tiergate.registry import capabilities_of
+from tiergate.tiers import TierOutput
+
+log = logging.getLogger("tiergate.gateway.scheduler")
+
+# Prior for the share of entering items that reach each tier: "all of them", worth this many items, so the
+# first requests are admitted conservatively and the estimate follows the traffic within a few hundred items.
+_PRIOR_ITEMS = 20.0
+_SHARE_WINDOW = 4000.0
+
+
+class _Request:
+    __slots__ = ("decisions", "left", "future", "deadline", "cfgs", "compute_s", "done", "error", "items")
+
+    def __init__(self, n: int, cfgs: Sequence[TierConfig], deadline: float, future: asyncio.Future):
+        self.decisions: list[Decision | None] = [None] * n
+        self.left = n
+        self.future = future
+        self.deadline = deadline           # time.perf_counter() by which the answer is due
+        self.cfgs = cfgs                   # thresholds of this request (a stricter epsilon replaces them)
+        self.compute_s = 0.0               # wall time of the batches this request took part in, each once
+        self.done = False
+        self.error: BaseException | None = None
+        self.items: list[Pending] = []
+
+
+class Scheduler:
+    """Runners for one cascade generation (a model swap builds a new scheduler and drains the old one)."""
+
+    def __init__(self, cascade: Cascade, server: ServerConfig):
+        self.cascade = cascade
+        self.server = server
+        self.cfgs = cascade.config.tiers
+        self.last = len(self.cfgs) - 1
+        self.caps = [capabilities_of(tc) for tc in self.cfgs]
+        self.runners = [TierRunner(i, tier, tc, server.serving_of(tc.name), server.breaker, self.caps[i],
+                                   self._on_batch, server.max_text_chars)
+                        for i, (tier, tc) in enumerate(zip(cascade.tiers, self.cfgs, strict=True))]
+        self.cost = [tc.cost.usd_per_item for tc in self.cfgs]
+        self.baseline = cascade.baseline_cost_per_item()
+        self.cheaper_models = [i for i in range(self.last) if self.caps[i].distribution]
+        self.arrived = [_PRIOR_ITEMS] * len(self.cfgs)     # items that reached tier i (decayed counts)
+        self.inflight = 0
+        self.accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        for r in self.runners:
+            r.start()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests, wait for those in flight (at most ``timeout_s``); True if all finished."""
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        for r in self.runners:
+            await r.stop()
+
+    def set_fault(self, tier: str, fault: Fault) -> None:
+        self.runner(tier).set_fault(fault)
+
+    def runner(self, name: str) -> TierRunner:
+        for r in self.runners:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    # ------------------------------------------------------------------------------------------ admission
+    def share(self, j: int, entry: int = 0) -> float:
+        """The share of items entering at ``entry`` that reach tier ``j`` (from the traffic so far)."""
+        return min(1.0, self.arrived[j] / max(self.arrived[entry], 1e-9))
+
+    def door_check(self) -> None:
+        """The check made before a body is read: refuse at once when the first tier is already full, so a
+        flood of requests costs 429s, not body parsing (raises OverloadedError)."""
+        if not self.accepting:
+            raise UnavailableError("the gateway is shutting down or swapping models; retry on another instance")
+        self._check(self.runners[0], self.runners[0].load, 0)
+
+    def admit(self, n: int, entry: int) -> None:
+        """Admit ``n`` items entering at tier ``entry``, or raise OverloadedError with a Retry-After.
+
+        Every tier the items may reach is checked with what is already there, what is upstream of it and
+        the share of traffic that reaches it; a tier that is idle always admits (a big request is never
+        refused forever)."""
+        if not self.accepting:
+            raise UnavailableError("the gateway is shutting down or swapping models; retry on another instance")
+        if self.inflight >= self.server.max_inflight:
+            raise OverloadedError(f"{self.inflight} requests in progress (server.max_inflight="
+                                  f"{self.server.max_inflight}); retry later", retry_after_s=1.0)
+        upstream = 0
+        for j in range(entry, len(self.runners)):
+            r = self.runners[j]
+            expected = r.load + (n if j == entry else self.share(j, entry) * (upstream + n))
+            if r.load:
+                self._check(r, expected, j)
+            upstream += r.load
+
+    def _check(self, r: TierRunner, expected: float, j: int) -> None:
+        s = r.serving
+        over_items = expected - s.queue_limit - r.running
+        over_time = expected * r.seconds_per_item / s.threads - s.max_queue_ms / 1000
+        if over_items > 0 or over_time > 0:
+            excess = max(over_items, over_time / max(r.seconds_per_item, 1e-9))
+            retry = min(60, max(1, math.ceil(excess / r.drain_rate())))
+            m.REJECTED.labels(r.name).inc()
+            raise OverloadedError(f"tier {r.name} is saturated ({r.load} items waiting or running, about "
+                                  f"{r.load * r.seconds_per_item / s.threads:.2f} s of work; limits "
+                                  f"server.tiers.{r.name}.max_queue_items={s.queue_limit}, max_queue_ms="
+                                  f"{s.max_queue_ms:g}); retry in {retry} s", retry_after_s=retry)
+
+    # ----------------------------------------------------------------------------------------- classify
+    async def classify(self, texts: Sequence[str], *, deadline_s: float, final_only: bool = False,
+                       cfgs: Sequence[TierConfig] | None = None) -> tuple[list[Decision], float]:
+        """Decide every text within ``deadline_s``; returns the decisions and the compute seconds spent on
+        this request (for the overhead figure). Raises OverloadedError (admission), DeadlineError (an item
+        with no answer at all by the deadline) or UnavailableError (the final tier failed and the policy is
+        ``fail``, or no cheaper tier can answer)."""
+        entry = self.last if final_only else 0
+        self.admit(len(texts), entry)
+        loop = asyncio.get_running_loop()
+        req = _Request(len(texts), cfgs or self.cfgs, time.perf_counter() + deadline_s, loop.create_future())
+        self.inflight += 1
+        self._idle.clear()
+        m.INFLIGHT.inc()
+        try:
+            req.items = [Pending(req, k, t) for k, t in enumerate(texts)]
+            self._forward(req.items, entry)
+            try:
+                await asyncio.wait_for(asyncio.shield(req.future), max(req.deadline - time.perf_counter(), 0))
+            except TimeoutError:
+                self._expire(req)
+            if req.error is not None:
+                raise req.error
+            return list(req.decisions), req.compute_s  # type: ignore[arg-type]
+        finally:
+            req.done = True
+            self.inflight -= 1
+            m.INFLIGHT.dec()
+            if not self.inflight:
+                self._idle.set()
+
+    # ------------------------------------------------------------------------------------------ routing
+    def _forward(self, items: list[Pending], j: int, reason: str = "") -> None:
+        """Put items on tier ``j``'s queue, unless it cannot answer them in time or its breaker is open."""
+        if not items:
+            return
+        r = self.runners[j]
+        if reason:
+            for p in items:
+                if p.path:
+                    m.ESCALATION_REASONS.labels(p.path[-1], reason).inc()
+        now = time.perf_counter()
+        wait = r.expected_wait_s(len(items))
+        go = []
+        for p in items:
+            if p.request.done:
+                continue
+            if j == self.last and r.breaker.refusing():
+                self._final_failed(p, "breaker_open")
+            elif p.best is not None and now + wait > p.request.deadline:
+                self._decide(p, *p.best, degraded="deadline")
+            else:
+                go.append(p)
+        if go:
+            self.arrived[j] += len(go)
+            if self.arrived[0] > _SHARE_WINDOW:  # forget old traffic slowly
+                self.arrived = [a / 2 for a in self.arrived]
+            r.put(go)
+
+    def _on_batch(self, r: TierRunner, res: BatchResult) -> None:
+        i = r.index
+        for req in {p.request for p in res.items}:
+            req.compute_s += res.seconds
+        if res.outputs is None:
+            m.TIER_FAILURES.labels(r.name, res.failure).inc()
+            for p in res.items:
+                if p.request.done:
+                    continue
+                if res.failure != "breaker_open":  # an attempt was made, and is paid for
+                    p.path.append(r.name)
+                    p.cost += self.cost[i]
+                if i == self.last:
+                    self._final_failed(p, res.failure)
+                else:
+                    self._forward([p], i + 1, reason=res.failure)
+            return
+        onward: dict[int, list[Pending]] = {}
+        for p, out in zip(res.items, res.outputs, strict=True):
+            if p.request.done:
+                continue
+            p.path.append(r.name)
+            p.cost += self.cost[i]
+            p.compute_s += res.seconds
+            if self.caps[i].distribution and out.label is not None:
+                p.best = (i, out)
+            nxt = step(i, out, p.request.cfgs)  # type: ignore[attr-defined]
+            if nxt is None:
+                self._decide(p, i, out, degraded=p.degraded_reason if p.cheap_only else "")
+            elif p.cheap_only and nxt == self.last:
+                if p.best is not None:
+                    self._decide(p, *p.best, degraded=p.degraded_reason)
+                else:
+                    self._fail(p, UnavailableError(f"the final tier failed ({p.degraded_reason}) and no "
+                                                   "cheaper tier had an answer"))
+            else:
+                onward.setdefault(nxt, []).append(p)
+        for j, ps in onward.items():
+            self._forward(ps, j, reason="low_confidence")
+
+    def _final_failed(self, p: Pending, why: str) -> None:
+        name = self.cfgs[self.last].name
+        if self.server.on_final_tier_failure == "fail":
+            self._fail(p, UnavailableError(f"the final tier {name} failed ({why}) and "
+                                           "server.on_final_tier_failure is 'fail'"))
+        elif p.best is not None:
+            self._decide(p, *p.best, degraded=why)
+        elif self.cheaper_models and not p.cheap_only:
+            p.cheap_only, p.degraded_reason = True, why
+            self._forward([p], 0)
+        else:
+            self._fail(p, UnavailableError(f"the final tier {name} failed ({why}) and no cheaper tier can answer"))
+
+    def _decide(self, p: Pending, i: int, out: TierOutput, degraded: str = "") -> None:
+        req = p.request
+        d = self.cascade._decision(i, out, req.cfgs)  # type: ignore[attr-defined]
+        if degraded:
+            d.degraded = True
+            d.degraded_reason = degraded
+            d.reason = f"degraded ({degraded}): answer of {self.cfgs[i].name}; {d.reason}"
+            m.DEGRADED.labels(degraded).inc()
+        d.cost_usd = p.cost
+        d.baseline_cost_usd = self.baseline
+        d.path = p.path
+        d.latency_ms = p.compute_s * 1000
+        req.decisions[p.k] = d  # type: ignore[attr-defined]
+        req.left -= 1  # type: ignore[attr-defined]
+        if req.left == 0 and not req.future.done():  # type: ignore[attr-defined]
+            req.future.set_result(None)  # type: ignore[attr-defined]
+
+    def _fail(self, p: Pending, error: BaseException) -> None:
+        req = p.request
+        if req.error is None:  # type: ignore[attr-defined]
+            req.error = error  # type: ignore[attr-defined]
+        req.done = True  # type: ignore[attr-defined]
+        if not req.future.done():  # type: ignore[attr-defined]
+            req.future.set_result(None)  # type: ignore[attr-defined]
+
+    def _expire(self, req: _Request) -> None:
+        """The deadline passed: answer every undecided item with its best answer so far (degraded)."""
+        missing = 0
+        for p in req.items:
+            if req.decisions[p.k] is not None:
+                continue
+            if p.best is not None:
+                self._decide(p, *p.best, degraded="deadline")
+            else:
+                missing += 1
+        if missing:
+            req.error = DeadlineError(f"the deadline passed before any model tier answered {missing} of "
+                                      f"{len(req.decisions)} item(s); send a longer X-Tiergate-Deadline-Ms "
+                                      "or retry when the gateway is less busy")
+        req.done = True

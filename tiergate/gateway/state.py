@@ -1,0 +1,211 @@
+"""What one gateway process holds: the config path, the serving scheduler of the current cascade, and the
+life cycle around it (loading in the background, hot swap of models, draining at shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tiergate import __version__
+from tiergate.cascade import Cascade
+from tiergate.config import ServerConfig, load_config
+from tiergate.data.items import make_item
+from tiergate.errors import ModelError, TiergateError, UnavailableError
+from tiergate.gateway import metrics as m
+from tiergate.gateway.auth import TOKEN_ENV
+from tiergate.gateway.scheduler import Scheduler
+from tiergate.registry import build_tier, capabilities_of
+from tiergate.tiers import Tier
+
+log = logging.getLogger("tiergate.gateway")
+
+# Texts every new model must answer before it is swapped in: plain, mail, empty, odd characters.
+SMOKE_TEXTS = ["Subject: hello\n\nJust checking in about tomorrow.", "hello world", "", "\u00e9\u4e2d\ud83d\ude00 \x00"]
+
+
+class GatewayState:
+    def __init__(self, config_path: Path):
+        self.config_path = Path(config_path)
+        self.scheduler: Scheduler | None = None
+        self.server = ServerConfig()         # defaults until the config is read
+        self.started = time.time()
+        self.draining = False
+        self.load_error: str | None = None
+        self.watchers: list[Any] = []
+        self._reload_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task] = set()
+
+    @property
+    def cascade(self) -> Cascade | None:
+        return self.scheduler.cascade if self.scheduler is not None else None
+
+    def require_scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise UnavailableError(self.load_error or "models are still loading; retry shortly")
+        return self.scheduler
+
+    def rules_tier(self):
+        c = self.cascade
+        if c is None:
+            return None
+        for tier, tc in zip(c.tiers, c.config.tiers, strict=True):
+            if not capabilities_of(tc).distribution and hasattr(tier, "replace_text"):
+                return tier
+        return None
+
+    # --------------------------------------------------------------------------------------------- start
+    async def load(self) -> None:
+        """Load the cascade in a worker thread (``/readyz`` answers 503 meanwhile), then start serving."""
+        try:
+            cfg, _ = load_config(self.config_path)
+            self.server = cfg.server
+            cascade = await anyio.to_thread.run_sync(Cascade.from_config, self.config_path)
+            await anyio.to_thread.run_sync(_smoke, list(cascade.tiers))
+        except Exception as e:  # the process stays up and says why on /readyz; the log has the trace
+            self.load_error = f"models failed to load: {type(e).__name__}: {e}"
+            log.exception("loading %s failed", self.config_path)
+            return
+        sched = Scheduler(cascade, cascade.config.server)
+        await sched.start()
+        self.scheduler = sched
+        _publish(cascade)
+        m.READY.set(1)
+        if not os.environ.get(TOKEN_ENV):
+            log.warning("%s is not set: the /admin/* endpoints are disabled", TOKEN_ENV)
+        srv = cascade.config.server
+        log.info("tiergate %s serving %s: tiers %s; server %s", __version__, self.config_path,
+                 ", ".join(f"{tc.name}({tc.kind})" for tc in cascade.config.tiers),
+                 srv.model_dump(mode="json", exclude={"api_keys"}) | {"api_keys": len(srv.api_keys)})
+
+    # -------------------------------------------------------------------------------------------- swap
+    async def reload_models(self) -> dict:
+        """Load what the config names now, verify (hashes at load, a smoke batch), swap atomically.
+
+        Requests in flight finish on the models they started with; on any failure the old models keep
+        serving and ModelError lists every reason."""
+        old = self.require_scheduler()
+        async with self._reload_lock:
+            try:
+                cascade = await anyio.to_thread.run_sync(self._build, old.cascade)
+            except ModelError:
+                m.MODEL_RELOADS.labels("rejected").inc()
+                raise
+            before, after = old.cascade.versions(), cascade.versions()
+            if before == after and cascade.config == old.cascade.config:
+                _close_new(cascade, old.cascade)
+                m.MODEL_RELOADS.labels("ok").inc()
+                return {"status": "unchanged", "versions": after}
+            sched = Scheduler(cascade, cascade.config.server)
+            await sched.start()
+            self.scheduler, self.server = sched, cascade.config.server
+            _publish(cascade, old.cascade)
+            task = asyncio.get_running_loop().create_task(self._retire(old, cascade))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            m.MODEL_RELOADS.labels("ok").inc()
+            log.info("models swapped: %s -> %s", before, after)
+            return {"status": "reloaded", "versions": after, "previous_versions": before}
+
+    def _build(self, current: Cascade) -> Cascade:
+        try:
+            cfg, base = load_config(self.config_path)
+        except TiergateError as e:
+            raise ModelError(f"model reload rejected, still serving the old models: {e}", problems=[str(e)]) from e
+        reuse = {tc.name: t for t, tc in zip(current.tiers, current.config.tiers, strict=True)}
+        tiers: list[Tier] = []
+        problems = []
+        for tc in cfg.tiers:
+            old_tc = next((o for o in current.config.tiers if o.name == tc.name), None)
+            # A rule set has its own reload path (file watcher, /admin/rules); a model swap keeps it.
+            if not capabilities_of(tc).distribution and old_tc is not None and old_tc.path == tc.path:
+                tiers.append(reuse[tc.name])
+                continue
+            try:
+                tiers.append(build_tier(tc, base, model_dirs=cfg.model_dirs))
+            except Exception as e:  # every tier is tried, so the answer lists every problem
+                problems.append(f"tier {tc.name} ({tc.path}): {type(e).__name__}: {e}")
+        if not problems:
+            problems += _smoke([t for t in tiers if t not in current.tiers], raise_=False)
+        if problems:
+            for t in tiers:
+                if t not in current.tiers:
+                    t.close()
+            raise ModelError(f"model reload rejected ({len(problems)} problem(s)); still serving the old models",
+                             problems=problems)
+        cascade = Cascade(cfg, tiers, base)
+        if (cfg.calibration or {}).get("shadow_rules"):
+            from tiergate.calibration.shadow import apply_shadow_rules
+
+            apply_shadow_rules(cascade)
+        return cascade
+
+    async def _retire(self, old: Scheduler, new: Cascade) -> None:
+        await old.drain(self.server.shutdown_grace_s)
+        await old.stop()
+        _close_new(old.cascade, new)
+
+    # -------------------------------------------------------------------------------------------- stop
+    async def shutdown(self) -> None:
+        self.draining = True
+        m.READY.set(0)
+        for w in self.watchers:
+            try:
+                w.stop()
+            except Exception:  # a watcher failing to stop must not block shutdown
+                log.exception("stopping a watcher failed")
+        sched = self.scheduler
+        if sched is not None:
+            if not await sched.drain(self.server.shutdown_grace_s):
+                log.warning("%d request(s) still in flight after %.0f s; stopping anyway", sched.inflight,
+                            self.server.shutdown_grace_s)
+            await sched.stop()
+            sched.cascade.close()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+
+def _smoke(tiers: list[Tier], raise_: bool = True) -> list[str]:
+    """Each tier answers the smoke texts: one output per item, labels from its label set, finite confidence."""
+    items = [make_item(t) for t in SMOKE_TEXTS]
+    problems = []
+    for t in tiers:
+        try:
+            outs = t.predict(items)
+            if len(outs) != len(items):
+                raise ModelError(f"{len(outs)} outputs for {len(items)} items")
+            for o in outs:
+                if o.label is not None and t.labels and o.label not in t.labels:
+                    raise ModelError(f"label {o.label!r} outside its label set {t.labels}")
+                if not math.isfinite(o.confidence):
+                    raise ModelError(f"confidence {o.confidence} is not finite")
+        except Exception as e:
+            problems.append(f"tier {t.name}: the smoke batch failed: {type(e).__name__}: {e}")
+    if problems and raise_:
+        raise ModelError("; ".join(problems), problems=problems)
+    return problems
+
+
+def _close_new(cascade: Cascade, keep: Cascade) -> None:
+    """Close the tiers of ``cascade`` that ``keep`` does not share."""
+    for t in cascade.tiers:
+        if t not in keep.tiers:
+            t.close()
+
+
+def _publish(cascade: Cascade, old: Cascade | None = None) -> None:
+    cfg = cascade.config
+    if old is not None:
+        for t, tc in zip(old.tiers, old.config.tiers, strict=True):
+            try:
+                m.TIER_INFO.remove(tc.name, tc.kind, t.version() or "unknown")
+            except KeyError:
+                pass
+    m.init_labels([(tc.name, tc.kind, t.version(), tc.threshold.default, tc.cost.usd_per_item)
+                   for t, tc in zip(cascade.tiers, cfg.tiers, strict=True)], cfg.labels or cascade.final.labels)
