@@ -86,7 +86,7 @@ def test_catastrophic_pattern_is_cut_off_and_counted():
     eng = engine_of("""
 - {id: redos, description: d, priority: 5, when: {regex: '(a+)+$'}, then: {label: spam}}
 - {id: after, description: d, when: {keywords: [hello]}, then: {label: ham}}
-""", regex_timeout_s=0.05)
+""", item_budget_s=0.05)
     before = REGEX_TIMEOUTS.labels(rule="redos")._value.get()
     item = make_item("hello " + "a" * 40000 + "!")
     t0 = time.perf_counter()
@@ -152,7 +152,7 @@ texts = st.one_of(st.text(max_size=400),
 def test_engine_never_raises(doc, batch, meta):
     src = load_text(yaml.safe_dump(doc, allow_unicode=True), name="gen.yaml")
     assert not src.errors, [str(p) for p in src.errors]
-    eng = Engine(src, regex_timeout_s=0.01)
+    eng = Engine(src, item_budget_s=0.01)
     for text in batch:
         item = make_item(text, meta=meta)
         d = eng.decide(item, record=False)

@@ -142,3 +142,17 @@ def test_directory_reports_the_file_of_each_problem(write, tmp_path):
 def test_regex_of_a_rule_that_fails_the_schema_is_still_checked(write):
     _, probs = problems_of(write, "rules:\n  - id: a\n    when: {all: [{regex: '(('}]}\n    then: {label: s}\n")
     assert {(p.check, p.line) for p in probs} == {("schema", 2), ("regex", 3)}
+
+
+@pytest.mark.parametrize("when,flagged", [
+    ("{regex: '(.*a){12}$'}", True),
+    ("{regex: '(?:a|a?)+$'}", True),
+    ("{feature: {name: match_count, op: '>=', value: 1, pattern: '(\\w|\\d)+!'}}", True),
+    ("{regex: '([a-z]|K)+$', flags: [ignorecase]}", True),  # the rule's flags decide what overlaps
+    ("{regex: '([a-z]|K)+$'}", False),
+    ("{regex: '(\\d+\\.){3}\\d+'}", False),
+])
+def test_backtracking_check_reads_every_regex_with_its_flags(write, when, flagged):
+    _, probs = problems_of(write, f"rules:\n  - {{id: a, description: d, when: {when}, then: {{label: s}}}}\n")
+    assert {p.check for p in probs} == ({"backtracking"} if flagged else set())
+    assert all("possessive" in p.hint for p in probs)

@@ -1,13 +1,16 @@
 """RulesTier: the Tier contract, validated atomic swaps, runtime shadow mode, and its metrics."""
 
+import os
 import threading
+import time
 
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.rules.conftest import GOOD, rules_yaml
+from tests.rules.conftest import GOOD, engine_of, rules_yaml
 from tiergate.data import make_item
-from tiergate.errors import RuleError
+from tiergate.errors import RuleError, UnavailableError
+from tiergate.rules.loader import load_text
 from tiergate.rules.tier import RulesTier, pack_path
 from tiergate.tiers import Capabilities, Tier
 
@@ -154,6 +157,7 @@ def test_metric_names_and_label_sets(write):
         "tiergate_rules_regex_timeouts_total": {"rule"}, "tiergate_rules_reload_attempts_total": {"source"},
         "tiergate_rules_reload_failures_total": {"source"}, "tiergate_rules_version_info": {"version"},
         "tiergate_rules_loaded": {"state"}, "tiergate_rules_last_reload_success_timestamp_seconds": set(),
+        "tiergate_rules_items_total": set(), "tiergate_rules_skipped_items_total": set(),
     }
     seen: dict[str, set[str]] = {}
     for metric in REGISTRY.collect():
@@ -164,3 +168,105 @@ def test_metric_names_and_label_sets(write):
     for source in ("startup", "file", "api", "manual"):  # initialised up front, attempts beside failures
         assert REGISTRY.get_sample_value("tiergate_rules_reload_attempts_total", {"source": source}) is not None
         assert REGISTRY.get_sample_value("tiergate_rules_reload_failures_total", {"source": source}) is not None
+
+
+# ------------------------------------------------------------------------------------------- budgets
+REDOS = """
+- {id: redos-1, description: d, priority: 9, when: {regex: '(a+)+$'}, then: {label: spam}}
+- {id: redos-2, description: d, priority: 8, when: {regex: '(?:a|a?)+$'}, then: {label: spam}}
+- {id: redos-3, description: d, priority: 7, when: {regex: '(\\w+\\s?)*$'}, then: {label: spam}}
+- {id: redos-4, description: d, priority: 6, when: {regex: '(.*a){12}$'}, then: {label: spam}}
+- {id: hello, description: d, when: {keywords: [hello]}, then: {label: ham}}
+"""
+BAD = "hello " + "a" * 5000 + "!"  # each pattern above backtracks on it for far longer than a second
+
+
+def redos_tier(**budgets) -> RulesTier:
+    return RulesTier(engine_of(REDOS), **budgets)  # built without lint, which refuses these patterns
+
+
+def timeouts_total() -> float:
+    return sum(sample("tiergate_rules_regex_timeouts_total", {"rule": f"redos-{i}"}) for i in range(1, 5))
+
+
+def test_the_item_budget_holds_across_all_its_regexes():
+    tier = redos_tier(item_budget_s=0.1)
+    tier.predict([make_item(BAD)])  # the first time-out teaches the tier how loaded the machine is
+    before = timeouts_total()
+    start = time.perf_counter()
+    out = tier.predict([make_item(BAD)])[0]
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.1 * 2, elapsed  # a limit per regex would take four times 0.1 s of CPU, or more
+    assert (out.label, out.reason) == ("ham", "hello")  # timed-out regexes count as no match
+    assert timeouts_total() == before + 4  # one cut off, three started after the budget was spent
+
+
+def test_the_batch_budget_holds_and_the_rest_escalate():
+    tier = redos_tier(item_budget_s=0.05, batch_budget_s=0.15)
+    items0 = sample("tiergate_rules_items_total", None)
+    skipped0 = sample("tiergate_rules_skipped_items_total", None)
+    start = time.perf_counter()
+    outs = tier.predict([make_item(BAD) for _ in range(40)])
+    elapsed = time.perf_counter() - start
+    assert len(outs) == 40 and elapsed < 0.15 + 0.1, elapsed  # without it: 40 x 50 ms at the very least
+    skipped = [o for o in outs if o.extras.get("skipped") == "batch_budget"]
+    assert len(skipped) >= 30 and outs[0].label == "ham"
+    assert all((o.label, o.escalate_to, o.reason) == (None, None, "") for o in skipped)  # "no decision"
+    assert outs[-len(skipped):] == skipped  # only the items after the budget ran out
+    assert sample("tiergate_rules_skipped_items_total", None) == skipped0 + len(skipped)
+    assert sample("tiergate_rules_items_total", None) == items0 + 40
+
+
+def test_a_batch_within_its_budget_is_decided_whole():
+    tier = RulesTier.from_text(GOOD, batch_budget_s=5.0)
+    outs = tier.predict([make_item("lottery")] * 256)
+    assert [o.label for o in outs] == ["spam"] * 256 and not any("skipped" in o.extras for o in outs)
+
+
+# ---------------------------------------------------------------------------------- atomic uploads
+def test_concurrent_persisted_uploads_never_interleave(write):
+    path = write("rules/r.yaml", GOOD)
+    os.chmod(path, 0o644)
+    tier = RulesTier.from_path(path)
+    texts = [GOOD.replace("confidence: 0.97", f"confidence: 0.{50 + i}") for i in range(8)]
+    start = threading.Barrier(len(texts))
+    errors: list[BaseException] = []
+
+    def upload(text):
+        start.wait()
+        try:
+            for _ in range(3):
+                tier.replace_text(text, persist=True)
+        except BaseException as e:  # noqa: BLE001 - collected and asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=upload, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    on_disk = path.read_text()
+    assert on_disk in texts  # one whole upload, never a mix
+    assert load_text(on_disk, name=str(path)).version() == tier.version()  # the file is what is served
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.yaml"]  # no temporary file left behind
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_write_keeps_the_old_file_and_the_old_rules(write, monkeypatch):
+    path = write("rules/r.yaml", GOOD)
+    tier = RulesTier.from_path(path)
+    v1 = tier.version()
+    fails = sample("tiergate_rules_reload_failures_total", {"source": "api"})
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(UnavailableError, match="No space left") as e:
+        tier.replace_text(GOOD.replace("0.97", "0.5"), persist=True)
+    assert e.value.context["rules_version"] == v1
+    assert tier.version() == v1 and tier.predict([make_item("lottery")])[0].confidence == 0.97
+    assert path.read_text() == GOOD
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.yaml"]
+    assert sample("tiergate_rules_reload_failures_total", {"source": "api"}) == fails + 1

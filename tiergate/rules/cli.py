@@ -23,7 +23,7 @@ PathArg = Annotated[Path, typer.Argument(help="a rule file, or a directory of .y
 DataOpt = Annotated[str, typer.Option(help="spamassassin, debian-packages, or a JSONL/CSV path")]
 SplitOpt = Annotated[str, typer.Option(help="train, calibration, test or all")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-TimeoutOpt = Annotated[float, typer.Option(help="time limit of one regex evaluation, seconds")]
+TimeoutOpt = Annotated[float, typer.Option(help="time budget of one item's regex evaluations, seconds")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -61,7 +61,7 @@ def _engine(path: Path, timeout: float, max_chars: int | None = None):
         for p in lint(src):
             typer.echo(str(p), err=True)
         _fail(f"error: {path}: the rule set has errors; `tiergate rules lint {path}` lists them")
-    return Engine(src, regex_timeout_s=timeout, max_chars=max_chars or DEFAULT_MAX_CHARS)
+    return Engine(src, item_budget_s=timeout, max_chars=max_chars or DEFAULT_MAX_CHARS)
 
 
 @app.command("lint")

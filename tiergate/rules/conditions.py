@@ -2,14 +2,16 @@
 ``explain`` (which sub-condition matched, and where).
 
 Matchers read fields through a per-item :class:`Context` that caps every field at ``max_chars``, caches field
-values, keyword scans and features, and records regex time-outs. A regex that runs past the time limit counts
-as *no match*; it never raises out of here.
+values, keyword scans and features, and holds the item's deadline: every regex evaluation gets what is left of
+it (see :mod:`tiergate.rules.budget`), so the budget holds for all of the item's regexes together. A regex that
+runs past the deadline, or starts after it, counts as *no match* and is recorded; nothing raises out of here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import ahocorasick
@@ -17,6 +19,7 @@ import regex
 
 from tiergate.data.items import Item
 from tiergate.rules import schema as s
+from tiergate.rules.budget import CPU_RATE
 
 FLAG_BITS = {"ignorecase": regex.IGNORECASE, "multiline": regex.MULTILINE, "dotall": regex.DOTALL,
              "verbose": regex.VERBOSE, "ascii": regex.ASCII, "bestmatch": regex.BESTMATCH,
@@ -61,15 +64,16 @@ class Evidence:
 
 
 class Context:
-    """Per-item state shared by every matcher: capped fields, keyword scan results, features, time-outs."""
+    """Per-item state shared by every matcher: capped fields, keyword scan results, features, the deadline of
+    the item's regex evaluations (a ``time.perf_counter()`` value) and the rules whose regexes it cut off."""
 
-    __slots__ = ("item", "max_chars", "timeout_s", "keyword_index", "rule_id", "timeouts",
+    __slots__ = ("item", "max_chars", "deadline", "keyword_index", "rule_id", "timeouts",
                  "_fields", "_scans", "_features")
 
-    def __init__(self, item: Item, keyword_index: KeywordIndex, *, max_chars: int, timeout_s: float):
+    def __init__(self, item: Item, keyword_index: KeywordIndex, *, max_chars: int, deadline: float):
         self.item = item
         self.max_chars = max_chars
-        self.timeout_s = timeout_s
+        self.deadline = deadline
         self.keyword_index = keyword_index
         self.rule_id = ""
         self.timeouts: list[str] = []
@@ -95,21 +99,33 @@ class Context:
         return got
 
     def search(self, pattern: regex.Pattern, text: str) -> regex.Match | None:
-        try:
-            return pattern.search(text, timeout=self.timeout_s)
-        except TimeoutError:
-            self.timeouts.append(self.rule_id)
-            return None
+        return self._timed(_search, pattern, text, None)
 
     def count(self, pattern: regex.Pattern, text: str) -> int:
-        n = 0
-        try:
-            for _ in pattern.finditer(text, timeout=self.timeout_s):
-                n += 1
-        except TimeoutError:
-            self.timeouts.append(self.rule_id)
-            return 0
-        return n
+        return self._timed(_count, pattern, text, 0)
+
+    def _timed(self, run: Callable[[regex.Pattern, str, float], Any], pattern: regex.Pattern, text: str,
+               default: Any) -> Any:
+        """``run(pattern, text, timeout)`` with what is left of the deadline as its CPU-time timeout;
+        ``default`` and a recorded time-out when the deadline passes, before or during the run. The hot path
+        reads the clock once; the rest happens only on a time-out."""
+        left = self.deadline - perf_counter()
+        if left > 0:
+            timeout = left * CPU_RATE.value
+            try:
+                return run(pattern, text, timeout)
+            except TimeoutError:
+                CPU_RATE.observe(timeout, perf_counter() - (self.deadline - left))
+        self.timeouts.append(self.rule_id)
+        return default
+
+
+def _search(pattern: regex.Pattern, text: str, timeout: float) -> regex.Match | None:
+    return pattern.search(text, timeout=timeout)
+
+
+def _count(pattern: regex.Pattern, text: str, timeout: float) -> int:
+    return sum(1 for _ in pattern.finditer(text, timeout=timeout))  # the timeout bounds the whole iteration
 
 
 class KeywordIndex:

@@ -6,8 +6,9 @@ order); the first that matches acts (decide a label, force escalation, or abstai
 once in priority order; a label whose total reaches ``threshold[label]`` is decided (the highest total/threshold
 wins), with confidence ``min(1, 0.9 + 0.1 * (total - threshold) / threshold)``.
 
-Shadow rules are evaluated on every item and counted, never acted on. Nothing here raises on an input: a regex
-past its time limit is *no match* plus a metric.
+Shadow rules are evaluated on every item and counted, never acted on. Nothing here raises on an input: each
+item has a time budget for all of its regex evaluations together (``item_budget_s``, or the ``deadline`` the
+caller passes), and a regex cut off by it, or started after it, is *no match* plus a metric.
 
 >>> from tiergate.data import make_item
 >>> from tiergate.rules.loader import load_text
@@ -21,6 +22,7 @@ past its time limit is *no match* plus a metric.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,14 +34,14 @@ from tiergate.rules.conditions import Context, Evidence, KeywordIndex, Matcher, 
 from tiergate.rules.loader import RuleSource
 from tiergate.rules.schema import Rule
 
-DEFAULT_REGEX_TIMEOUT_S = 0.05
+DEFAULT_ITEM_BUDGET_S = 0.05  # wall-clock seconds for all the regex evaluations of one item
 
 RULE_HITS = Counter("tiergate_rules_hits_total", "Items on which a rule matched and acted (decided, "
                     "escalated or abstained)", ["rule"])
 SHADOW_HITS = Counter("tiergate_rules_shadow_hits_total", "Items a shadow rule matched (it never acts)",
                       ["rule"])
-REGEX_TIMEOUTS = Counter("tiergate_rules_regex_timeouts_total", "Regex evaluations that ran past the time "
-                         "limit and counted as no match", ["rule"])
+REGEX_TIMEOUTS = Counter("tiergate_rules_regex_timeouts_total", "Regex evaluations cut off by the item's time "
+                         "budget, or skipped because it was spent, counted as no match", ["rule"])
 _METRICS = (RULE_HITS, SHADOW_HITS, REGEX_TIMEOUTS)
 
 
@@ -75,15 +77,17 @@ class Engine:
     """A compiled rule set. Build it from a :class:`RuleSource` without errors (else :class:`RuleError`).
 
     ``shadow`` names rules to run in shadow mode whatever their file says (runtime overrides).
+    ``item_budget_s`` is the wall-clock time all the regex evaluations of one item may take together, unless
+    the caller passes its own ``deadline``.
     """
 
-    def __init__(self, source: RuleSource, *, regex_timeout_s: float = DEFAULT_REGEX_TIMEOUT_S,
+    def __init__(self, source: RuleSource, *, item_budget_s: float = DEFAULT_ITEM_BUDGET_S,
                  max_chars: int = DEFAULT_MAX_CHARS, shadow: Iterable[str] = ()):
         source.raise_if_errors()
         self.source = source
         self.mode = source.mode
         self.threshold = dict(source.threshold)
-        self.regex_timeout_s = regex_timeout_s
+        self.item_budget_s = item_budget_s
         self.max_chars = max_chars
         self.version = source.version()
         self.shadow_overrides = frozenset(shadow)
@@ -122,8 +126,11 @@ class Engine:
     def rule_ids(self) -> list[str]:
         return [c.id for c in self.rules]
 
-    def context(self, item: Item) -> Context:
-        return Context(item, self.index, max_chars=self.max_chars, timeout_s=self.regex_timeout_s)
+    def context(self, item: Item, deadline: float | None = None) -> Context:
+        """The per-item state; ``deadline`` (a ``time.perf_counter()`` value) defaults to now + the item budget."""
+        if deadline is None:
+            deadline = time.perf_counter() + self.item_budget_s
+        return Context(item, self.index, max_chars=self.max_chars, deadline=deadline)
 
     def _matches(self, c: CompiledRule, ctx: Context) -> bool:
         ctx.rule_id = c.id
@@ -144,9 +151,10 @@ class Engine:
         if acted:
             self._hits[acted].inc()
 
-    def decide(self, item: Item, *, record: bool = True) -> Decision:
-        """Apply the set to one item. ``record=False`` leaves the metrics alone (eval, lint, tests)."""
-        ctx = self.context(item)
+    def decide(self, item: Item, *, record: bool = True, deadline: float | None = None) -> Decision:
+        """Apply the set to one item. ``record=False`` leaves the metrics alone (eval, lint, tests); ``deadline``
+        (a ``time.perf_counter()`` value) ends its regex evaluations, by default the item budget from now."""
+        ctx = self.context(item, deadline)
         shadow_hits = [c.id for c in self.shadows if self._matches(c, ctx)]
         d = self._decide_first(ctx) if self.mode == "first-match" else self._decide_scoring(ctx)
         d.shadow_hits = shadow_hits

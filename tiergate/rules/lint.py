@@ -177,11 +177,11 @@ class CatastrophicBacktracking(Check):
         for e in src.entries:
             if e.rule is None:
                 continue
-            for path, pattern, _ in iter_regexes(e.rule.when, ("when",)):
-                for reason in risky_patterns(pattern):
+            for path, pattern, flags in iter_regexes(e.rule.when, ("when",)):
+                for reason in risky_patterns(pattern, flags):
                     yield self.problem(e, path, f"regex {pattern!r} risks catastrophic backtracking: {reason}",
-                                       "remove the nesting, or make the inner repeat possessive (a++) or "
-                                       "atomic ((?>...))")
+                                       "remove the nesting or make the branches exclusive, or make the repeat "
+                                       "possessive (a++, (?:...)++) or atomic ((?>...))")
 
 
 class HasExamples(Check):
