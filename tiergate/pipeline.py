@@ -13,13 +13,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tiergate.calibration.ltt import certificate_status
 from tiergate.cascade import Cascade
 from tiergate.config import ServerConfig, Thresholds, TierConfig, TiergateConfig, load_config, save_config
 from tiergate.cost import cost_from_timings
 from tiergate.data import Dataset, load_dataset, make_item
 from tiergate.data.items import Item
-from tiergate.errors import CalibrationError
+from tiergate.errors import CalibrationError, RuleError
 from tiergate.evaluate import score_tiers, summarize, tier_checks
+from tiergate.rules.tier import pack_path
 
 log = logging.getLogger("tiergate")
 
@@ -105,12 +107,7 @@ def evaluate(config_path: Path, data: str, split: str = "test", *, progress: boo
     outputs = score_tiers(cascade, items, progress=progress)
     cert = cascade.config.certificate
     if cert is not None:
-        try:
-            from tiergate.calibration.ltt import certificate_status
-
-            cert = certificate_status(cascade, cert)
-        except ImportError:
-            pass
+        cert = certificate_status(cascade, cert)
     report = summarize(outputs, y, cascade.config.tiers, dataset=ds.name if data in ("spamassassin", "debian-packages") else data,
                        split=split, certificate=cert)
     cascade.close()
@@ -119,13 +116,10 @@ def evaluate(config_path: Path, data: str, split: str = "test", *, progress: boo
 
 # ------------------------------------------------------------------------------------------ quickstart
 def rules_pack_for(data: str) -> Path | None:
-    try:
-        from tiergate.rules.tier import pack_path
-    except ImportError:
-        return None
+    """The shipped rule pack for a reference data set, or None (a user's own data set has none)."""
     try:
         return pack_path(data)
-    except Exception:
+    except RuleError:
         return None
 
 
