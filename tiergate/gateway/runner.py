@@ -167,10 +167,6 @@ class TierRunner:
         """How long an item put now would wait until its batch is done, from the measured speed."""
         return (self.load + extra + 1) * self.seconds_per_item
 
-    def drain_rate(self) -> float:
-        """Items per second this tier gets through (for Retry-After)."""
-        return self.serving.threads / max(self.seconds_per_item, 1e-6)
-
     # ------------------------------------------------------------------------------------------- batching
     async def _loop(self) -> None:
         while not self._closed:

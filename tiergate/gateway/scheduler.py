@@ -116,23 +116,33 @@ class Scheduler:
             raise UnavailableError("the gateway is shutting down or swapping models; retry on another instance")
         self._check(self.runners[0], self.runners[0].load, 0)
 
-    def admit(self, n: int, entry: int) -> None:
+    def admit(self, n: int, entry: int, deadline_s: float = float("inf")) -> None:
         """Admit ``n`` items entering at tier ``entry``, or raise OverloadedError with a Retry-After.
 
         Every tier the items may reach is checked with what is already there, what is upstream of it and
         the share of traffic that reaches it; a tier that is idle always admits (a big request is never
-        refused forever)."""
+        refused forever). A request whose items could not get a first model answer before ``deadline_s``
+        is refused too: a 429 now is more use to the caller than a 504 later."""
         if not self.accepting:
             raise UnavailableError("the gateway is shutting down or swapping models; retry on another instance")
         if self.inflight >= self.server.max_inflight:
             raise OverloadedError(f"{self.inflight} requests in progress (server.max_inflight="
                                   f"{self.server.max_inflight}); retry later", retry_after_s=1.0)
         upstream = 0
+        to_first_answer = 0.0  # seconds until the first model tier has answered these items
+        answered = False
         for j in range(entry, len(self.runners)):
             r = self.runners[j]
             expected = r.load + (n if j == entry else self.share(j, entry) * (upstream + n))
             if r.load:
                 self._check(r, expected, j)
+            if not answered:
+                to_first_answer += expected * r.seconds_per_item / r.serving.threads
+                answered = self.caps[j].distribution
+                if to_first_answer > deadline_s and r.load:
+                    self._refuse(r, to_first_answer - deadline_s,
+                                 f"its items could not be answered within the deadline ({deadline_s * 1000:.0f} ms; "
+                                 f"about {to_first_answer * 1000:.0f} ms of work is ahead of them)")
             upstream += r.load
 
     def _check(self, r: TierRunner, expected: float, j: int) -> None:
@@ -140,13 +150,16 @@ class Scheduler:
         over_items = expected - s.queue_limit - r.running
         over_time = expected * r.seconds_per_item / s.threads - s.max_queue_ms / 1000
         if over_items > 0 or over_time > 0:
-            excess = max(over_items, over_time / max(r.seconds_per_item, 1e-9))
-            retry = min(60, max(1, math.ceil(excess / r.drain_rate())))
-            m.REJECTED.labels(r.name).inc()
-            raise OverloadedError(f"tier {r.name} is saturated ({r.load} items waiting or running, about "
-                                  f"{r.load * r.seconds_per_item / s.threads:.2f} s of work; limits "
-                                  f"server.tiers.{r.name}.max_queue_items={s.queue_limit}, max_queue_ms="
-                                  f"{s.max_queue_ms:g}); retry in {retry} s", retry_after_s=retry)
+            self._refuse(r, max(over_items * r.seconds_per_item / s.threads, over_time),
+                         f"tier {r.name} is saturated ({r.load} items waiting or running, about "
+                         f"{r.load * r.seconds_per_item / s.threads:.2f} s of work; limits "
+                         f"server.tiers.{r.name}.max_queue_items={s.queue_limit}, max_queue_ms={s.max_queue_ms:g})")
+
+    def _refuse(self, r: TierRunner, excess_s: float, why: str) -> None:
+        """429 with a Retry-After from the excess work and the tier's drain rate (at least 1 s)."""
+        retry = min(60, max(1, math.ceil(excess_s)))
+        m.REJECTED.labels(r.name).inc()
+        raise OverloadedError(f"{why}; retry in {retry} s", retry_after_s=retry)
 
     # ----------------------------------------------------------------------------------------- classify
     async def classify(self, texts: Sequence[str], *, deadline_s: float, final_only: bool = False,
@@ -156,7 +169,7 @@ class Scheduler:
         with no answer at all by the deadline) or UnavailableError (the final tier failed and the policy is
         ``fail``, or no cheaper tier can answer)."""
         entry = self.last if final_only else 0
-        self.admit(len(texts), entry)
+        self.admit(len(texts), entry, deadline_s)
         loop = asyncio.get_running_loop()
         req = _Request(len(texts), cfgs or self.cfgs, time.perf_counter() + deadline_s, loop.create_future())
         self.inflight += 1
