@@ -12,15 +12,18 @@ import datetime as _dt
 
 from prometheus_client import Gauge
 
-CERT_PRESENT = Gauge("tiergate_certificate_present", "1 when the config holds a calibration certificate")
-CERT_EPSILON = Gauge("tiergate_certificate_epsilon", "Certified risk bound epsilon (share of items)")
-CERT_DELTA = Gauge("tiergate_certificate_delta", "Allowed probability that the certified bound fails")
+# Every worker of `tiergate serve --workers N` sets these from the same config, so their values are merged
+# by max (prometheus-client's default for a gauge would add a pid label instead).
+_MP = {"multiprocess_mode": "max"}
+CERT_PRESENT = Gauge("tiergate_certificate_present", "1 when the config holds a calibration certificate", **_MP)
+CERT_EPSILON = Gauge("tiergate_certificate_epsilon", "Certified risk bound epsilon (share of items)", **_MP)
+CERT_DELTA = Gauge("tiergate_certificate_delta", "Allowed probability that the certified bound fails", **_MP)
 CERT_BOUND = Gauge("tiergate_certificate_bound", "Upper confidence bound (1 - delta) on the chosen setting's "
-                   "risk, from the calibration data")
-CERT_N = Gauge("tiergate_certificate_items", "Calibration items the certificate was tested on")
+                   "risk, from the calibration data", **_MP)
+CERT_N = Gauge("tiergate_certificate_items", "Calibration items the certificate was tested on", **_MP)
 CERT_STALE = Gauge("tiergate_certificate_stale", "1 when rules, models, thresholds or shadowed rules changed "
-                   "since calibration (the certificate no longer applies)")
-CERT_CREATED = Gauge("tiergate_certificate_created_timestamp_seconds", "When the certificate was computed")
+                   "since calibration (the certificate no longer applies)", **_MP)
+CERT_CREATED = Gauge("tiergate_certificate_created_timestamp_seconds", "When the certificate was computed", **_MP)
 
 
 def update_certificate_metrics(cascade) -> dict | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,12 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig, frame) -> None:
         self._app.state.gateway.draining = True
-        super().handle_exit(sig, frame)
+        # uvicorn's own handler also records the signal and raises it again once shut down, so a drained
+        # SIGTERM would end the process killed by it (-15) instead of exiting 0; this is its handler without that.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting
+        else:
+            self.should_exit = True
 
 
 def run(config_path: str | Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
@@ -44,6 +50,10 @@ def run(config_path: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
     # its samples in files under PROMETHEUS_MULTIPROC_DIR, which /metrics merges.
     made = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     mp_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tiergate-metrics-"))
+    # prometheus-client needs the directory empty at start: an earlier run's files would be merged in, and so
+    # would the zeros this process wrote as its modules were imported (its tiergate_ready=0 wins the "min").
+    for f in Path(mp_dir).glob("*.db"):
+        f.unlink()
     os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
     try:
         uvicorn.run(f"{app_from_env.__module__}:{app_from_env.__name__}", factory=True, workers=workers, **common)

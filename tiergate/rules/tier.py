@@ -39,9 +39,12 @@ RELOAD_SOURCES = ("startup", "file", "api", "manual")
 RELOAD_ATTEMPTS = Counter("tiergate_rules_reload_attempts_total", "Attempts to load a new rule set", ["source"])
 RELOAD_FAILURES = Counter("tiergate_rules_reload_failures_total", "Rule set loads rejected (the old set kept "
                           "serving)", ["source"])
-RULES_VERSION = Gauge("tiergate_rules_version_info", "The served rule set: 1 for its content hash", ["version"])
-RULES_LOADED = Gauge("tiergate_rules_loaded", "Rules in the served set by state", ["state"])
-LAST_RELOAD = Gauge("tiergate_rules_last_reload_success_timestamp_seconds", "When the served set was loaded")
+# multiprocess_mode: how `tiergate serve --workers N` merges the workers' values (the default: a pid label each)
+RULES_VERSION = Gauge("tiergate_rules_version_info", "The served rule set: 1 for its content hash", ["version"],
+                      multiprocess_mode="max")
+RULES_LOADED = Gauge("tiergate_rules_loaded", "Rules in the served set by state", ["state"], multiprocess_mode="max")
+LAST_RELOAD = Gauge("tiergate_rules_last_reload_success_timestamp_seconds", "When the served set was loaded",
+                    multiprocess_mode="max")
 ITEMS = Counter("tiergate_rules_items_total", "Items given to the rules tier's predict")
 SKIPPED_ITEMS = Counter("tiergate_rules_skipped_items_total", "Items answered 'no decision' without evaluation "
                         "because their predict call's time budget was spent")
