@@ -203,8 +203,11 @@ def _publish(cascade: Cascade, old: Cascade | None = None) -> None:
     cfg = cascade.config
     if old is not None:
         for t, tc in zip(old.tiers, old.config.tiers, strict=True):
+            series = (tc.name, tc.kind, t.version() or "unknown")
+            # set(0) first: under --workers, remove() leaves the value in the worker's metrics file
+            m.TIER_INFO.labels(*series).set(0)
             try:
-                m.TIER_INFO.remove(tc.name, tc.kind, t.version() or "unknown")
+                m.TIER_INFO.remove(*series)
             except KeyError:
                 pass
     m.init_labels([(tc.name, tc.kind, t.version(), tc.threshold.default, tc.cost.usd_per_item)

@@ -303,6 +303,7 @@ class RulesTier(Tier):
     @staticmethod
     def _publish(engine: Engine, old: Engine | None = None) -> None:
         if old is not None and old.version != engine.version:
+            RULES_VERSION.labels(version=old.version).set(0)  # remove() alone leaves it under --workers
             try:
                 RULES_VERSION.remove(old.version)
             except KeyError:

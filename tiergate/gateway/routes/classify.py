@@ -47,7 +47,15 @@ class ClassifyRequest(BaseModel):
         return self
 
 
-_SCHEMA = ClassifyRequest.model_json_schema()
+def _openapi_schema() -> dict:
+    """The model's schema, with "exactly one of text / texts" said the way OpenAPI can say it."""
+    schema = ClassifyRequest.model_json_schema()
+    schema["oneOf"] = [{"required": ["text"], "not": {"required": ["texts"]}},
+                       {"required": ["texts"], "not": {"required": ["text"]}}]
+    return schema
+
+
+_SCHEMA = _openapi_schema()
 
 
 @router.post("/v1/classify", openapi_extra={"requestBody": {
