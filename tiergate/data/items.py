@@ -3,6 +3,9 @@
 Mail (RFC 822) is parsed into headers, subject, from, to and the decoded body (HTML reduced to text); any
 other text is a plain item whose ``body`` is the text itself. Rules address fields by name
 (``subject``, ``header:x-mailer``, ``meta:source``); models read :attr:`Item.model_text`.
+
+Every string an Item holds is valid Unicode (no lone surrogates, see :func:`clean_text`), so every tier may
+hand it to code that needs UTF-8 (``tokenizers``, onnxruntime string tensors).
 """
 
 from __future__ import annotations
@@ -49,13 +52,36 @@ class Item:
 
 
 _WS = regex.compile(r"[ \t]+")
+_SURROGATE = regex.compile(r"[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD; a high + low surrogate pair becomes the one character
+    it encodes. Text without surrogates is returned as is (the same object).
+
+    Why: a JSON string may hold ``"\\ud800"`` (JSON escapes UTF-16 units, and ``json.loads`` keeps an unpaired
+    one as a surrogate code point), and so may a mail part whose charset is UTF-7 or ``unicode_escape``. Such a
+    ``str`` cannot be encoded as UTF-8: ``tokenizers`` raises ``TypeError`` (the large tier's MiniLM) and
+    onnxruntime ``UnicodeEncodeError`` (ONNX models that take text). Cleaning once, where an Item is made,
+    serves rules, ONNX and torch tiers alike.
+
+    >>> clean_text("a\\ud800b"), clean_text("\\ud83d\\ude00") == "\\U0001f600"
+    ('a\ufffdb', True)
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:  # isascii reads a flag CPython keeps: O(1)
+        return text
+    # UTF-16 is the one codec where a surrogate pair is a character and a lone surrogate is an error:
+    # surrogatepass writes every code point as its 16-bit unit, and decoding joins pairs and replaces the rest.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def make_item(text: str | bytes, meta: Mapping[str, Any] | None = None, *, kind: str = "auto",
               max_chars: int = DEFAULT_MAX_CHARS) -> Item:
     """Parse ``text`` into an :class:`Item`.
 
-    ``kind`` is ``"auto"`` (mail when it looks like an RFC 822 message), ``"mail"`` or ``"plain"``.
+    ``kind`` is ``"auto"`` (mail when it looks like an RFC 822 message), ``"mail"`` or ``"plain"``. Any ``str``
+    is accepted (empty, NUL, control characters, lone surrogates): the text and every parsed field are passed
+    through :func:`clean_text`, so the Item holds valid Unicode only.
 
     >>> make_item("Subject: hi\\n\\nhello").get("subject")
     'hi'
@@ -64,10 +90,12 @@ def make_item(text: str | bytes, meta: Mapping[str, Any] | None = None, *, kind:
         text = decode_bytes(text)
     if len(text) > max_chars:
         text = text[:max_chars]
+    text = clean_text(text)  # after the cut, so a hostile 100 MB string is not scanned whole
     mail = kind == "mail" or (kind == "auto" and looks_like_mail(text))
     if not mail:
         return Item(text=text, fields={"text": text, "body": text}, meta=dict(meta or {}))
-    fields = parse_mail(text)
+    # Decoding can make surrogates that the text did not hold (a UTF-7 part: "+2AA-" decodes to "\ud800").
+    fields = {clean_text(k): clean_text(v) for k, v in parse_mail(text).items()}
     fields["text"] = text
     return Item(text=text, fields=fields, meta=dict(meta or {}), is_mail=True)
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tiergate.errors import ModelError
+from tiergate.models.threads import configure_torch
 
 # ----------------------------------------------------------------------------------------------- MiniLM
 
@@ -155,6 +156,7 @@ class MiniLMEncoder:
         from safetensors.torch import load_file
         from tokenizers import Tokenizer
 
+        configure_torch()  # one chunk's ops are small: threads chosen in tiergate.models.threads
         d = minilm_dir()
         try:
             sd = load_file(str(d / "model.safetensors"))

@@ -44,6 +44,7 @@ from tiergate.models.artifacts import sha256_file
 from tiergate.models.encoder import HashedNgramConfig, HashedNgrams, MiniLMEncoder, minilm_dir
 from tiergate.models.layers import GhostBatchNorm1d
 from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
+from tiergate.models.threads import configure_torch
 from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
 from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout
 from tiergate.training.loop import TrainConfig, train
@@ -399,6 +400,7 @@ class LargeTier(Tier):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        configure_torch()  # serving threads: see tiergate.models.threads
         d = Path(path)
         for name in ("model.safetensors", "config.json", "manifest.json"):
             if not (d / name).is_file():

@@ -34,6 +34,7 @@ from sklearn.pipeline import Pipeline
 from tiergate.data.items import Item
 from tiergate.errors import ModelError
 from tiergate.models.artifacts import sha256_file
+from tiergate.models.threads import policy
 from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
 
 FORMAT_VERSION = 1
@@ -340,6 +341,10 @@ def session_options(threads: int | None = None):
     so.intra_op_num_threads = threads or int(os.environ.get("TIERGATE_ORT_THREADS", "1"))
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if policy() != "library":
+        # With more than one intra-op thread, idle pool threads spin for work by default; beside busy
+        # processes they take the cores the working thread needs (tiergate.models.threads, issue 12).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
