@@ -44,7 +44,7 @@ def test_builtin_kinds_declare_what_their_tier_classes_declare():
     assert {"rules", "onnx", "torch"} <= set(tier_kinds())
     for kind, cls in (("rules", RulesTier), ("onnx", OnnxTier), ("torch", LargeTier)):
         assert capabilities_of(TierConfig(name="t", kind=kind, path="x")) == cls.capabilities, kind
-    assert capabilities_of(TierConfig(name="t", kind="rules", path="x")) == Capabilities(distribution=False)
+    assert capabilities_of(TierConfig(name="t", kind="rules", path="x")) == Capabilities(distribution=False, light=True)
     assert capabilities_of(TierConfig(name="t", kind="onnx", path="x")).distribution
 
 
@@ -61,7 +61,7 @@ def test_onnx_tier_is_built_named_and_batch_invariant(tiny_workdir, items):
 def test_rules_tier_is_built_without_a_distribution_and_batch_invariant(tmp_path):
     (tmp_path / "rules.yaml").write_text(GOOD, encoding="utf-8")
     tier = build_tier(TierConfig(name="filters", kind="rules", path="rules.yaml"), tmp_path)
-    assert tier.name == "filters" and tier.capabilities == Capabilities(distribution=False)
+    assert tier.name == "filters" and tier.capabilities == Capabilities(distribution=False, light=True)
     batch = [make_item("You won the lottery"), make_item("Subject: Meeting notes\n\nx"), make_item("nothing")]
     assert tier.predict(batch) == [o for it in batch for o in tier.predict([it])]
 

@@ -126,6 +126,6 @@ def _build_torch(tc: TierConfig, path: Path) -> Tier:
     return LargeTier.load(path)
 
 
-register_tier_kind("rules", _build_rules, Capabilities(distribution=False))
+register_tier_kind("rules", _build_rules, Capabilities(distribution=False, light=True))
 register_tier_kind("onnx", _build_onnx, Capabilities())
 register_tier_kind("torch", _build_torch, Capabilities())

@@ -24,7 +24,7 @@ class Capabilities:
     on what kind of tier it is (a kind declares them once, in :mod:`tiergate.registry`).
 
     >>> Capabilities(distribution=False)
-    Capabilities(distribution=False, batch_invariant=True, max_batch=None)
+    Capabilities(distribution=False, batch_invariant=True, max_batch=None, light=False)
     """
 
     distribution: bool = True      # answers carry class probabilities whose confidence thresholds and
@@ -32,6 +32,9 @@ class Capabilities:
     batch_invariant: bool = True   # an item's output does not depend on the other items in its batch
                                    # (safe to batch items of different requests together)
     max_batch: int | None = None   # largest batch predict() takes at once; None = any
+    light: bool = False            # pure Python, a small and bounded cost per item (rules: the regex budget):
+                                   # the gateway runs it on its event loop in slices instead of a thread,
+                                   # which would only contend for the GIL
 
 
 @dataclass(slots=True)

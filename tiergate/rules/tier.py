@@ -141,7 +141,7 @@ class RulesTier(Tier):
     # alone (one engine snapshot per batch, no state across items), so batches may mix requests. The one
     # exception is the batch budget: items a spent budget never reaches get "no decision", an escalation (a
     # costlier answer, never a different label from the rules).
-    capabilities = Capabilities(distribution=False)
+    capabilities = Capabilities(distribution=False, light=True)
 
     def __init__(self, engine: Engine, path: Path | None = None, *, item_budget_s: float = DEFAULT_ITEM_BUDGET_S,
                  batch_budget_s: float = DEFAULT_BATCH_BUDGET_S, max_chars: int = DEFAULT_MAX_CHARS):
