@@ -49,11 +49,12 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
                   description="Inference cascade gateway: the cheapest confident tier answers.")
     app.state.gateway = state
     install_error_handlers(app)
-    install_offline_docs(app)
-    app.include_router(probes.router)
+    # Routes are matched in order: the hot path first, the docs' static files last.
     app.include_router(classify.router)
+    app.include_router(probes.router)
     app.include_router(admin.router)
     app.include_router(make_rules_admin_router(state.rules_tier))
+    install_offline_docs(app)
     app.add_middleware(LimitsMiddleware, state=state)
     return app
 
