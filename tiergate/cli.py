@@ -228,7 +228,8 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
     typer.echo(f"\nconfig: {path}   (total {time.perf_counter() - t0:.0f} s)")
     if not no_serve:
         typer.echo(f"serving on http://{host}:{port}  (try: curl -s localhost:{port}/v1/classify "
-                   "-H 'content-type: application/json' -d '{\"text\": \"Subject: hi\\n\\nhello\"}')")
+                   "-H 'content-type: application/json' -d '{\"text\": \"Subject: FREE money!!! Click here now\\n\\nYou have "
+                   "been selected to receive $1,000,000. Act now: http://example.com/win\"}')")
         # A fresh process: training left gigabytes behind in this one, which a server does not need.
         import os
         import sys
