@@ -88,9 +88,10 @@ class TierServing(_Strict):
     max_queue_ms: float = Field(default=1000.0, gt=0)
     timeout_ms: float = Field(default=30_000, gt=0)   # one batch longer than this counts as a failure
     threads: int = Field(default=1, ge=1)             # batches of this tier run at once
-    # Where batches run: a thread pool, or the event loop in slices of 8 items ("inline"); "auto" runs tiers
-    # declared light (rules) inline: pure-Python work in a thread only contends for the GIL with the loop.
-    executor: Literal["auto", "thread", "inline"] = "auto"
+    # Where batches run: "process" (a child process with its own copy of the tier), "thread" (a thread of the
+    # gateway's process), "inline" (the event loop, 8 items between yields). "auto": tiers declared light
+    # (rules) inline, the others in a process, since their Python work holds the GIL and starves the loop.
+    executor: Literal["auto", "process", "thread", "inline"] = "auto"
 
     @property
     def queue_limit(self) -> int:

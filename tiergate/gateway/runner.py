@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import multiprocessing
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tiergate.config import BreakerConfig, TierConfig, TierServing
 from tiergate.data.items import Item, make_item
 from tiergate.gateway import metrics as m
+from tiergate.gateway import worker
 from tiergate.tiers import Capabilities, Tier, TierOutput
 
 log = logging.getLogger("tiergate.gateway.runner")
@@ -125,7 +127,7 @@ class TierRunner:
 
     def __init__(self, index: int, tier: Tier, tc: TierConfig, serving: TierServing, breaker: BreakerConfig,
                  capabilities: Capabilities, on_batch: Callable[[TierRunner, BatchResult], None],
-                 max_text_chars: int):
+                 max_text_chars: int, process_spec: tuple | None = None):
         self.index = index
         self.tier = tier
         self.tc = tc
@@ -136,6 +138,11 @@ class TierRunner:
         self.breaker = Breaker(breaker)
         self.fault = Fault()
         self.inline = serving.executor == "inline" or (serving.executor == "auto" and capabilities.light)
+        # A model tier runs in a child process (see tiergate.gateway.worker) unless told otherwise or unless
+        # there is no artifact to rebuild it from (a tier handed over in code, such as a test double).
+        self.process = (not self.inline and serving.executor in ("auto", "process") and process_spec is not None)
+        self._proc: ProcessPoolExecutor | None = None
+        self._process_spec = process_spec
         self.on_batch = on_batch
         self.max_text_chars = max_text_chars
         self.queue: collections.deque[Pending] = collections.deque()
@@ -153,7 +160,15 @@ class TierRunner:
         self._lock = threading.Lock()  # guards the fault, which the admin endpoint swaps from the loop thread
 
     # -------------------------------------------------------------------------------------------- queueing
-    def start(self) -> None:
+    async def start(self) -> None:
+        if self.process:
+            tc_json, base, model_dirs = self._process_spec  # type: ignore[misc]
+            ctx = multiprocessing.get_context("spawn")  # fork after torch/onnxruntime threads start is unsafe
+            self._proc = ProcessPoolExecutor(max_workers=self.serving.threads, mp_context=ctx,
+                                             initializer=worker.init,
+                                             initargs=(tc_json, base, model_dirs, self.max_text_chars))
+            # Load the model in the child now, not on the first request.
+            await asyncio.wrap_future(self._proc.submit(worker.ready))
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"runner-{self.name}")
 
     def put(self, items: Sequence[Pending]) -> None:
@@ -286,14 +301,18 @@ class TierRunner:
 
     def _predict(self, batch: list[Pending]) -> tuple[list[TierOutput], float]:
         """In the executor thread: parse what is unparsed, apply faults, run the tier."""
-        for p in batch:
-            if p.item is None:
-                p.item = make_item(p.text, max_chars=self.max_text_chars)
+        if self._proc is None:
+            for p in batch:
+                if p.item is None:
+                    p.item = make_item(p.text, max_chars=self.max_text_chars)
         with self._lock:
             fault = self.fault
         t0 = time.perf_counter()
         fault.apply()
-        outs = self.tier.predict([p.item for p in batch])  # type: ignore[misc]
+        if self._proc is not None:  # the thread waits (without the GIL) for the tier's own process
+            outs = self._proc.submit(worker.predict, [p.text for p in batch]).result()
+        else:
+            outs = self.tier.predict([p.item for p in batch])  # type: ignore[misc]
         if len(outs) != len(batch):
             raise RuntimeError(f"tier {self.name} returned {len(outs)} outputs for {len(batch)} items")
         return outs, time.perf_counter() - t0
@@ -323,3 +342,5 @@ class TierRunner:
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._proc is not None:
+            self._proc.shutdown(wait=False, cancel_futures=True)

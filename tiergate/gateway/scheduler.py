@@ -65,8 +65,13 @@ class Scheduler:
         self.cfgs = cascade.config.tiers
         self.last = len(self.cfgs) - 1
         self.caps = [capabilities_of(tc) for tc in self.cfgs]
+        base = cascade.base
+
+        def spec(tc: TierConfig) -> tuple | None:  # what a tier's own process rebuilds it from
+            return None if base is None else (tc.model_dump(mode="json"), str(base), list(cascade.config.model_dirs))
+
         self.runners = [TierRunner(i, tier, tc, server.serving_of(tc.name), server.breaker, self.caps[i],
-                                   self._on_batch, server.max_text_chars)
+                                   self._on_batch, server.max_text_chars, process_spec=spec(tc))
                         for i, (tier, tc) in enumerate(zip(cascade.tiers, self.cfgs, strict=True))]
         self.cost = [tc.cost.usd_per_item for tc in self.cfgs]
         self.baseline = cascade.baseline_cost_per_item()
@@ -79,8 +84,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        for r in self.runners:
-            r.start()
+        await asyncio.gather(*(r.start() for r in self.runners))
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new requests, wait for those in flight (at most ``timeout_s``); True if all finished."""
