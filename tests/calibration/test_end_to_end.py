@@ -8,6 +8,7 @@ import shutil
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import running_server
 from tiergate.config import load_config, save_config
@@ -48,7 +49,10 @@ def test_evaluate_carries_the_certificate_beside_the_realised_disagreement(calib
 
 def test_served_certificate_metrics_and_per_request_epsilon(calibrated, tmp_path):
     d, _ = calibrated
-    with running_server(create_app(d / "tiergate.yaml", watch_rules=False)) as base:
+    raw = yaml.safe_load((d / "tiergate.yaml").read_text())
+    raw.setdefault("server", {})["anonymous_privileges"] = ["epsilon"]  # a per-request epsilon is a privilege
+    (d / "open.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    with running_server(create_app(d / "open.yaml", watch_rules=False)) as base:
         ready = httpx.get(base + "/readyz").json()
         assert ready["certificate"]["epsilon"] == 0.02 and ready["certificate"]["stale"] is False
         metrics = httpx.get(base + "/metrics").text

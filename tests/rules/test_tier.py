@@ -23,7 +23,7 @@ def sample(name, labels):
 def test_predict_contract(write):
     tier = RulesTier.from_path(write("r.yaml", GOOD))
     assert isinstance(tier, Tier) and tier.name == "rules"
-    assert tier.capabilities == Capabilities(distribution=False)
+    assert tier.capabilities == Capabilities(distribution=False, light=True)
     outs = tier.predict([make_item("You won the lottery"), make_item("Subject: Meeting notes\n\nx"),
                          make_item("nothing")])
     assert [(o.label, o.confidence, o.reason, o.escalate_to) for o in outs] == [
