@@ -95,6 +95,7 @@ def test_overload_answers_429_not_timeouts(tiny_workdir, tmp_path):
     p = tmp_path / "tight.yaml"
     p.write_text(yaml.safe_dump(cfg))
     with running_server(create_app(p)) as base:
+        before = scrape(base)
         body = {"texts": [SPAM * 20, HAM * 20] * 100}
         with cf.ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: httpx.post(base + "/v1/classify", json=body, timeout=60).status_code, range(8)))
@@ -103,7 +104,8 @@ def test_overload_answers_429_not_timeouts(tiny_workdir, tmp_path):
         r = httpx.post(base + "/v1/classify", json={"text": HAM})
         assert r.status_code == 200
         m = scrape(base)
-        assert m['tiergate_requests_total{outcome="overloaded"}'] == codes.count(429)
+        key = 'tiergate_requests_total{outcome="overloaded"}'
+        assert m[key] - before.get(key, 0) == codes.count(429)  # the registry is shared by every server here
 
 
 def test_stricter_epsilon_without_certificate_goes_to_final_tier(server):

@@ -227,7 +227,6 @@ class TierRunner:
         return batch
 
     async def _run(self, batch: list[Pending]) -> None:
-        loop = asyncio.get_running_loop()
         self.running += len(batch)
         t0 = time.perf_counter()
         m.BATCH_SIZE.labels(self.name).observe(len(batch))
@@ -238,26 +237,8 @@ class TierRunner:
         try:
             if not self.breaker.allow():
                 result = BatchResult(batch, None, 0.0, "breaker_open")
-            elif self.inline:
-                result = await self._run_inline(batch)
             else:
-                fut = loop.run_in_executor(self._pool, self._predict, batch)
-                try:
-                    outs, seconds = await asyncio.wait_for(asyncio.shield(fut), self.serving.timeout_ms / 1000)
-                    result = BatchResult(batch, outs, seconds)
-                    m.observe_batch(self.name, len(batch), seconds)
-                    self.breaker.success()
-                    self._learn_speed(len(batch), seconds)
-                except TimeoutError:
-                    # The thread cannot be interrupted; its result is dropped and the breaker hears of it.
-                    self.breaker.failure()
-                    result = BatchResult(batch, None, time.perf_counter() - t0, "timeout")
-                except Exception as e:  # a failing tier degrades its items; it never fails the loop
-                    self.breaker.failure()
-                    if not isinstance(e, InjectedFault):
-                        log.error("tier %s failed on a batch of %d: %s: %s", self.name, len(batch),
-                                  type(e).__name__, e)
-                    result = BatchResult(batch, None, time.perf_counter() - t0, "error", e)
+                result = await self._attempt(batch, t0)
         finally:
             self.running -= len(batch)
             self._slots.release()
@@ -267,55 +248,68 @@ class TierRunner:
         except Exception:  # routing bugs must not kill the runner; the requests hit their deadline
             log.exception("routing a batch of tier %s failed", self.name)
 
-    async def _run_inline(self, batch: list[Pending]) -> BatchResult:
-        """On the event loop, ``INLINE_SLICE`` items at a time with a yield between slices, so probes and
-        other requests are served while a big batch runs (a light tier's cost per item is bounded)."""
-        t0 = time.perf_counter()
-        with self._lock:
-            fault = self.fault
+    async def _attempt(self, batch: list[Pending], t0: float) -> BatchResult:
+        """Run the batch where the tier runs; the breaker and the speed estimate hear of the outcome."""
         try:
-            if fault.delay_ms > 0:
-                await asyncio.sleep(fault.delay_ms / 1000)
-            fault.apply_error()
-            outs: list[TierOutput] = []
-            for s in range(0, len(batch), INLINE_SLICE):
-                if s:
-                    await asyncio.sleep(0)
-                part = batch[s:s + INLINE_SLICE]
-                for p in part:
-                    if p.item is None:
-                        p.item = make_item(p.text, max_chars=self.max_text_chars)
-                outs.extend(self.tier.predict([p.item for p in part]))  # type: ignore[misc]
-            if len(outs) != len(batch):
-                raise RuntimeError(f"tier {self.name} returned {len(outs)} outputs for {len(batch)} items")
+            if self.inline:
+                outs, seconds = await self._predict_inline(batch)
+            else:
+                fut = asyncio.get_running_loop().run_in_executor(self._pool, self._predict, batch)
+                outs, seconds = await asyncio.wait_for(asyncio.shield(fut), self.serving.timeout_ms / 1000)
+        except TimeoutError:
+            # The thread cannot be interrupted; its result is dropped and the breaker hears of it.
+            self.breaker.failure()
+            return BatchResult(batch, None, time.perf_counter() - t0, "timeout")
         except Exception as e:  # a failing tier degrades its items; it never fails the loop
             self.breaker.failure()
             if not isinstance(e, InjectedFault):
                 log.error("tier %s failed on a batch of %d: %s: %s", self.name, len(batch), type(e).__name__, e)
             return BatchResult(batch, None, time.perf_counter() - t0, "error", e)
-        seconds = time.perf_counter() - t0
         m.observe_batch(self.name, len(batch), seconds)
         self.breaker.success()
         self._learn_speed(len(batch), seconds)
         return BatchResult(batch, outs, seconds)
 
-    def _predict(self, batch: list[Pending]) -> tuple[list[TierOutput], float]:
-        """In the executor thread: parse what is unparsed, apply faults, run the tier."""
-        if self._proc is None:
-            for p in batch:
-                if p.item is None:
-                    p.item = make_item(p.text, max_chars=self.max_text_chars)
+    def _current_fault(self) -> Fault:
         with self._lock:
-            fault = self.fault
-        t0 = time.perf_counter()
-        fault.apply()
-        if self._proc is not None:  # the thread waits (without the GIL) for the tier's own process
-            outs = self._proc.submit(worker.predict, [p.text for p in batch]).result()
-        else:
-            outs = self.tier.predict([p.item for p in batch])  # type: ignore[misc]
+            return self.fault
+
+    def _parsed(self, part: list[Pending]) -> list[Item]:
+        for p in part:
+            if p.item is None:
+                p.item = make_item(p.text, max_chars=self.max_text_chars)
+        return [p.item for p in part]  # type: ignore[misc]
+
+    def _counted(self, outs: list[TierOutput], batch: list[Pending]) -> list[TierOutput]:
         if len(outs) != len(batch):
             raise RuntimeError(f"tier {self.name} returned {len(outs)} outputs for {len(batch)} items")
-        return outs, time.perf_counter() - t0
+        return outs
+
+    async def _predict_inline(self, batch: list[Pending]) -> tuple[list[TierOutput], float]:
+        """On the event loop, ``INLINE_SLICE`` items at a time with a yield between slices, so probes and
+        other requests are served while a big batch runs (a light tier's cost per item is bounded)."""
+        fault = self._current_fault()
+        t0 = time.perf_counter()
+        if fault.delay_ms > 0:
+            await asyncio.sleep(fault.delay_ms / 1000)
+        fault.apply_error()
+        outs: list[TierOutput] = []
+        for s in range(0, len(batch), INLINE_SLICE):
+            if s:
+                await asyncio.sleep(0)
+            outs.extend(self.tier.predict(self._parsed(batch[s:s + INLINE_SLICE])))
+        return self._counted(outs, batch), time.perf_counter() - t0
+
+    def _predict(self, batch: list[Pending]) -> tuple[list[TierOutput], float]:
+        """In the executor thread: apply faults, run the tier here or wait for its own process."""
+        fault = self._current_fault()
+        t0 = time.perf_counter()
+        fault.apply()
+        if self._proc is not None:  # the thread waits (without the GIL) for the tier's process, which parses
+            outs = self._proc.submit(worker.predict, [p.text for p in batch]).result()
+        else:
+            outs = self.tier.predict(self._parsed(batch))
+        return self._counted(outs, batch), time.perf_counter() - t0
 
     def _learn_speed(self, n: int, seconds: float) -> None:
         per_item = seconds / max(n, 1)

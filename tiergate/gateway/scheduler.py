@@ -74,6 +74,7 @@ class Scheduler:
                                    self._on_batch, server.max_text_chars, process_spec=spec(tc))
                         for i, (tier, tc) in enumerate(zip(cascade.tiers, self.cfgs, strict=True))]
         self.cost = [tc.cost.usd_per_item for tc in self.cfgs]
+        self.cost_by_name = {tc.name: c for tc, c in zip(self.cfgs, self.cost, strict=True)}  # for metrics
         self.baseline = cascade.baseline_cost_per_item()
         self.cheaper_models = [i for i in range(self.last) if self.caps[i].distribution]
         self.arrived = [_PRIOR_ITEMS] * len(self.cfgs)     # items that reached tier i (decayed counts)
@@ -116,8 +117,7 @@ class Scheduler:
     def door_check(self) -> None:
         """The check made before a body is read: refuse at once when the first tier is already full, so a
         flood of requests costs 429s, not body parsing (raises OverloadedError)."""
-        if not self.accepting:
-            raise UnavailableError("the gateway is shutting down or swapping models; retry on another instance")
+        self._require_open()
         self._check(self.runners[0], self.runners[0].load, 0)
 
     def admit(self, n: int, entry: int, deadline_s: float = float("inf")) -> None:
@@ -127,8 +127,7 @@ class Scheduler:
         the share of traffic that reaches it; a tier that is idle always admits (a big request is never
         refused forever). A request whose items could not get a first model answer before ``deadline_s``
         is refused too: a 429 now is more use to the caller than a 504 later."""
-        if not self.accepting:
-            raise UnavailableError("the gateway is shutting down or swapping models; retry on another instance")
+        self._require_open()
         if self.inflight >= self.server.max_inflight:
             raise OverloadedError(f"{self.inflight} requests in progress (server.max_inflight="
                                   f"{self.server.max_inflight}); retry later", retry_after_s=1.0)
@@ -148,6 +147,10 @@ class Scheduler:
                                  f"its items could not be answered within the deadline ({deadline_s * 1000:.0f} ms; "
                                  f"about {to_first_answer * 1000:.0f} ms of work is ahead of them)")
             upstream += r.load
+
+    def _require_open(self) -> None:
+        if not self.accepting:
+            raise UnavailableError("the gateway is shutting down or swapping models; retry on another instance")
 
     def _check(self, r: TierRunner, expected: float, j: int) -> None:
         s = r.serving

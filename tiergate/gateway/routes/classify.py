@@ -82,7 +82,7 @@ async def classify(request: Request):
     cfgs, applied = _policy(sched.cascade, req)
     decisions, compute_s = await sched.classify(texts, deadline_s=deadline_s, final_only=applied["final_only"],
                                                 cfgs=cfgs)
-    m.record(decisions, {tc.name: tc.cost.usd_per_item for tc in sched.cfgs})
+    m.record(decisions, sched.cost_by_name)
     out = []
     for d in decisions:
         d.request_id = new_request_id()
