@@ -30,7 +30,11 @@ QUICKSTART_BUDGET = 0.1
 app = typer.Typer(help="tiergate: an inference cascade gateway (rules -> small ONNX models -> large sparse model).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Fetch and inspect data sets.", no_args_is_help=True)
+feedback_app = typer.Typer(help="Feedback given through POST /v1/feedback.", no_args_is_help=True)
+log_app = typer.Typer(help="The decision log: what is kept, and removing a decision.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(feedback_app, name="feedback")
+app.add_typer(log_app, name="log")
 app.add_typer(rules_app, name="rules")
 app.add_typer(train_app, name="train")
 app.add_typer(prune_app, name="prune")
@@ -81,6 +85,39 @@ def data_info(name: str = typer.Argument(..., help="a built-in name or a JSONL/C
     for split, s in info["splits"].items():
         top = ", ".join(f"{k} {v}" for k, v in sorted(s["labels"].items(), key=lambda kv: -kv[1])[:8])
         typer.echo(f"  {split:<12} {s['n']:>7}   {top}{' ...' if len(s['labels']) > 8 else ''}")
+
+
+@feedback_app.command("export")
+@clean_errors
+def feedback_export(config: Path = typer.Option(..., help="tiergate.yaml (its log.path is read)"),
+                    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout")) -> None:
+    """Every feedback row with its request id and the decision it is about."""
+    from tiergate.decisionlog.cli import export
+
+    export(config, as_json)
+
+
+@log_app.command("stats")
+@clean_errors
+def log_stats(config: Path = typer.Option(..., help="tiergate.yaml"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """How many decisions the log holds, over what time, with how much text, feedback and audits."""
+    from tiergate.decisionlog.cli import stats
+
+    stats(config, as_json)
+
+
+@log_app.command("delete")
+@clean_errors
+def log_delete(config: Path = typer.Option(..., help="tiergate.yaml"),
+               request_id: str = typer.Option(..., "--request-id", help="The request_id of the decision")) -> None:
+    """Remove one decision, its text and its feedback (a person's request to be forgotten)."""
+    from tiergate.decisionlog.cli import delete
+    from tiergate.errors import NotFoundError
+
+    if not delete(config, request_id):
+        raise NotFoundError(f"no decision with request_id {request_id!r} in the log")
+    typer.echo(f"deleted {request_id}")
 
 
 @app.command()

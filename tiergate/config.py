@@ -144,6 +144,66 @@ class ServerConfig(_Strict):
         return self.batching.model_copy(update=own.model_dump(exclude_unset=True))
 
 
+class Redaction(_Strict):
+    """One redaction step: every match of ``pattern`` (the ``regex`` package's syntax) becomes ``replacement``."""
+
+    pattern: str
+    replacement: str = "<redacted>"
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import regex
+
+        try:
+            regex.compile(v)
+        except regex.error as e:
+            raise ValueError(f"redaction pattern {v!r} does not compile: {e}") from e
+        return v
+
+
+# Mail is personal data: what the log keeps of a text is redacted first. The defaults catch addresses and long
+# digit runs (phone, account and card numbers); an operator adds their own (docs/privacy.md).
+DEFAULT_REDACTIONS = [
+    Redaction(pattern=r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", replacement="<email>"),
+    Redaction(pattern=r"(?<!\w)\+?\d[\d ()./-]{6,}\d(?!\w)", replacement="<number>"),
+]
+
+
+class SampleText(_Strict):
+    """Keep the text of this share of decisions, chosen at random."""
+
+    sample: float = Field(gt=0, le=1)
+
+
+class LogConfig(_Strict):
+    """The decision log (tiergate.decisionlog): every decision, durably, in an embedded SQLite database."""
+
+    enabled: bool = True
+    path: str = "decisions.db"              # relative to the config file's folder
+    # Which texts are kept (redacted): none (the default: only a hash), escalated (items a tier passed on),
+    # {sample: 0.01}, or all. Retraining from the log needs text.
+    store_text: Literal["none", "escalated", "all"] | SampleText = "none"
+    redact: list[Redaction] = Field(default_factory=lambda: list(DEFAULT_REDACTIONS))
+    retention_days: float = Field(default=30.0, gt=0)    # older decisions (and their feedback) are deleted
+    retention_rows: int = Field(default=5_000_000, ge=1)  # beyond this many, the oldest are deleted
+    commit_interval_ms: float = Field(default=2.0, ge=0)  # group commit: writes gathered this long share one
+    max_queue: int = Field(default=200_000, ge=1)        # decisions waiting for the writer; beyond: dropped, counted
+    # "full": every commit reaches the disk before feedback is acknowledged (survives power loss); "normal":
+    # survives a killed process, not a lost machine (SQLite's WAL modes).
+    synchronous: Literal["normal", "full"] = "full"
+
+
+class ShadowAuditConfig(_Strict):
+    """Shadow audits: a share of the items a cheaper tier decided is also sent to the final tier, off the
+    request path, to watch the certificate's guarantee on live traffic."""
+
+    share: float = Field(default=0.02, ge=0, le=1)    # of the items each cheaper tier decides
+    max_per_s: float = Field(default=10.0, gt=0)      # at most this many audits a second (they cost money)
+    max_queue: int = Field(default=256, ge=1)         # audits waiting; beyond: dropped and counted
+    max_batch: int = Field(default=8, ge=1)           # audits sent to the final tier at once, only when it is idle
+
+
 class TiergateConfig(_Strict):
     version: int = 1
     dataset: str = ""                      # the data set the models were trained on (informational)
@@ -153,6 +213,8 @@ class TiergateConfig(_Strict):
     model_dirs: list[str] = Field(default_factory=list)  # folders besides this file's that tier paths may lie
                                                          # in, relative to this file's folder (tiergate.registry)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    shadow_audit: ShadowAuditConfig = Field(default_factory=ShadowAuditConfig)
     calibration: dict[str, Any] = Field(default_factory=dict)   # how thresholds were chosen
     certificate: dict[str, Any] | None = None
 

@@ -28,8 +28,9 @@ def serving_dir(tmp_path_factory, tiny_workdir) -> Path:
 
 
 def write_config(d: Path, tiny_workdir: Path, name: str, server: dict | None = None, *,
-                 final_threshold_small: float = 0.9) -> Path:
-    """A config in ``d`` (rules, small, final) with the given ``server`` section; models stay in tiny_workdir."""
+                 final_threshold_small: float = 0.9, **sections) -> Path:
+    """A config in ``d`` (rules, small, final) with the given ``server`` section (and any other top-level
+    ``sections``, such as ``log``); models stay in tiny_workdir."""
     cfg = {
         "dataset": "spamassassin", "labels": ["ham", "spam"], "model_dirs": [str(tiny_workdir)],
         "tiers": [
@@ -41,6 +42,7 @@ def write_config(d: Path, tiny_workdir: Path, name: str, server: dict | None = N
              "cost": {"seconds_per_item": 0.02, "usd_per_hour": 0.09}},
         ],
         "server": server or {},
+        **sections,
     }
     p = d / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg, sort_keys=False))

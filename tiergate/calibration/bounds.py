@@ -58,6 +58,13 @@ def upper_bound(k: int, n: int, delta: float) -> float:
     return float(stats.beta.ppf(1 - delta, k + 1, n - k))
 
 
+def lower_bound(k: int, n: int, delta: float) -> float:
+    """One-sided Clopper–Pearson lower confidence bound at level 1 - delta on the risk after ``k`` of ``n``."""
+    if n <= 0 or k <= 0:
+        return 0.0
+    return float(stats.beta.ppf(delta, k, n - k + 1))
+
+
 def max_losses(n: int, epsilon: float, delta: float) -> int:
     """The most losses among ``n`` items that still certify ``epsilon`` at level ``delta`` (-1: none do)."""
     k = -1

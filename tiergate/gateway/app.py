@@ -22,7 +22,7 @@ from tiergate import __version__
 from tiergate.gateway.docs import install_offline_docs
 from tiergate.gateway.errors import install_error_handlers
 from tiergate.gateway.limits import LimitsMiddleware
-from tiergate.gateway.routes import admin, classify, probes
+from tiergate.gateway.routes import admin, classify, feedback, probes
 from tiergate.gateway.rules_admin import make_rules_admin_router
 from tiergate.gateway.state import GatewayState
 from tiergate.rules.reload import RulesWatcher
@@ -51,6 +51,7 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
     install_error_handlers(app)
     # Routes are matched in order: the hot path first, the docs' static files last.
     app.include_router(classify.router)
+    app.include_router(feedback.router)
     app.include_router(probes.router)
     app.include_router(admin.router)
     app.include_router(make_rules_admin_router(state.rules_tier))

@@ -54,6 +54,10 @@ MODEL_RELOADS = Counter("tiergate_model_reloads_total", "Model hot-swap attempts
 FAULTS = Gauge("tiergate_fault_injected", "1 while an operator's fault is injected on the tier", ["tier"],
                multiprocess_mode="max")
 
+FEEDBACK = Counter("tiergate_feedback_total", "Feedback received, by outcome (agreed or corrected: it matched "
+                   "the decided label or not; unknown_id, bad_label: refused)", ["outcome"])
+FEEDBACK_OUTCOMES = ("agreed", "corrected", "unknown_id", "bad_label")
+
 DEGRADED_REASONS = ("error", "timeout", "breaker_open", "deadline")
 FAILURE_REASONS = ("error", "timeout", "breaker_open")
 ESCALATION_WHY = ("low_confidence", "error", "timeout", "breaker_open")
@@ -96,6 +100,8 @@ def init_labels(tiers: Sequence[tuple[str, str, str, float, float]], labels: Seq
             PRIVILEGED.labels(priv, o)
     for o in ("ok", "rejected"):
         MODEL_RELOADS.labels(o)
+    for o in FEEDBACK_OUTCOMES:
+        FEEDBACK.labels(o)
 
 
 def observe_batch(tier: str, n_items: int, seconds: float) -> None:

@@ -29,6 +29,7 @@ from tiergate.cascade import Cascade, Decision, step
 from tiergate.config import ServerConfig, TierConfig
 from tiergate.errors import DeadlineError, OverloadedError, UnavailableError
 from tiergate.gateway import metrics as m
+from tiergate.gateway.audit import AuditJob, ShadowAuditor
 from tiergate.gateway.runner import BatchResult, Fault, Pending, TierRunner
 from tiergate.registry import capabilities_of
 from tiergate.tiers import TierOutput
@@ -78,6 +79,9 @@ class Scheduler:
         self.baseline = cascade.baseline_cost_per_item()
         self.cheaper_models = [i for i in range(self.last) if self.caps[i].distribution]
         self.arrived = [_PRIOR_ITEMS] * len(self.cfgs)     # items that reached tier i (decayed counts)
+        self.auditor = ShadowAuditor(cascade.config.shadow_audit, self.runners[-1], self.cost[-1],
+                                     certificate=cascade.config.certificate,
+                                     cheaper=[tc.name for tc in self.cfgs[:-1]])
         self.inflight = 0
         self.accepting = True
         self._idle = asyncio.Event()
@@ -86,6 +90,7 @@ class Scheduler:
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await asyncio.gather(*(r.start() for r in self.runners))
+        self.auditor.start()
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new requests, wait for those in flight (at most ``timeout_s``); True if all finished."""
@@ -97,6 +102,7 @@ class Scheduler:
             return False
 
     async def stop(self) -> None:
+        await self.auditor.stop()
         for r in self.runners:
             await r.stop()
 
@@ -229,6 +235,10 @@ class Scheduler:
 
     def _on_batch(self, r: TierRunner, res: BatchResult) -> None:
         i = r.index
+        if i == self.last and any(type(p.request) is AuditJob for p in res.items):
+            res = self._split_audits(res)
+            if not res.items:
+                return
         for req in {p.request for p in res.items}:
             req.compute_s += res.seconds
         if res.outputs is None:
@@ -266,6 +276,16 @@ class Scheduler:
                 onward.setdefault(nxt, []).append(p)
         for j, ps in onward.items():
             self._forward(ps, j, reason="low_confidence")
+
+    def _split_audits(self, res: BatchResult) -> BatchResult:
+        """Hand the shadow audits of a final-tier batch to the auditor; the rest is routed as usual."""
+        outs = res.outputs
+        audit = [k for k, p in enumerate(res.items) if type(p.request) is AuditJob]
+        self.auditor.finished([res.items[k] for k in audit], None if outs is None else [outs[k] for k in audit])
+        audited = set(audit)
+        keep = [k for k in range(len(res.items)) if k not in audited]
+        return BatchResult([res.items[k] for k in keep], None if outs is None else [outs[k] for k in keep],
+                           res.seconds, res.failure, res.error)
 
     def _final_failed(self, p: Pending, why: str) -> None:
         name = self.cfgs[self.last].name

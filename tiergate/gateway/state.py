@@ -4,6 +4,7 @@ life cycle around it (loading in the background, hot swap of models, draining at
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -17,6 +18,8 @@ from tiergate import __version__
 from tiergate.cascade import Cascade
 from tiergate.config import ServerConfig, load_config
 from tiergate.data.items import make_item
+from tiergate.decisionlog.store import DecisionStore, log_path
+from tiergate.decisionlog.writer import LogWriter
 from tiergate.errors import ModelError, TiergateError, UnavailableError
 from tiergate.gateway import metrics as m
 from tiergate.gateway.auth import TOKEN_ENV
@@ -39,6 +42,7 @@ class GatewayState:
         self.draining = False
         self.load_error: str | None = None
         self.watchers: list[Any] = []
+        self.log: LogWriter | None = None    # the decision log (log.enabled), one per process, across swaps
         self._reload_lock = asyncio.Lock()
         self._retired: set[asyncio.Task] = set()
 
@@ -64,8 +68,12 @@ class GatewayState:
     async def load(self) -> None:
         """Load the cascade in a worker thread (``/readyz`` answers 503 meanwhile), then start serving."""
         try:
-            cfg, _ = load_config(self.config_path)
+            cfg, base = load_config(self.config_path)
             self.server = cfg.server
+            if cfg.log.enabled:  # first: a gateway that cannot keep its record does not serve
+                writer = LogWriter(log_path(cfg, base), cfg.log)
+                await anyio.to_thread.run_sync(writer.start)
+                self.log = writer
             cascade = await anyio.to_thread.run_sync(Cascade.from_config, self.config_path)
             await anyio.to_thread.run_sync(_smoke, list(cascade.tiers))
         except Exception as e:  # the process stays up and says why on /readyz; the log has the trace
@@ -73,6 +81,7 @@ class GatewayState:
             log.exception("loading %s failed", self.config_path)
             return
         sched = Scheduler(cascade, cascade.config.server)
+        await self._attach(sched)
         await sched.start()
         self.scheduler = sched
         _publish(cascade)
@@ -83,6 +92,41 @@ class GatewayState:
         log.info("tiergate %s serving %s: tiers %s; server %s", __version__, self.config_path,
                  ", ".join(f"{tc.name}({tc.kind})" for tc in cascade.config.tiers),
                  srv.model_dump(mode="json", exclude={"api_keys"}) | {"api_keys": len(srv.api_keys)})
+
+    async def _attach(self, sched: Scheduler) -> None:
+        """Connect a scheduler's shadow audits to the log, and resume the live counts the log holds for its
+        versions (a restart does not forget the audits made)."""
+        if self.log is None:
+            return
+        sched.auditor.record_audit = self.log.audit
+        versions = versions_key(sched.cascade)
+        path = self.log.path
+
+        def counts():
+            store = DecisionStore.open(path, readonly=True)
+            try:
+                return store.live_counts(versions)
+            finally:
+                store.close()
+
+        try:
+            audits, decided = await anyio.to_thread.run_sync(counts)
+            sched.auditor.seed(audits, versions, decided)
+        except Exception:  # the live counts then start from zero; serving does not depend on them
+            log.exception("reading past shadow audits from the log failed")
+
+    def decided(self, sched: Scheduler, decisions, texts, final_only: bool) -> None:
+        """Every answered request: into the decision log, and offered to the shadow audits."""
+        versions = versions_key(sched.cascade)
+        if self.log is not None:
+            self.log.record(decisions, texts, versions, final_only)
+        sched.auditor.offer(decisions, texts, versions)
+
+    def require_log(self) -> LogWriter:
+        if self.log is None:
+            raise UnavailableError("the decision log is off (log.enabled: false in the config); feedback and "
+                                   "decision lookups need it")
+        return self.log
 
     # -------------------------------------------------------------------------------------------- swap
     async def reload_models(self) -> dict:
@@ -103,6 +147,7 @@ class GatewayState:
                 m.MODEL_RELOADS.labels("ok").inc()
                 return {"status": "unchanged", "versions": after}
             sched = Scheduler(cascade, cascade.config.server)
+            await self._attach(sched)
             await sched.start()
             self.scheduler, self.server = sched, cascade.config.server
             _publish(cascade, old.cascade)
@@ -169,6 +214,13 @@ class GatewayState:
             sched.cascade.close()
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
+        if self.log is not None:  # last: every answered request's decision is committed before exit
+            await anyio.to_thread.run_sync(self.log.close)
+
+
+def versions_key(cascade: Cascade) -> str:
+    """The rule and model versions a decision is made with, as the log stores them."""
+    return json.dumps(cascade.versions(), sort_keys=True)
 
 
 def _smoke(tiers: list[Tier], raise_: bool = True) -> list[str]:

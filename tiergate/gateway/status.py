@@ -13,7 +13,7 @@ def _sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
-def render_status(cascade, certificate: dict | None, rules_version: str | None) -> str:
+def render_status(cascade, certificate: dict | None, rules_version: str | None, live: dict | None = None) -> str:
     cfg = cascade.config
     labels = cfg.labels or cascade.final.labels
     rows = []
@@ -45,5 +45,17 @@ def render_status(cascade, certificate: dict | None, rules_version: str | None) 
 <p>cost saved against all-to-final-tier: {saved:.6f} USD of {baseline:.6f} USD
 ({(100 * saved / baseline) if baseline else 0:.1f}%)</p>
 <p>certificate: {cert}</p>
+<p>live guarantee (shadow audits): {_live(live)}</p>
 <p><a href="/metrics">metrics</a> &middot; <a href="/readyz">readyz</a> &middot; <a href="/docs">API</a></p>
 </body></html>"""
+
+
+def _live(live: dict | None) -> str:
+    if not live:
+        return "-"
+    if not live.get("audits"):
+        return f"no audits yet (share {live.get('share', 0):g} of cheaply decided items)"
+    eps = live.get("epsilon")
+    against = f" against epsilon {eps}" if eps is not None else ""
+    return (f"risk {live['risk']:.4f}, upper bound {live['upper_bound']:.4f}{against} from {live['audits']} audits "
+            f"of {live['decisions']} decisions: <b>{html.escape(live['verdict'])}</b>")

@@ -15,7 +15,8 @@ import typer
 
 from tiergate.errors import TiergateError
 
-train_app = typer.Typer(help="Train the large tier.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the large tier, or retrain the small ones from the decision log.",
+                        no_args_is_help=True)
 prune_app = typer.Typer(help="Score and select training data (EL2N, GraNd, forgetting, prototypes).", no_args_is_help=True)
 plan_app = typer.Typer(help="Compute-optimal model sizing (Chinchilla-style L(N, D) fits).")
 
@@ -47,6 +48,30 @@ def train_large_cmd(
         _fail(e)
     typer.echo(json.dumps({"out": str(out), "metrics": manifest.get("metrics", {}),
                            "weights_sha256": manifest.get("weights_sha256")}, indent=2))
+
+
+@train_app.command("small")
+def train_small_cmd(
+    config: Path = typer.Option(..., "--config", help="tiergate.yaml"),
+    from_log: bool = typer.Option(False, "--from-log", help="Add the decision log's items labelled by the final "
+                                  "tier or by feedback to the train split (needs log.store_text)"),
+    data: str | None = typer.Option(None, "--data", help="The data set whose train split to start from "
+                                    "(default: the config's dataset)"),
+    tier: list[str] = typer.Option([], "--tier", help="Only these small tiers (default: every one tiergate trained)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Retrain the small tier(s) in place (the old folder is kept as NAME.prev-VERSION); the certificate reads
+    stale until `tiergate calibrate` runs again."""
+    from tiergate.decisionlog.learn import retrain_small_from_log
+
+    if not from_log:
+        _fail(ValueError("only --from-log is supported: the first training is `tiergate quickstart`'s; "
+                         "say --from-log to add what the decision log holds"))
+    try:
+        out = retrain_small_from_log(config, data=data, tiers=tier or None, progress=progress)
+    except TiergateError as e:
+        _fail(e)
+    typer.echo(json.dumps(out, indent=2))
 
 
 @prune_app.command("score")

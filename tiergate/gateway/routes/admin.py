@@ -4,6 +4,8 @@
   reason, old models still serving, on failure);
 * ``POST /admin/faults`` ``{"tier", "error_rate", "delay_ms"}``, ``GET`` and ``DELETE /admin/faults``: inject
   failures or latency into a tier to rehearse degraded mode (as Envoy's fault filter does);
+* ``DELETE /admin/decisions/{request_id}``: remove a decision, its text and its feedback from the log (a
+  person's request to be forgotten; docs/privacy.md);
 * ``POST /admin/rules/reload`` and ``PUT /admin/rules`` (:mod:`tiergate.gateway.rules_admin`).
 """
 
@@ -57,6 +59,13 @@ async def clear_faults(request: Request):
         r.set_fault(Fault())
     log.warning("faults cleared")
     return {"status": "cleared", "faults": {}}
+
+
+@router.delete("/decisions/{request_id}")
+async def delete_decision(request: Request, request_id: str):
+    await request.app.state.gateway.require_log().delete(request_id)
+    log.info("decision %s deleted from the log on an operator's request", request_id)
+    return {"status": "deleted", "request_id": request_id}
 
 
 def _faults(sched) -> dict:

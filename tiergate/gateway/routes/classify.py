@@ -83,9 +83,12 @@ async def classify(request: Request):
     decisions, compute_s = await sched.classify(texts, deadline_s=deadline_s, final_only=applied["final_only"],
                                                 cfgs=cfgs)
     m.record(decisions, sched.cost_by_name)
-    out = []
     for d in decisions:
         d.request_id = new_request_id()
+    # Logged before the answer leaves: a client can give feedback only on an id the log has queued.
+    gw.decided(sched, decisions, texts, applied["final_only"])
+    out = []
+    for d in decisions:
         row = d.to_dict()
         row["final_only"] = applied["final_only"]
         if req.epsilon is not None:

@@ -42,7 +42,14 @@ async def readyz(request: Request):
                       for t, tc, r in zip(c.tiers, c.config.tiers, sched.runners, strict=True)],
             "rules_version": rules.version() if rules is not None else None,
             "labels": c.config.labels, "uptime_s": round(time.time() - gw.started, 1),
-            "certificate": certificate_status(c, c.config.certificate)}
+            "certificate": certificate_status(c, c.config.certificate),
+            "live_guarantee": sched.auditor.status(),
+            "decision_log": None if gw.log is None else {"path": str(gw.log.path), "pending": gw.log.pending,
+                                                         "store_text": _store_text(c.config.log.store_text)}}
+
+
+def _store_text(mode) -> str:
+    return mode if isinstance(mode, str) else f"sample {mode.sample:g}"
 
 
 @router.get("/status", response_class=HTMLResponse)
@@ -53,7 +60,8 @@ async def status(request: Request):
         return HTMLResponse("<p>models are loading</p>", status_code=503)
     rules = gw.rules_tier()
     return HTMLResponse(render_status(c, certificate_status(c, c.config.certificate),
-                                      rules.version() if rules is not None else None))
+                                      rules.version() if rules is not None else None,
+                                      live=gw.scheduler.auditor.status()))
 
 
 @router.get("/metrics")

@@ -1,0 +1,231 @@
+"""The decision log's database: an embedded SQLite file (WAL) with a versioned schema.
+
+One row per decided item (``decisions``), keyed by the ``request_id`` the gateway returned; the rule and model
+versions it was decided with (``versions``, stored once per distinct set); feedback by request id
+(``feedback``, deleted with its decision). The schema version is SQLite's ``user_version``; :data:`MIGRATIONS`
+upgrades older files in place, and a file written by a newer tiergate is refused rather than guessed at.
+
+Only the gateway's writer thread writes (:mod:`tiergate.decisionlog.writer`); the CLI reads, and deletes on
+an operator's request. Several processes may hold the file at once (``serve --workers N``, an export while the
+gateway runs): WAL lets readers and one writer proceed together, and a busy writer waits ``BUSY_TIMEOUT_MS``.
+
+>>> store = DecisionStore.open("runs/spam/decisions.db")          # doctest: +SKIP
+>>> store.feedback_rows()[:1]                                     # doctest: +SKIP
+[{'request_id': '3f2a...', 'label': 'ham', 'decided_label': 'spam', ...}]
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiergate.errors import ConfigError
+
+BUSY_TIMEOUT_MS = 10_000
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    # 1: decisions, the version sets they were made with, feedback.
+    """
+    CREATE TABLE versions (
+        id        INTEGER PRIMARY KEY,
+        versions  TEXT NOT NULL UNIQUE              -- JSON {tier: version}, keys sorted
+    );
+    CREATE TABLE decisions (
+        id                 INTEGER PRIMARY KEY,
+        request_id         TEXT NOT NULL UNIQUE,
+        ts                 REAL NOT NULL,           -- unix time of the answer
+        tier               TEXT NOT NULL,           -- the tier whose answer was returned
+        label              TEXT NOT NULL,
+        confidence         REAL NOT NULL,
+        path               TEXT NOT NULL,           -- tiers the item passed through, comma-separated
+        reason             TEXT NOT NULL,
+        cost_usd           REAL NOT NULL,
+        baseline_cost_usd  REAL NOT NULL,
+        degraded           TEXT,                    -- NULL, or why a cheaper answer was returned
+        final_only         INTEGER NOT NULL DEFAULT 0,
+        versions_id        INTEGER NOT NULL REFERENCES versions(id),
+        text_sha256        TEXT NOT NULL,           -- of the text as received (UTF-8)
+        text               TEXT,                    -- redacted; only where log.store_text allows
+        audit_label        TEXT,                    -- the final tier's answer in a shadow audit
+        audit_ts           REAL
+    );
+    CREATE INDEX decisions_ts ON decisions(ts);
+    CREATE TABLE feedback (
+        request_id  TEXT PRIMARY KEY REFERENCES decisions(request_id) ON DELETE CASCADE,
+        label       TEXT NOT NULL,
+        ts          REAL NOT NULL,
+        updates     INTEGER NOT NULL DEFAULT 1      -- how many times this id was given feedback
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+DECISION_COLUMNS = ("request_id", "ts", "tier", "label", "confidence", "path", "reason", "cost_usd",
+                    "baseline_cost_usd", "degraded", "final_only", "versions_id", "text_sha256", "text")
+
+
+@dataclass(slots=True)
+class TrainingRow:
+    """A logged item with a label tiergate may learn from, and where the label came from."""
+
+    request_id: str
+    text: str
+    label: str
+    source: str             # feedback | final_tier | shadow_audit
+
+
+class DecisionStore:
+    """One connection to the log. Not thread-safe: each thread opens its own."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+        self._version_ids: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, *, readonly: bool = False, synchronous: str = "full") -> DecisionStore:
+        """Open (creating and migrating unless ``readonly``) the log at ``path``."""
+        path = Path(path)
+        if readonly and not path.exists():
+            raise ConfigError(f"{path}: no decision log here yet; the gateway creates it when it serves "
+                              "(log.enabled, log.path in the config)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            store = cls(conn, path)
+            store._migrate(readonly)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{path}: not a usable decision log ({e}); move it aside to start a new one") from e
+        return store
+
+    def _migrate(self, readonly: bool) -> None:
+        have = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if have > SCHEMA_VERSION:
+            raise ConfigError(f"{self.path}: the decision log has schema version {have}, newer than this tiergate "
+                              f"knows ({SCHEMA_VERSION}); upgrade tiergate")
+        if have == SCHEMA_VERSION:
+            return
+        if readonly:
+            raise ConfigError(f"{self.path}: the decision log has schema version {have}; the gateway upgrades it "
+                              f"to {SCHEMA_VERSION} when it starts")
+        for v in range(have, SCHEMA_VERSION):
+            # executescript commits first; the version bump rides in the same script, so a crash mid-way
+            # leaves the old version number and the migration runs again.
+            self.conn.executescript(f"BEGIN; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------------------------------------ writing
+    def version_id(self, versions_json: str) -> int:
+        """The id of a version set (inserted on first use); call inside the writer's transaction."""
+        vid = self._version_ids.get(versions_json)
+        if vid is None:
+            self.conn.execute("INSERT OR IGNORE INTO versions(versions) VALUES (?)", (versions_json,))
+            vid = self.conn.execute("SELECT id FROM versions WHERE versions = ?", (versions_json,)).fetchone()[0]
+            self._version_ids[versions_json] = vid
+        return vid
+
+    def insert_decisions(self, rows: Sequence[tuple]) -> None:
+        """Rows in :data:`DECISION_COLUMNS` order. A request id already logged keeps its first row."""
+        cols = ", ".join(DECISION_COLUMNS)
+        marks = ", ".join("?" * len(DECISION_COLUMNS))
+        self.conn.executemany(f"INSERT OR IGNORE INTO decisions({cols}) VALUES ({marks})", rows)
+
+    def decided_label(self, request_id: str) -> str | None:
+        row = self.conn.execute("SELECT label FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def upsert_feedback(self, request_id: str, label: str, ts: float) -> None:
+        self.conn.execute(
+            "INSERT INTO feedback(request_id, label, ts) VALUES (?, ?, ?) ON CONFLICT(request_id) DO UPDATE "
+            "SET label = excluded.label, ts = excluded.ts, updates = feedback.updates + 1", (request_id, label, ts))
+
+    def set_audits(self, rows: Sequence[tuple[str, float, str]]) -> None:
+        """(label, ts, request_id): the final tier's answer in a shadow audit."""
+        self.conn.executemany("UPDATE decisions SET audit_label = ?, audit_ts = ? WHERE request_id = ?", rows)
+
+    def delete(self, request_id: str) -> bool:
+        """Remove a decision, its text and its feedback; True if there was one."""
+        cur = self.conn.execute("DELETE FROM decisions WHERE request_id = ?", (request_id,))
+        return cur.rowcount > 0
+
+    def enforce_retention(self, *, max_age_s: float, max_rows: int, now: float | None = None) -> int:
+        """Delete decisions (and their feedback) older than ``max_age_s`` and beyond the newest ``max_rows``;
+        returns how many went."""
+        now = time.time() if now is None else now
+        gone = self.conn.execute("DELETE FROM decisions WHERE ts < ?", (now - max_age_s,)).rowcount
+        top = self.conn.execute("SELECT MAX(id) FROM decisions").fetchone()[0]
+        if top is not None:
+            # ids only grow, so the newest max_rows rows are those with id > top - max_rows (gaps make it keep
+            # fewer, never more)
+            gone += self.conn.execute("DELETE FROM decisions WHERE id <= ?", (top - max_rows,)).rowcount
+        return gone
+
+    # ------------------------------------------------------------------------------------------ reading
+    def stats(self) -> dict:
+        c = self.conn
+        n, oldest, newest = c.execute("SELECT COUNT(*), MIN(ts), MAX(ts) FROM decisions").fetchone()
+        with_text = c.execute("SELECT COUNT(*) FROM decisions WHERE text IS NOT NULL").fetchone()[0]
+        audited = c.execute("SELECT COUNT(*) FROM decisions WHERE audit_label IS NOT NULL").fetchone()[0]
+        fb = c.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+        by_tier = dict(c.execute("SELECT tier, COUNT(*) FROM decisions GROUP BY tier").fetchall())
+        return {"path": str(self.path), "schema_version": SCHEMA_VERSION, "decisions": n, "with_text": with_text,
+                "shadow_audited": audited, "feedback": fb, "by_tier": by_tier, "oldest_ts": oldest,
+                "newest_ts": newest, "bytes": self.path.stat().st_size if self.path.exists() else 0}
+
+    def feedback_rows(self) -> list[dict]:
+        """Every feedback row with the decision it is about, oldest feedback first."""
+        cur = self.conn.execute(
+            "SELECT f.request_id, f.label, f.ts, f.updates, d.ts, d.tier, d.label, d.confidence, d.path, "
+            "d.degraded, v.versions FROM feedback f JOIN decisions d USING (request_id) "
+            "JOIN versions v ON v.id = d.versions_id ORDER BY f.ts")
+        return [{"request_id": r[0], "label": r[1], "feedback_ts": r[2], "updates": r[3], "decided_ts": r[4],
+                 "decided_tier": r[5], "decided_label": r[6], "confidence": r[7], "path": r[8].split(","),
+                 "degraded": r[9], "agreed": r[1] == r[6], "versions": json.loads(r[10])} for r in cur]
+
+    def training_rows(self, final_tier: str) -> Iterator[TrainingRow]:
+        """Logged items with text and a label from the final tier or from people: human feedback first, then
+        the final tier's own decision (not a degraded one), then its shadow-audit answer."""
+        cur = self.conn.execute(
+            "SELECT d.request_id, d.text, f.label, d.tier, d.label, d.degraded, d.audit_label "
+            "FROM decisions d LEFT JOIN feedback f USING (request_id) WHERE d.text IS NOT NULL ORDER BY d.id")
+        for rid, text, fb, tier, label, degraded, audit in cur:
+            if fb is not None:
+                yield TrainingRow(rid, text, fb, "feedback")
+            elif tier == final_tier and degraded is None:
+                yield TrainingRow(rid, text, label, "final_tier")
+            elif audit is not None:
+                yield TrainingRow(rid, text, audit, "shadow_audit")
+
+    def live_counts(self, versions_json: str) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
+        """The shadow audits made with this version set, and how many (not degraded) decisions each tier made
+        with it: what the live risk is computed from."""
+        row = self.conn.execute("SELECT id FROM versions WHERE versions = ?", (versions_json,)).fetchone()
+        if row is None:
+            return [], {}
+        audits = self.conn.execute("SELECT tier, label, audit_label FROM decisions WHERE versions_id = ? AND "
+                                   "audit_label IS NOT NULL", (row[0],)).fetchall()
+        decided = dict(self.conn.execute("SELECT tier, COUNT(*) FROM decisions WHERE versions_id = ? AND "
+                                         "degraded IS NULL GROUP BY tier", (row[0],)).fetchall())
+        return audits, decided
+
+    def count_text(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM decisions WHERE text IS NOT NULL").fetchone()[0]
+
+
+def log_path(cfg, base: Path) -> Path:
+    """Where a config's decision log lives (``log.path``, relative to the config's folder)."""
+    p = Path(cfg.log.path)
+    return p if p.is_absolute() else base / p
