@@ -19,6 +19,8 @@ d. overload, per traffic type: capacity (closed loop), then an open-loop arrival
    codes (only 200 and 429 allowed), goodput / capacity, 429 p99, accepted p99 against p99 at capacity,
    accepted answers past their ``X-Tiergate-Deadline-Ms``, and /healthz probed every 100 ms.
 e. memory: the server's RSS under a bounded mixed load for ``--soak-seconds``: growth from start to end.
+g. the decision log's cost: rules- and small-decided single items with the log off, on (no text) and on with every
+   text kept, alternating runs (issue 13: rules-decided throughput loses <= 10% with the log on).
 f. faults during load, on a copy of the workdir: the final tier failing, then slow (``POST /admin/faults``), a
    broken rule file (``PUT /admin/rules``), a corrupt small model (``POST /admin/models/reload``): failed
    requests (5xx, no answer) and degraded answers per phase, and whether the old rules and model still serve.
@@ -50,9 +52,16 @@ from bench.serving_common import Bench, NotAvailable, Settings, quick_settings  
 from bench.serving_faults import run_fault_phases  # noqa: E402
 from bench.serving_procs import ServerError, copy_workdir  # noqa: E402
 from bench.serving_report import markdown_report, scenario_markdown  # noqa: E402
-from bench.serving_scenarios import scenario_a, scenario_b, scenario_c, scenario_d, scenario_e  # noqa: E402
+from bench.serving_scenarios import (  # noqa: E402
+    scenario_a,
+    scenario_b,
+    scenario_c,
+    scenario_d,
+    scenario_e,
+    scenario_g,
+)
 
-SCENARIOS = ("a", "b", "c", "d", "e", "f")
+SCENARIOS = ("a", "b", "c", "d", "e", "f", "g")
 
 
 def scenario_f(b: Bench) -> dict:
@@ -66,7 +75,7 @@ def scenario_client(b: Bench) -> dict:
 
 
 RUNNERS = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d, "e": scenario_e, "f": scenario_f,
-           "client": scenario_client}
+           "g": scenario_g, "client": scenario_client}
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -88,7 +97,7 @@ def machine() -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="a tiergate.yaml (what `tiergate quickstart` writes)")
-    ap.add_argument("--only", default=",".join(SCENARIOS), help="scenarios, comma-separated: a,b,c,d,e,f "
+    ap.add_argument("--only", default=",".join(SCENARIOS), help="scenarios, comma-separated: a,b,c,d,e,f,g "
                     "(and 'client', the load clients' own cost; not in the default set)")
     ap.add_argument("--quick", action="store_true", help="every scenario for a few seconds (smoke test)")
     ap.add_argument("--seconds", type=float, help="seconds per closed-loop run (a, b)")

@@ -190,9 +190,10 @@ def read_config(config: Path) -> dict:
     return raw
 
 
-def config_variant(config: Path, out: Path, server_tiers: dict[str, dict] | None = None) -> Path:
+def config_variant(config: Path, out: Path, server_tiers: dict[str, dict] | None = None,
+                   sections: dict[str, dict] | None = None) -> Path:
     """A copy of ``config`` at ``out`` serving the same model files, with ``server.tiers.<name>`` entries
-    merged in (``{"large": {"max_batch": 1}}``)."""
+    merged in (``{"large": {"max_batch": 1}}``) and top-level ``sections`` replaced (``{"log": {...}}``)."""
     base = Path(config).resolve().parent
     raw = _absolute_paths(read_config(config), base)
     if "model_dirs" in raw:  # a server that reads tiers only from allowed folders: allow the original's
@@ -201,6 +202,7 @@ def config_variant(config: Path, out: Path, server_tiers: dict[str, dict] | None
     for name, settings in (server_tiers or {}).items():
         tiers = raw.setdefault("server", {}).setdefault("tiers", {})
         tiers[name] = {**(tiers.get(name) or {}), **settings}
+    raw.update(sections or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return out

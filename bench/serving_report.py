@@ -36,6 +36,10 @@ COLUMNS: dict[str, list[tuple[str, str, int | None]]] = {
           ("requests", "requests", None), ("status", "status codes", None),
           ("failed", "failed (5xx, no answer)", None), ("degraded", "degraded", None),
           ("final_answers", "final tier answers", None), ("p99_ms", "p99 ms", 0), ("check", "check", None)],
+    "g": [("traffic", "traffic", None), ("server", "server", None), ("rps", "req/s", 0),
+          ("ratio", "ratio to log off", 3), ("p50_ms", "p50 ms", 1), ("p99_ms", "p99 ms", 1),
+          ("overhead_p50_ms", "overhead p50 ms", 2), ("overhead_p99_ms", "overhead p99 ms", 2),
+          ("failures", "failures", None), ("server_cpu_pct", "server CPU %", 0)],
     "client": [("client", "client", None), ("rps", "req/s", 0), ("client_cpu_pct", "client CPU % of a core", 0),
                ("us_per_request", "client CPU µs / request", 0), ("server_cpu_pct", "server CPU %", 0),
                ("p50_ms", "p50 ms", 1), ("p99_ms", "p99 ms", 1)],
@@ -47,6 +51,7 @@ TITLES = {"a": "a) single items by deciding tier vs a bare FastAPI endpoint",
           "d": "d) overload at 3x capacity (open loop)",
           "e": "e) memory under a bounded load",
           "f": "f) faults during load",
+          "g": "g) the decision log: off, on, on with every text",
           "client": "load clients' own cost (bare endpoint)"}
 
 

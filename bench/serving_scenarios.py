@@ -296,3 +296,57 @@ def _slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
     mt, mv = statistics.fmean(ts), statistics.fmean(vs)
     den = sum((t - mt) ** 2 for t in ts)
     return 60 * sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / den if den else float("nan")
+
+
+def scenario_g(b: Bench) -> dict:
+    """The decision log's cost (issue 13): rules- and small-decided single items against the same models with
+    the log off, with the default log (no text) and with every text kept; alternating runs. Shadow audits are
+    off in all three, so that only the log is measured (their cost is the final tier's, bounded by max_per_s)."""
+    s, rows = b.s, []
+    work = b.work / "g"
+    no_audit = {"share": 0.0}
+    variants = {
+        "log off": config_variant(b.config, work / "off" / "tiergate.yaml",
+                                  sections={"log": {"enabled": False}, "shadow_audit": no_audit}),
+        "log on": config_variant(b.config, work / "on" / "tiergate.yaml",
+                                 sections={"log": {"path": str(work / "on.db")}, "shadow_audit": no_audit}),
+        "log on, all text": config_variant(b.config, work / "all" / "tiergate.yaml",
+                                           sections={"log": {"path": str(work / "all.db"), "store_text": "all"},
+                                                     "shadow_audit": no_audit}),
+    }
+    keys = ("goodput_rps", "p50_ms", "p99_ms", "overhead_p50_ms", "overhead_p99_ms", "server_cpu_pct")
+    servers = {}
+    try:
+        for name, cfg in variants.items():
+            servers[name] = b.tiergate(cfg, "g-" + name.replace(" ", "-").replace(",", ""))
+            servers[name].__enter__()
+        first = servers["log off"]
+        for role, tier, bodies in traffic_types(b, first, rows):
+            if role == "large":
+                continue
+            for srv in servers.values():
+                load(srv, bodies, s, seconds=s.warmup_s)
+            runs: dict[str, list[dict]] = {name: [] for name in servers}
+            for _ in range(s.repeats):
+                for name, srv in servers.items():
+                    runs[name].append(load(srv, bodies, s, seconds=s.run_s))
+            off = medians(runs["log off"], keys)
+            for name, rs in runs.items():
+                m = medians(rs, keys)
+                rows.append({"traffic": role, "tier": tier, "server": name, "rps": m["goodput_rps"],
+                             "ratio": ratio(m["goodput_rps"], off["goodput_rps"]), "p50_ms": m["p50_ms"],
+                             "p99_ms": m["p99_ms"], "overhead_p50_ms": m["overhead_p50_ms"],
+                             "overhead_p99_ms": m["overhead_p99_ms"], "server_cpu_pct": m["server_cpu_pct"],
+                             "failures": sum(failures(r) for r in rs), "runs": rs})
+    finally:
+        for srv in servers.values():
+            srv.__exit__(None, None, None)
+    notes = []
+    for row in rows:
+        if row["traffic"] == "rules" and row["server"] == "log on":
+            loss = 1 - row["ratio"]
+            notes.append(f"rules-decided throughput with the log on: {fmt(row['ratio'], 3)}x log off, a loss of "
+                         f"{fmt(100 * loss, 1)}% (target <= 10%): " + ("met" if loss <= 0.10 else "NOT met"))
+    notes.append(f"{s.conns} connections, {s.run_s:g} s per run, median of {s.repeats} runs alternating across the "
+                 "three servers; shadow audits off in all three")
+    return {"rows": rows, "notes": notes}

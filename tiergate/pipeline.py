@@ -124,8 +124,9 @@ def rules_pack_for(data: str) -> Path | None:
 
 
 def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bool = True,
-          say=print) -> Path:
-    """Fetch data, train the small and large tiers, install the rule pack, write ``workdir/tiergate.yaml``."""
+          say=print, rules_pack: Path | None = None) -> Path:
+    """Fetch data, train the small and large tiers, install the rule pack (the data set's own, or
+    ``rules_pack``), write ``workdir/tiergate.yaml``."""
     from tiergate.models.large import train_large
     from tiergate.models.small import small_presets, train_small
 
@@ -146,7 +147,7 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
     say("[3/5] large tier: sparse mixture-of-experts model (tiergate.training)")
     train_large(ds, workdir / "large", preset=large_preset, progress=progress)
     tiers = []
-    pack = rules_pack_for(data)
+    pack = rules_pack or rules_pack_for(data)
     if pack is not None:
         shutil.copy(pack, workdir / "rules.yaml")
         tiers.append(TierConfig(name="rules", kind="rules", path="rules.yaml", threshold=Thresholds(default=0.0)))

@@ -113,6 +113,10 @@ def test_feedback_is_acknowledged_after_commit_and_refused_for_unknown_ids_and_l
     doc = json.loads(exported.stdout)
     assert [(f["request_id"], f["label"], f["decided_label"]) for f in doc["feedback"]] == [
         (out[1]["request_id"], "spam", out[1]["label"])]
+    # the refused label is kept beside its decision, for the operator to see the client's label mismatch
+    assert [(f["request_id"], f["label"], f["reason"]) for f in doc["rejected"]] == [
+        (out[0]["request_id"], "eggs", "bad_label")]
+    assert r422.json()["kept_as_rejected"] is True
 
 
 def test_a_deleted_decision_is_gone_with_its_feedback(serving_dir, tiny_workdir, tmp_path):

@@ -36,14 +36,19 @@ def _when(ts: float | None) -> str:
 def export(config: Path, as_json: bool) -> None:
     with _store(config) as store:
         rows = store.feedback_rows()
+        rejected = store.rejected_feedback_rows()
     if as_json:
-        typer.echo(json.dumps({"n": len(rows), "agreed": sum(r["agreed"] for r in rows), "feedback": rows}, indent=1))
+        typer.echo(json.dumps({"n": len(rows), "agreed": sum(r["agreed"] for r in rows), "feedback": rows,
+                               "rejected": rejected}, indent=1))
         return
     typer.echo(f"{'request_id':<34} {'given':<14} {'decided':<14} {'tier':<10} {'feedback at (UTC)':<20}")
     for r in rows:
         typer.echo(f"{r['request_id']:<34} {r['label']:<14.14} {r['decided_label']:<14.14} {r['decided_tier']:<10.10} "
                    f"{_when(r['feedback_ts']):<20}")
     typer.echo(f"{len(rows)} feedback rows, {sum(not r['agreed'] for r in rows)} correcting the decision")
+    if rejected:
+        typer.echo(f"{len(rejected)} refused (label outside the label set), latest: "
+                   + ", ".join(f"{r['request_id']} {r['label']!r}" for r in rejected[-5:]))
 
 
 def stats(config: Path, as_json: bool) -> None:

@@ -2,7 +2,7 @@
 
 One row per decided item (``decisions``), keyed by the ``request_id`` the gateway returned; the rule and model
 versions it was decided with (``versions``, stored once per distinct set); feedback by request id
-(``feedback``, deleted with its decision). The schema version is SQLite's ``user_version``; :data:`MIGRATIONS`
+(``feedback``, deleted with its decision), and feedback refused for a known decision (``feedback_rejected``). The schema version is SQLite's ``user_version``; :data:`MIGRATIONS`
 upgrades older files in place, and a file written by a newer tiergate is refused rather than guessed at.
 
 Only the gateway's writer thread writes (:mod:`tiergate.decisionlog.writer`); the CLI reads, and deletes on
@@ -62,6 +62,18 @@ MIGRATIONS: list[str] = [
         updates     INTEGER NOT NULL DEFAULT 1      -- how many times this id was given feedback
     );
     """,
+    # 2: feedback that was refused for a known decision (a label outside the label set): a client whose labels
+    # do not match the gateway's (e.g. "Spam" for "spam") shows up here, and can be fixed and replayed.
+    """
+    CREATE TABLE feedback_rejected (
+        id          INTEGER PRIMARY KEY,
+        request_id  TEXT NOT NULL REFERENCES decisions(request_id) ON DELETE CASCADE,
+        label       TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        ts          REAL NOT NULL
+    );
+    CREATE INDEX feedback_rejected_request ON feedback_rejected(request_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -89,7 +101,8 @@ class DecisionStore:
 
     @classmethod
     def open(cls, path: str | Path, *, readonly: bool = False, synchronous: str = "full") -> DecisionStore:
-        """Open (creating and migrating unless ``readonly``) the log at ``path``."""
+        """Open the log at ``path``, migrating it to the current schema; ``readonly``: it must exist already (the
+        command line never creates one)."""
         path = Path(path)
         if readonly and not path.exists():
             raise ConfigError(f"{path}: no decision log here yet; the gateway creates it when it serves "
@@ -104,21 +117,20 @@ class DecisionStore:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             store = cls(conn, path)
-            store._migrate(readonly)
+            store._migrate()
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"{path}: not a usable decision log ({e}); move it aside to start a new one") from e
         return store
 
-    def _migrate(self, readonly: bool) -> None:
+    def _migrate(self) -> None:
         have = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if have > SCHEMA_VERSION:
             raise ConfigError(f"{self.path}: the decision log has schema version {have}, newer than this tiergate "
                               f"knows ({SCHEMA_VERSION}); upgrade tiergate")
         if have == SCHEMA_VERSION:
             return
-        if readonly:
-            raise ConfigError(f"{self.path}: the decision log has schema version {have}; the gateway upgrades it "
-                              f"to {SCHEMA_VERSION} when it starts")
+        # A reader upgrades too (a `tiergate feedback export` after an upgrade of tiergate, before the gateway
+        # restarts): migrations only add, so an older gateway still writing to the file is not disturbed.
         for v in range(have, SCHEMA_VERSION):
             # executescript commits first; the version bump rides in the same script, so a crash mid-way
             # leaves the old version number and the migration runs again.
@@ -152,6 +164,18 @@ class DecisionStore:
             "INSERT INTO feedback(request_id, label, ts) VALUES (?, ?, ?) ON CONFLICT(request_id) DO UPDATE "
             "SET label = excluded.label, ts = excluded.ts, updates = feedback.updates + 1", (request_id, label, ts))
 
+    def reject_feedback(self, request_id: str, label: str, reason: str, ts: float) -> bool:
+        """Keep a refused feedback for a decision the log holds; False (nothing kept) for an unknown id."""
+        cur = self.conn.execute("INSERT INTO feedback_rejected(request_id, label, reason, ts) SELECT request_id, ?, ?, ? "
+                                "FROM decisions WHERE request_id = ?", (label, reason, ts, request_id))
+        return cur.rowcount > 0
+
+    def rejected_feedback_rows(self) -> list[dict]:
+        cur = self.conn.execute("SELECT r.request_id, r.label, r.reason, r.ts, d.label FROM feedback_rejected r "
+                                "JOIN decisions d USING (request_id) ORDER BY r.id")
+        return [{"request_id": r[0], "label": r[1], "reason": r[2], "feedback_ts": r[3], "decided_label": r[4]}
+                for r in cur]
+
     def set_audits(self, rows: Sequence[tuple[str, float, str]]) -> None:
         """(label, ts, request_id): the final tier's answer in a shadow audit."""
         self.conn.executemany("UPDATE decisions SET audit_label = ?, audit_ts = ? WHERE request_id = ?", rows)
@@ -180,9 +204,10 @@ class DecisionStore:
         with_text = c.execute("SELECT COUNT(*) FROM decisions WHERE text IS NOT NULL").fetchone()[0]
         audited = c.execute("SELECT COUNT(*) FROM decisions WHERE audit_label IS NOT NULL").fetchone()[0]
         fb = c.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+        rejected = c.execute("SELECT COUNT(*) FROM feedback_rejected").fetchone()[0]
         by_tier = dict(c.execute("SELECT tier, COUNT(*) FROM decisions GROUP BY tier").fetchall())
         return {"path": str(self.path), "schema_version": SCHEMA_VERSION, "decisions": n, "with_text": with_text,
-                "shadow_audited": audited, "feedback": fb, "by_tier": by_tier, "oldest_ts": oldest,
+                "shadow_audited": audited, "feedback": fb, "feedback_rejected": rejected, "by_tier": by_tier, "oldest_ts": oldest,
                 "newest_ts": newest, "bytes": self.path.stat().st_size if self.path.exists() else 0}
 
     def feedback_rows(self) -> list[dict]:

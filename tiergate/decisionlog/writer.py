@@ -102,6 +102,11 @@ class LogWriter:
                                 "log.retention_rows)", request_id=request_id)
         return decided
 
+    async def reject_feedback(self, request_id: str, label: str, reason: str) -> bool:
+        """Keep a refused feedback beside its decision (committed before this returns); False for an id the
+        log does not hold."""
+        return bool(await self._call("reject", request_id, label, reason))
+
     async def delete(self, request_id: str) -> None:
         """Remove a decision, its text and its feedback (committed before this returns)."""
         if not await self._call("delete", request_id):
@@ -187,6 +192,9 @@ class LogWriter:
                     if decided is not None:
                         store.upsert_feedback(rid, label, self.clock())
                     answers.append((fut, decided))
+                elif kind == "reject":
+                    _, rid, label, reason, fut = op
+                    answers.append((fut, store.reject_feedback(rid, label, reason, self.clock())))
                 elif kind == "delete":
                     answers.append((op[2], store.delete(op[1])))
                 else:  # flush, stop

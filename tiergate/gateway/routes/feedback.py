@@ -1,7 +1,8 @@
 """``POST /v1/feedback {"request_id", "label"}``: what the right label was for an item the gateway answered.
 
 Acknowledged (200) only once the feedback is committed to the decision log; 404 for a request id the log
-does not hold (never issued, deleted, or past retention); 422 for a label outside the label set. A second
+does not hold (never issued, deleted, or past retention); 422 for a label outside the label set (kept as rejected feedback beside a
+known decision, so a client whose labels do not match shows up in ``tiergate feedback export``). A second
 feedback for the same id replaces the first (``updates`` counts them). Feedback is what ``tiergate train
 small --from-log`` learns from first, before the final tier's answers.
 """
@@ -42,10 +43,13 @@ async def feedback(request: Request):
     except ValidationError as e:
         raise invalid_body(e.errors(include_url=False, include_input=False)) from None
     labels = sched.cascade.config.labels or sched.cascade.final.labels
+    writer = gw.require_log()
     if body.label not in labels:
         m.FEEDBACK.labels("bad_label").inc()
-        raise InputError(f"label {body.label!r} is not in the label set {labels}", labels=list(labels))
-    writer = gw.require_log()
+        # kept beside the decision (when there is one), so a client's label mismatch can be seen and replayed
+        known = await writer.reject_feedback(body.request_id, body.label, "bad_label")
+        raise InputError(f"label {body.label!r} is not in the label set {labels}", labels=list(labels),
+                         kept_as_rejected=known)
     for pause in (*NOT_FOUND_RETRIES_S, None):
         try:
             decided = await writer.feedback(body.request_id, body.label)
