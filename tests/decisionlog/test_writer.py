@@ -90,3 +90,21 @@ def test_audits_and_deletes_apply_in_order(tmp_path):
     with sqlite3.connect(tmp_path / "d.db") as c:
         assert c.execute("SELECT request_id, audit_label, text FROM decisions").fetchall() == [("a", "spam", "mail to <email>")]
     w.close()
+
+
+def test_a_failing_batch_fails_its_waiters_and_the_writer_lives_on(tmp_path):
+    w = LogWriter(tmp_path / "d.db", LogConfig(commit_interval_ms=50))
+    w.start()
+    errors = REGISTRY.get_sample_value("tiergate_log_writes_total", {"outcome": "error"}) or 0.0
+
+    async def go():
+        w.record([object()], ["t"], V)  # not a Decision: building its row fails inside the writer
+        with pytest.raises(Exception, match="could not be written"):
+            await w.feedback("x", "ham")   # in the same group commit, which is rolled back
+        w.record([decision("ok")], ["t"], V)
+        assert await w.feedback("ok", "spam") == "ham"
+
+    asyncio.run(go())
+    assert REGISTRY.get_sample_value("tiergate_log_writes_total", {"outcome": "error"}) - errors == 1
+    w.close()
+    assert count(tmp_path / "d.db") == 1

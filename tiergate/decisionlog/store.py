@@ -149,6 +149,10 @@ class DecisionStore:
             self._version_ids[versions_json] = vid
         return vid
 
+    def forget_cached_ids(self) -> None:
+        """After a rollback: ids cached inside the rolled-back transaction may not exist."""
+        self._version_ids.clear()
+
     def insert_decisions(self, rows: Sequence[tuple]) -> None:
         """Rows in :data:`DECISION_COLUMNS` order. A request id already logged keeps its first row."""
         cols = ", ".join(DECISION_COLUMNS)

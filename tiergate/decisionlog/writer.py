@@ -40,6 +40,7 @@ log = logging.getLogger("tiergate.decisionlog")
 
 RETENTION_EVERY_S = 60.0
 MAX_OPS_PER_COMMIT = 5000
+CALL_TIMEOUT_S = 30.0   # feedback and deletes wait this long for their commit, then 503
 
 LOG_WRITES = Counter("tiergate_log_writes_total", "Decisions offered to the decision log, by outcome "
                      "(written, dropped: the writer's queue was full, error: the database refused the commit)",
@@ -117,9 +118,15 @@ class LogWriter:
         await self._call("flush")
 
     async def _call(self, kind: str, *args):
+        if not self._thread.is_alive():
+            raise UnavailableError("the decision log's writer is not running; the gateway's log says why")
         fut: Future = Future()
         self._q.put((kind, *args, fut))
-        return await asyncio.wrap_future(fut)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), CALL_TIMEOUT_S)
+        except TimeoutError:
+            raise UnavailableError(f"the decision log did not commit within {CALL_TIMEOUT_S:g} s (disk stalled, or "
+                                   "the database locked by another process); retry") from None
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Commit what is queued, then stop the thread."""
@@ -203,12 +210,14 @@ class LogWriter:
             if audits:
                 store.set_audits(audits)
             store.conn.execute("COMMIT")
-        except sqlite3.Error as e:
+        except Exception as e:  # a database error, or a bug in building rows: this batch fails, the writer lives
             try:
                 store.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            log.error("the decision log could not commit %d operation(s): %s", len(ops), e)
+            store.forget_cached_ids()  # a version set inserted in the rolled-back transaction is gone again
+            log.error("the decision log could not commit %d operation(s): %s: %s", len(ops), type(e).__name__, e,
+                      exc_info=not isinstance(e, sqlite3.Error))
             lost = sum(len(op[3]) for op in ops if op[0] == "decisions")
             self._account(lost, "error")
             err = UnavailableError(f"the decision log could not be written ({e}); retry")
