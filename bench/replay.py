@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.serving_procs import free_port  # noqa: E402
 from tiergate.config import load_config, save_config  # noqa: E402
 from tiergate.data import load_dataset, make_item  # noqa: E402
-from tiergate.decisionlog.learn import retrain_small_from_log, small_tiers  # noqa: E402
+from tiergate.decisionlog.learn import LOG_WEIGHT, retrain_small_from_log, small_tiers  # noqa: E402
 from tiergate.decisionlog.store import DecisionStore, log_path  # noqa: E402
 from tiergate.models.small import SmallConfig, train_small  # noqa: E402
 from tiergate.pipeline import build, calibrate, evaluate, rules_pack_for  # noqa: E402
@@ -61,7 +61,7 @@ def figures(report: dict, final: str) -> dict:
     share = {t["name"]: t["share"] for t in report["tiers"]}
     return {"accuracy": report["accuracy"], "macro_f1": report.get("macro_f1"), "final_share": share.get(final),
             "shares": share, "saved_fraction": report["cost"]["saved_fraction"],
-            "disagreement": report.get("disagreement_with_final"),
+            "disagreement": report.get("disagreement_with_final_tier"),
             "certificate_epsilon": (report.get("certificate") or {}).get("epsilon"),
             "certificate_stale": (report.get("certificate") or {}).get("stale")}
 
@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epsilon", type=float, default=0.01)
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--batch", type=int, default=32, help="items per request while streaming B")
+    ap.add_argument("--log-weight", type=float, default=LOG_WEIGHT, help="train rows each logged lesson weighs")
     ap.add_argument("--work", default="", help="scratch folder (default: a fresh one under /tmp)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "reports"))
     args = ap.parse_args(argv)
@@ -145,17 +146,22 @@ def main(argv=None) -> int:
     print(f"      {json.dumps(streamed['by_tier'])} in {streamed['seconds']} s; log: {log_stats['decisions']} decisions, "
           f"{log_stats['with_text']} with text, {log_stats['shadow_audited']} audited")
 
-    # the reference: a copy of the cascade whose small tier sees all of B with true labels
-    ref_dir = work / "reference"
+    # the reference: a copy of the cascade whose small tier sees all of B with true labels; and a copy that
+    # learns from the log with every lesson weighing as one train row (the default weighs more: LOG_WEIGHT)
+    ref_dir, w1_dir = work / "reference", work / "weight-1"
     shutil.copytree(work / "cascade", ref_dir, ignore=shutil.ignore_patterns("decisions.db*"))
-    print("[4/6] train small --from-log")
-    retrained = retrain_small_from_log(config, progress=False)
+    shutil.copytree(work / "cascade", w1_dir)
+    print(f"[4/6] train small --from-log (lessons weigh {args.log_weight:g} train rows; and 1, for comparison)")
+    retrained = retrain_small_from_log(config, progress=False, log_weight=args.log_weight)
+    retrain_small_from_log(w1_dir / "tiergate.yaml", progress=False, log_weight=1.0)
     print(f"      {json.dumps(retrained['log_rows'])} logged rows added; versions "
           f"{ {k: (v['previous_version'], v['version']) for k, v in retrained['tiers'].items()} }")
     stale = evaluate(config, str(data_a), "test", progress=False)["certificate"]
     print("[5/6] recalibrate at the same epsilon, evaluate")
     calibrate(config, str(data_a), epsilon=args.epsilon, delta=args.delta, budget=0)
     after = evaluate(config, str(data_a), "test")
+    calibrate(w1_dir / "tiergate.yaml", str(data_a), epsilon=args.epsilon, delta=args.delta, budget=0)
+    after_w1 = evaluate(w1_dir / "tiergate.yaml", str(data_a), "test")
 
     print("[6/6] reference: small tier on A + all of B with true labels")
     ref_cfg = ref_dir / "tiergate.yaml"
@@ -168,12 +174,13 @@ def main(argv=None) -> int:
     calibrate(ref_cfg, str(data_a), epsilon=args.epsilon, delta=args.delta, budget=0)
     reference = evaluate(ref_cfg, str(data_a), "test")
 
-    fb, fa, fr = figures(before, final), figures(after, final), figures(reference, final)
+    fb, fa, fr, f1 = figures(before, final), figures(after, final), figures(reference, final), figures(after_w1, final)
     fall = 1 - fa["final_share"] / fb["final_share"] if fb["final_share"] else float("nan")
     report = {"command": "python bench/replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "data": args.data, "epsilon": args.epsilon, "delta": args.delta, "train_A": len(a), "streamed_B": len(b),
               "streamed": streamed, "log": log_stats, "retrained": retrained, "stale_after_retrain": stale,
-              "before": fb, "after": fa, "reference_all_of_B_labelled": fr,
+              "log_weight": args.log_weight, "before": fb, "after": fa, "after_log_weight_1": f1,
+              "reference_all_of_B_labelled": fr,
               "final_share_relative_fall": fall, "target_met": bool(fall >= 0.2 and fa["accuracy"] >= fb["accuracy"]),
               "seconds": round(time.perf_counter() - t_start), "machine": {"cores": os.cpu_count()}}
     out = Path(args.out)
@@ -188,13 +195,15 @@ def main(argv=None) -> int:
 def markdown(r: dict, final: str) -> str:
     def row(name, f):
         return (f"| {name} | {100 * f['accuracy']:.2f}% | {100 * f['final_share']:.2f}% | "
-                f"{100 * f['saved_fraction']:.2f}% | {f['disagreement'] if f['disagreement'] is None else round(100 * f['disagreement'], 2)}% |")
+                f"{100 * f['saved_fraction']:.2f}% | {100 * f['disagreement']:.2f}% |")
 
     lines = [f"## Learning from the log: {r['data']}", "",
              f"`{r['command']}`: A = {r['train_A']} train items build the cascade; B = {r['streamed_B']} are streamed "
              f"through `tiergate serve` (labels unused); epsilon {r['epsilon']}, delta {r['delta']}, budget 0; test split.",
              "", f"| cascade | accuracy | share to {final} | cost saved | disagreement with {final} |", "|---|---|---|---|---|",
-             row("before (built on A)", r["before"]), row("after one retrain from the log", r["after"]),
+             row("before (built on A)", r["before"]),
+             row(f"after one retrain from the log (lessons weigh {r['log_weight']:g})", r["after"]),
+             row("after one retrain from the log (lessons weigh 1)", r["after_log_weight_1"]),
              row("reference: A + all of B with true labels", r["reference_all_of_B_labelled"]), "",
              f"Final tier's share: {100 * r['before']['final_share']:.2f}% -> {100 * r['after']['final_share']:.2f}%, a "
              f"relative fall of {100 * r['final_share_relative_fall']:.1f}% (target >= 20%, accuracy no lower): "

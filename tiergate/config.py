@@ -29,11 +29,14 @@ class _Strict(BaseModel):
 class CostConfig(_Strict):
     """A tier's measured cost per item, and how it was measured (written by ``tiergate calibrate``)."""
 
-    seconds_per_item: float = 0.0          # median compute seconds per item
-    batch_size: int = 32                   # batch size the median was measured at
+    seconds_per_item: float = 0.0          # compute seconds per item (the fastest timed batch: tiergate.cost)
+    batch_size: int = 32                   # batch size it was measured at
     usd_per_hour: float = 0.0              # price of the hardware it ran on
     fixed_usd_per_call: float = 0.0        # optional price per item sent to the tier (e.g. an API fee)
     measured: str = ""                     # how and where: machine, sample size, date
+    median_seconds_per_item: float | None = None  # the median of the timed batches, for the record
+    spread: float | None = None            # slowest / fastest timed batch: how noisy the measurement was
+    pinned: bool = False                   # set by the operator: `tiergate calibrate` keeps this cost as it is
 
     @property
     def usd_per_item(self) -> float:
@@ -204,6 +207,14 @@ class ShadowAuditConfig(_Strict):
     max_batch: int = Field(default=8, ge=1)           # audits sent to the final tier at once, only when it is idle
 
 
+class MetricsConfig(_Strict):
+    """What /metrics exposes beyond the defaults (deploy/prometheus reads these)."""
+
+    savings_target: float = Field(default=0.5, ge=0, le=1)  # the share of the all-to-final cost to save; alerted below
+    top_labels: int = Field(default=20, ge=1)    # `label` label: the first N of `labels`, the rest as "other"
+    label_values: list[str] | None = None        # or exactly these (the rest as "other")
+
+
 class TiergateConfig(_Strict):
     version: int = 1
     dataset: str = ""                      # the data set the models were trained on (informational)
@@ -215,6 +226,7 @@ class TiergateConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     shadow_audit: ShadowAuditConfig = Field(default_factory=ShadowAuditConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     calibration: dict[str, Any] = Field(default_factory=dict)   # how thresholds were chosen
     certificate: dict[str, Any] | None = None
 

@@ -38,6 +38,10 @@ def items_of(ds: Dataset, split: str, progress: bool = False) -> tuple[list[Item
 def set_costs(cascade: Cascade, timings: dict[str, list[float]], *, batch_size: int, what: str) -> None:
     """Write every tier's measured cost per item (median of ``timings``) into the cascade's config."""
     for tc in cascade.config.tiers:
+        if tc.cost.pinned:
+            log.info("cost of %s is pinned in the config: %.3f ms per item, kept", tc.name,
+                     tc.cost.seconds_per_item * 1000)
+            continue
         price = cascade.config.hardware.get(tc.hardware)
         if price is None:
             raise CalibrationError(f"tier {tc.name}: hardware {tc.hardware!r} has no price; add it under "

@@ -63,7 +63,7 @@ def test_single_and_batch_move_the_counters(server):
     assert after[key] - before.get(key, 0) == pytest.approx(11 * small_cost)
     base_delta = after["tiergate_baseline_cost_usd_total"] - before.get("tiergate_baseline_cost_usd_total", 0)
     assert base_delta == pytest.approx(11 * 0.02 * 0.09 / 3600)
-    saved = after["tiergate_cost_saved_usd_total"] - before.get("tiergate_cost_saved_usd_total", 0)
+    saved = after["tiergate_cost_saved_usd"] - before.get("tiergate_cost_saved_usd", 0)
     spent = sum(after[f'tiergate_cost_usd_total{{tier="{t}"}}'] - before.get(f'tiergate_cost_usd_total{{tier="{t}"}}', 0)
                 for t in ("small", "final"))
     assert saved == pytest.approx(base_delta - spent)

@@ -76,5 +76,5 @@ def test_kill_9_under_concurrent_feedback_loses_nothing_acknowledged(serving_dir
     stats = subprocess.run([str(TIERGATE), "log", "stats", "--config", str(cfg), "--json"], capture_output=True,
                            text=True, timeout=60)
     assert stats.returncode == 0, stats.stderr
-    # every decision whose feedback was acknowledged is in the log (the others may have died in the queue)
-    assert json.loads(stats.stdout)["feedback"] == len(set(acked))
+    # feedback committed just before a kill may never have been acknowledged: the log holds at least the acked
+    assert json.loads(stats.stdout)["feedback"] >= len(set(acked))

@@ -183,6 +183,9 @@ def calibrate_cascade(cascade, outputs: Sequence[Sequence[TierOutput]], y: Seque
         "losses": int(k), "empirical_risk": (k / n_test) if n_test else 0.0,
         "final_only": chosen < 0,
         "saved_fraction_calibration": frontier[chosen]["saved_fraction"] if chosen >= 0 else _off_saved(test),
+        # the share of items each tier decides under the chosen setting: what the live mix is compared with
+        "shares_calibration": ({t.name: frontier[chosen]["tier_shares"][i] for i, t in enumerate(tiers)}
+                               if chosen >= 0 else {t.name: float(i == len(tiers) - 1) for i, t in enumerate(tiers)}),
         "final_tier_accuracy_calibration": (float((test.final_N == test.y_N).mean())
                                             if test.n and (test.y_N >= 0).all() else None),
         "n_calibration": n, "n_selection": int(n_sel), "path": path, "seed": seed,
@@ -255,6 +258,7 @@ def evaluate_settings(s: Scored, settings: Sequence[np.ndarray], risk: Risk) -> 
             "disagreement": float((r.pred_N != s.final_N).mean()) if s.n else 0.0,
             "accuracy": float((r.pred_N == s.y_N).mean()) if has_y else None,
             "early_share": float((r.tier_N < len(s.cost_T) - 1).mean()) if s.n else 0.0,
+            "tier_shares": [float((r.tier_N == i).mean()) if s.n else 0.0 for i in range(len(s.cost_T))],
         })
     return rows
 

@@ -23,6 +23,8 @@ CERT_BOUND = Gauge("tiergate_certificate_bound", "Upper confidence bound (1 - de
 CERT_N = Gauge("tiergate_certificate_items", "Calibration items the certificate was tested on", **_MP)
 CERT_STALE = Gauge("tiergate_certificate_stale", "1 when rules, models, thresholds or shadowed rules changed "
                    "since calibration (the certificate no longer applies)", **_MP)
+CALIBRATED_SHARE = Gauge("tiergate_calibrated_share", "Share of items each tier decided on the calibration data "
+                         "under the certified thresholds: what the live share per tier is compared with", ["tier"], **_MP)
 CERT_CREATED = Gauge("tiergate_certificate_created_timestamp_seconds", "When the certificate was computed", **_MP)
 
 
@@ -31,6 +33,15 @@ def update_certificate_metrics(cascade) -> dict | None:
     from tiergate.calibration.ltt import certificate_status
 
     status = certificate_status(cascade, cascade.config.certificate)
+    shares = (status or {}).get("shares_calibration") or {}
+    for tc in cascade.config.tiers:
+        if tc.name in shares:
+            CALIBRATED_SHARE.labels(tc.name).set(float(shares[tc.name]))
+        else:  # no certificate, or one from before shares were recorded: no expected share to compare with
+            try:
+                CALIBRATED_SHARE.remove(tc.name)
+            except KeyError:
+                pass
     if status is None:
         CERT_PRESENT.set(0)
         for g in (CERT_EPSILON, CERT_DELTA, CERT_BOUND, CERT_N, CERT_CREATED):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge
 
-from tiergate.calibration.bounds import lower_bound, upper_bound
+from tiergate.calibration.bounds import lower_bound, min_items, upper_bound
 from tiergate.cascade import Decision
 from tiergate.config import ShadowAuditConfig
 from tiergate.gateway import metrics as m
@@ -45,16 +45,21 @@ SHADOW_DROPPED = Counter("tiergate_shadow_dropped_total", "Shadow audits not mad
                          "(queue_full), over shadow_audit.max_per_s (rate), or the final tier failed (error)",
                          ["reason"])
 SHADOW_COST = Counter("tiergate_shadow_cost_usd_total", "Cost of the final tier's shadow-audit calls (USD); "
-                      "subtracted from tiergate_cost_saved_usd_total")
+                      "subtracted from tiergate_cost_saved_usd")
 SHADOW_QUEUE = Gauge("tiergate_shadow_queue_items", "Shadow audits waiting for the final tier", multiprocess_mode="livesum")
 SHADOW_DISAGREEMENT = Gauge("tiergate_shadow_disagreement_ratio", "Share of a tier's audited items on which the "
                             "final tier disagreed", ["tier"], multiprocess_mode="max")
 SHADOW_UPPER = Gauge("tiergate_shadow_disagreement_upper_bound", "One-sided Clopper-Pearson upper bound (1 - "
                      "delta) on a tier's disagreement with the final tier", ["tier"], multiprocess_mode="max")
-LIVE_RISK = Gauge("tiergate_live_risk_ratio", "Estimated share of all decisions on which the cascade disagrees "
-                  "with the final tier (from shadow audits)", multiprocess_mode="max")
-LIVE_RISK_UPPER = Gauge("tiergate_live_risk_upper_bound", "Upper confidence bound (1 - delta) on the live risk; "
+LIVE_RISK = Gauge("tiergate_shadow_risk_ratio", "Estimated share of all decisions on which the cascade disagrees "
+                  "with the final tier (from shadow audits): the live risk", multiprocess_mode="max")
+LIVE_RISK_UPPER = Gauge("tiergate_shadow_risk_upper_bound", "Upper confidence bound (1 - delta) on the live risk; "
                         "compare with tiergate_certificate_epsilon", multiprocess_mode="max")
+LIVE_RISK_LOWER = Gauge("tiergate_shadow_risk_lower_bound", "Lower confidence bound (delta) on the live risk: above "
+                        "epsilon, the guarantee is violated", multiprocess_mode="max")
+AUDITS_NEEDED = Gauge("tiergate_shadow_audits_needed", "Agreeing audits needed before the upper bound can fall to "
+                      "epsilon at all (with zero disagreements): fewer, and 'at risk' means 'not yet known'",
+                      multiprocess_mode="max")
 DROP_REASONS = ("queue_full", "rate", "error")
 
 
@@ -138,6 +143,7 @@ class ShadowAuditor:
                 SHADOW_AUDITS.labels(t, a)
         for r in DROP_REASONS:
             SHADOW_DROPPED.labels(r)
+        self._publish()
 
     @property
     def epsilon(self) -> float | None:
@@ -255,6 +261,8 @@ class ShadowAuditor:
         s = self.status()
         LIVE_RISK.set(s["risk"])
         LIVE_RISK_UPPER.set(s["upper_bound"])
+        LIVE_RISK_LOWER.set(s["lower_bound"])
+        AUDITS_NEEDED.set(s["audits_needed"])
         for t, row in s["per_tier"].items():
             SHADOW_DISAGREEMENT.labels(t).set(row["disagreement"])
             SHADOW_UPPER.labels(t).set(row["upper_bound"])
@@ -267,4 +275,5 @@ class ShadowAuditor:
                          "over all items, a proxy for it")
         s["share"] = self.cfg.share
         s["queue"] = len(self.queue)
+        s["audits_needed"] = min_items(self.epsilon, self.delta) if self.epsilon else 0
         return s

@@ -16,10 +16,13 @@ TIER_LATENCY = Histogram("tiergate_tier_latency_seconds", "Wall time of one tier
 TIER_ITEMS = Counter("tiergate_tier_items_total", "Items each tier was asked about", ["tier"])
 COST = Counter("tiergate_cost_usd_total", "Compute cost spent per tier (USD), escalated attempts included", ["tier"])
 BASELINE = Counter("tiergate_baseline_cost_usd_total", "Counterfactual cost of sending every item to the final tier (USD)")
-# A gauge, though named like a counter (the name is the public contract): an item that escalates costs more
-# than the baseline, so the running total can step down, which a Prometheus counter may never do.
-SAVED = Gauge("tiergate_cost_saved_usd_total", "Baseline cost minus actual cost, running total (USD)",
-              multiprocess_mode="sum")
+# A gauge, and so not named _total: an item that escalates costs more than the baseline, so the running total
+# can step down, which a counter may never do. It is net of the shadow audits' cost. Rates of savings are derived
+# in PromQL from the counters (deploy/prometheus/rules.yml: baseline - cost - shadow cost).
+SAVED = Gauge("tiergate_cost_saved_usd", "Baseline cost minus what the cascade and its shadow audits cost, running "
+              "total since start (USD)", multiprocess_mode="sum")
+SAVINGS_TARGET = Gauge("tiergate_savings_target_ratio", "The share of the all-to-final-tier cost the operator expects "
+                       "the cascade to save (metrics.savings_target)", multiprocess_mode="max")
 REQUESTS = Counter("tiergate_requests_total", "HTTP classify requests by outcome", ["outcome"])
 REQUEST_LATENCY = Histogram("tiergate_request_latency_seconds", "End-to-end latency of classify requests",
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -60,13 +63,33 @@ FEEDBACK_OUTCOMES = ("agreed", "corrected", "unknown_id", "bad_label")
 
 DEGRADED_REASONS = ("error", "timeout", "breaker_open", "deadline")
 FAILURE_REASONS = ("error", "timeout", "breaker_open")
-ESCALATION_WHY = ("low_confidence", "error", "timeout", "breaker_open")
+# low_confidence: below the tier's threshold; rule: a rule said escalate; error, timeout, breaker_open: the tier
+# failed; deadline: passed on, but no later tier could answer in time (answered degraded); override: sent past
+# the tier by the caller (final_only).
+ESCALATION_WHY = ("low_confidence", "rule", "error", "timeout", "breaker_open", "deadline", "override")
+OTHER_LABEL = "other"
+_kept_labels: frozenset[str] | None = None   # the label values metrics use; the rest count as "other"
 OUTCOMES = ("ok", "bad_request", "overloaded", "error", "unavailable", "unauthorized")
 
 
-def init_labels(tiers: Sequence[tuple[str, str, str, float, float]], labels: Sequence[str]) -> None:
+def metric_labels(labels: Sequence[str], kept: Sequence[str] | None, top: int) -> list[str]:
+    """The values the ``label`` label takes: ``kept`` (the config's metrics.label_values) or the first ``top``
+    labels, and ``other`` for the rest, so a data set with thousands of classes cannot explode the series."""
+    chosen = list(kept) if kept is not None else list(labels)[:top]
+    return chosen + ([OTHER_LABEL] if len(chosen) < len(labels) else [])
+
+
+def label_value(label: str) -> str:
+    return label if _kept_labels is None or label in _kept_labels else OTHER_LABEL
+
+
+def init_labels(tiers: Sequence[tuple[str, str, str, float, float]], labels: Sequence[str],
+                savings_target: float = 0.0) -> None:
     """Create every label combination at zero, so dashboards and rate() see series from the first scrape.
-    ``tiers``: (name, kind, version, threshold, cost per item)."""
+    ``tiers``: (name, kind, version, threshold, cost per item); ``labels``: from :func:`metric_labels`."""
+    global _kept_labels
+    _kept_labels = frozenset(labels)
+    SAVINGS_TARGET.set(savings_target)
     names = [t[0] for t in tiers]
     for name, kind, version, threshold, cost in tiers:
         TIER_LATENCY.labels(name)
@@ -111,7 +134,7 @@ def observe_batch(tier: str, n_items: int, seconds: float) -> None:
 
 def record(decisions: Sequence[Decision], cost_per_item: dict[str, float]) -> None:
     for d in decisions:
-        DECISIONS.labels(d.tier, d.label).inc()
+        DECISIONS.labels(d.tier, label_value(d.label)).inc()
         for a, b in zip(d.path, d.path[1:], strict=False):
             ESCALATIONS.labels(a, b).inc()
         for t in d.path:

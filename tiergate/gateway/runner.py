@@ -108,6 +108,7 @@ class Pending:
     cheap_only: bool = False              # the final tier failed: cheaper tiers answer, flagged degraded
     degraded_reason: str = ""
     enqueued: float = 0.0
+    started: bool = False                 # its batch on ``tier`` is computing (a deadline still pays for it)
 
 
 @dataclass(slots=True)
@@ -176,6 +177,7 @@ class TierRunner:
         for p in items:
             p.tier = self.index
             p.enqueued = now
+            p.started = False
         self.queue.extend(items)
         self._wake.set()
 
@@ -223,6 +225,7 @@ class TierRunner:
         while self.queue and len(batch) < self.max_batch:
             p = self.queue.popleft()
             if not p.request.done:  # type: ignore[attr-defined] - answered already (deadline): drop its work
+                p.started = True
                 batch.append(p)
         return batch
 

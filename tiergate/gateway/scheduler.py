@@ -183,6 +183,8 @@ class Scheduler:
         ``fail``, or no cheaper tier can answer)."""
         entry = self.last if final_only else 0
         self.admit(len(texts), entry, deadline_s)
+        if final_only and self.last:
+            m.ESCALATION_REASONS.labels(self.cfgs[0].name, "override").inc(len(texts))
         loop = asyncio.get_running_loop()
         req = _Request(len(texts), cfgs or self.cfgs, time.perf_counter() + deadline_s, loop.create_future())
         self.inflight += 1
@@ -211,10 +213,6 @@ class Scheduler:
         if not items:
             return
         r = self.runners[j]
-        if reason:
-            for p in items:
-                if p.path:
-                    m.ESCALATION_REASONS.labels(p.path[-1], reason).inc()
         now = time.perf_counter()
         wait = r.expected_wait_s(len(items))
         go = []
@@ -222,16 +220,24 @@ class Scheduler:
             if p.request.done:
                 continue
             if j == self.last and r.breaker.refusing():
+                self._count_escalation(p, reason)
                 self._final_failed(p, "breaker_open")
             elif p.best is not None and now + wait > p.request.deadline:
+                self._count_escalation(p, "deadline" if reason else "")
                 self._decide(p, *p.best, degraded="deadline")
             else:
+                self._count_escalation(p, reason)
                 go.append(p)
         if go:
             self.arrived[j] += len(go)
             if self.arrived[0] > _SHARE_WINDOW:  # forget old traffic slowly
                 self.arrived = [a / 2 for a in self.arrived]
             r.put(go)
+
+    @staticmethod
+    def _count_escalation(p: Pending, reason: str) -> None:
+        if reason and p.path:
+            m.ESCALATION_REASONS.labels(p.path[-1], reason).inc()
 
     def _on_batch(self, r: TierRunner, res: BatchResult) -> None:
         i = r.index
@@ -273,9 +279,10 @@ class Scheduler:
                     self._fail(p, UnavailableError(f"the final tier failed ({p.degraded_reason}) and no "
                                                    "cheaper tier had an answer"))
             else:
-                onward.setdefault(nxt, []).append(p)
-        for j, ps in onward.items():
-            self._forward(ps, j, reason="low_confidence")
+                onward.setdefault(nxt, []).append((p, "rule" if out.escalate_to else "low_confidence"))
+        for j, pairs in onward.items():
+            for why in ("low_confidence", "rule"):
+                self._forward([p for p, w in pairs if w == why], j, reason=why)
 
     def _split_audits(self, res: BatchResult) -> BatchResult:
         """Hand the shadow audits of a final-tier batch to the auditor; the rest is routed as usual."""
@@ -331,6 +338,9 @@ class Scheduler:
         for p in req.items:
             if req.decisions[p.k] is not None:
                 continue
+            if p.started:  # its batch is computing: the attempt is paid for, answered or not
+                p.path.append(self.cfgs[p.tier].name)
+                p.cost += self.cost[p.tier]
             if p.best is not None:
                 self._decide(p, *p.best, degraded="deadline")
             else:

@@ -262,5 +262,6 @@ def _publish(cascade: Cascade, old: Cascade | None = None) -> None:
                 m.TIER_INFO.remove(*series)
             except KeyError:
                 pass
+    labels = m.metric_labels(cfg.labels or cascade.final.labels, cfg.metrics.label_values, cfg.metrics.top_labels)
     m.init_labels([(tc.name, tc.kind, t.version(), tc.threshold.default, tc.cost.usd_per_item)
-                   for t, tc in zip(cascade.tiers, cfg.tiers, strict=True)], cfg.labels or cascade.final.labels)
+                   for t, tc in zip(cascade.tiers, cfg.tiers, strict=True)], labels, cfg.metrics.savings_target)

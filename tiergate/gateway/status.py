@@ -28,7 +28,7 @@ def render_status(cascade, certificate: dict | None, rules_version: str | None, 
             f"<td>{tc.threshold.default:.4f}{' (' + html.escape(per_class) + ')' if per_class else ''}</td>"
             f"<td>{tc.cost.usd_per_item * 1000:.6f}</td><td>{int(n)}</td><td>{share}</td></tr>")
     baseline = _sample("tiergate_baseline_cost_usd_total")
-    saved = _sample("tiergate_cost_saved_usd_total")
+    saved = _sample("tiergate_cost_saved_usd")
     if certificate:
         state = "STALE: " + html.escape("; ".join(certificate.get("stale_reasons", []))) if certificate.get("stale") else "valid"
         cert = (f"P(risk &le; {certificate.get('epsilon')}) &ge; 1 &minus; {certificate.get('delta')} on "

@@ -155,20 +155,25 @@ class FittedSmall:
 
 
 def fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig | None = None, *,
-              seed: int = 0) -> FittedSmall:
+              seed: int = 0, sample_weight: Sequence[float] | None = None) -> FittedSmall:
     """Fit features and classifier on ``texts``; with ``cfg.temperature == "holdout"`` also fit a temperature
     on a slice of these same (train) texts and fold it into the weights, so the exported ONNX graph serves
-    calibrated probabilities with no extra operator (and parity with scikit-learn is untouched)."""
+    calibrated probabilities with no extra operator (and parity with scikit-learn is untouched).
+    ``sample_weight`` weighs rows in the classifier's loss (the vocabulary counts each text once)."""
     cfg = cfg or SmallConfig()
     # lbfgs stopping at max_iter is a choice here (many-class presets stop early on purpose), not an accident:
     # the warning scikit-learn prints per fit is replaced by ``converged`` / ``n_iter`` in the manifest.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return _fit_small(texts, labels, cfg, seed)
+        return _fit_small(texts, labels, cfg, seed, sample_weight)
 
 
-def _fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig, seed: int) -> FittedSmall:
+def _fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig, seed: int,
+               sample_weight: Sequence[float] | None = None) -> FittedSmall:
     texts, labels = list(texts), [str(v) for v in labels]
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if w is not None and len(w) != len(texts):
+        raise ModelError(f"{len(w)} sample weights for {len(texts)} texts")
     t0 = time.perf_counter()
     pipe = build_pipeline(cfg)
     feats: TextFeatures = pipe.named_steps["features"]
@@ -178,7 +183,7 @@ def _fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig, se
     temperature = 1.0
     clf: LogisticRegression = pipe.named_steps["clf"]
     if cfg.temperature == "holdout" and len(texts) >= 100:
-        temperature, calibration, probe = holdout_temperature(X, y, cfg, seed=seed)
+        temperature, calibration, probe = holdout_temperature(X, y, cfg, seed=seed, sample_weight=w)
         if len(probe.classes_) == len(set(labels)):
             # Start the final fit from the probe's solution (fit on 80% of the same rows): the convex problem
             # has the same optimum, and lbfgs gets there in far fewer steps, so the temperature costs about
@@ -187,7 +192,7 @@ def _fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig, se
             clf.coef_, clf.intercept_ = probe.coef_.copy(), probe.intercept_.copy()
     elif cfg.temperature not in ("holdout", "off"):
         raise ModelError(f"SmallConfig.temperature={cfg.temperature!r}: use 'holdout' or 'off'")
-    clf.fit(X, y)
+    clf.fit(X, y, sample_weight=w)
     clf.set_params(warm_start=False)
     # softmax(z / T) == softmax of the same linear model with weights and biases divided by T (binary too:
     # sigmoid(z / T) is the 2-class softmax of (0, z / T)).
@@ -196,8 +201,8 @@ def _fit_small(texts: Sequence[str], labels: Sequence[str], cfg: SmallConfig, se
     return FittedSmall(pipe, time.perf_counter() - t0, calibration)
 
 
-def holdout_temperature(X: sp.csr_matrix, y: np.ndarray, cfg: SmallConfig, *, seed: int = 0
-                        ) -> tuple[float, dict, LogisticRegression]:
+def holdout_temperature(X: sp.csr_matrix, y: np.ndarray, cfg: SmallConfig, *, seed: int = 0,
+                        sample_weight: np.ndarray | None = None) -> tuple[float, dict, LogisticRegression]:
     """Fit a temperature on a held-out slice of the training rows (the calibration split is never touched).
 
     A probe model, fit on the rest, scores the slice (and is returned: the final fit starts from it). The
@@ -208,7 +213,8 @@ def holdout_temperature(X: sp.csr_matrix, y: np.ndarray, cfg: SmallConfig, *, se
     perm = rng.permutation(X.shape[0])
     n_hold = max(50, int(cfg.holdout_fraction * len(perm)))
     hold, rest = perm[:n_hold], perm[n_hold:]
-    probe = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, class_weight=cfg.class_weight).fit(X[rest], y[rest])
+    probe = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, class_weight=cfg.class_weight).fit(
+        X[rest], y[rest], sample_weight=None if sample_weight is None else sample_weight[rest])
     known = np.isin(y[hold], probe.classes_)
     hold = hold[known]
     z = probe.decision_function(X[hold])
@@ -320,13 +326,13 @@ def save_small(fitted: FittedSmall, out_dir: Path, cfg: SmallConfig, *, train_it
 
 
 def train_small(texts: Sequence[str], labels: Sequence[str], out_dir: Path, cfg: SmallConfig | None = None,
-                *, data_fingerprint: str = "", name: str = "small") -> dict:
+                *, data_fingerprint: str = "", name: str = "small", sample_weight: Sequence[float] | None = None) -> dict:
     """Fit the pipeline on ``texts`` (model text of the train split), export it, return the manifest.
 
     >>> train_small(texts, labels, Path("runs/small"))   # doctest: +SKIP
     """
     cfg = cfg or SmallConfig()
-    fitted = fit_small(texts, labels, cfg)
+    fitted = fit_small(texts, labels, cfg, sample_weight=sample_weight)
     return save_small(fitted, out_dir, cfg, train_items=len(texts), data_fingerprint=data_fingerprint, name=name)
 
 

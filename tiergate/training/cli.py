@@ -58,6 +58,8 @@ def train_small_cmd(
     data: str | None = typer.Option(None, "--data", help="The data set whose train split to start from "
                                     "(default: the config's dataset)"),
     tier: list[str] = typer.Option([], "--tier", help="Only these small tiers (default: every one tiergate trained)"),
+    log_weight: float = typer.Option(10.0, "--log-weight", min=0.0, help="How many train rows each logged item "
+                                     "weighs (measured in bench/replay.py)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Retrain the small tier(s) in place (the old folder is kept as NAME.prev-VERSION); the certificate reads
@@ -68,7 +70,7 @@ def train_small_cmd(
         _fail(ValueError("only --from-log is supported: the first training is `tiergate quickstart`'s; "
                          "say --from-log to add what the decision log holds"))
     try:
-        out = retrain_small_from_log(config, data=data, tiers=tier or None, progress=progress)
+        out = retrain_small_from_log(config, data=data, tiers=tier or None, progress=progress, log_weight=log_weight)
     except TiergateError as e:
         _fail(e)
     typer.echo(json.dumps(out, indent=2))

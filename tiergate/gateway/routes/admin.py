@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tiergate.errors import NotFoundError
@@ -21,6 +21,7 @@ from tiergate.gateway.auth import require_admin
 from tiergate.gateway.runner import Fault
 
 log = logging.getLogger("tiergate.gateway")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"  # what the gateway issues (hex) and what a log could hold
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
@@ -62,7 +63,8 @@ async def clear_faults(request: Request):
 
 
 @router.delete("/decisions/{request_id}")
-async def delete_decision(request: Request, request_id: str):
+async def delete_decision(request: Request, request_id: str = Path(pattern=REQUEST_ID_PATTERN,
+                                                                   description="A classify answer's request_id")):
     await request.app.state.gateway.require_log().delete(request_id)
     log.info("decision %s deleted from the log on an operator's request", request_id)
     return {"status": "deleted", "request_id": request_id}

@@ -28,7 +28,7 @@ NOT_FOUND_RETRIES_S = (0.02, 0.05, 0.1)
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    request_id: str = Field(min_length=1, max_length=128, description="The request_id of a classify answer")
+    request_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="The request_id of a classify answer")
     label: str = Field(min_length=1, max_length=512, description="The right label, one of the label set")
 
 
