@@ -213,6 +213,7 @@ class MetricsConfig(_Strict):
     savings_target: float = Field(default=0.5, ge=0, le=1)  # the share of the all-to-final cost to save; alerted below
     top_labels: int = Field(default=20, ge=1)    # `label` label: the first N of `labels`, the rest as "other"
     label_values: list[str] | None = None        # or exactly these (the rest as "other")
+    status_sample_s: float = Field(default=5.0, gt=0)   # how often the status page's plots take a point
 
 
 class TiergateConfig(_Strict):

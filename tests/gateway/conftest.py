@@ -47,3 +47,31 @@ def write_config(d: Path, tiny_workdir: Path, name: str, server: dict | None = N
     p = d / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return p
+
+
+@pytest.fixture(scope="session")
+def labelled_data(tmp_path_factory) -> Path:
+    """A JSONL data set of real messages with its own splits: 60 train, 400 calibration, 300 test."""
+    import json
+
+    from tests.conftest import spam_sample
+
+    d = tmp_path_factory.mktemp("labelled")
+    rows = ([(e, "train") for e in spam_sample(60, seed=5)] + [(e, "calibration") for e in spam_sample(400, 6, "calibration")]
+            + [(e, "test") for e in spam_sample(300, 7, "test")])
+    path = d / "data.jsonl"
+    path.write_text("".join(json.dumps({"id": e.id, "text": e.text, "label": e.label, "split": s}) + "\n"
+                            for e, s in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def calibrated_config(serving_dir, tiny_workdir, labelled_data) -> Path:
+    """The three-tier serving cascade, calibrated for real (epsilon 0.05) on ``labelled_data``: a certificate
+    with versions, thresholds and each tier's calibrated share."""
+    from tiergate.pipeline import calibrate
+
+    cfg = write_config(serving_dir, tiny_workdir, "calibrated", {"anonymous_privileges": ["final_only"]},
+                       dataset=str(labelled_data), shadow_audit={"share": 1.0, "max_per_s": 1000})
+    calibrate(cfg, str(labelled_data), epsilon=0.05, delta=0.05, progress=False, budget=None)
+    return cfg

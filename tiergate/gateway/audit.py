@@ -33,6 +33,7 @@ from tiergate.calibration.bounds import lower_bound, min_items, upper_bound
 from tiergate.cascade import Decision
 from tiergate.config import ShadowAuditConfig
 from tiergate.gateway import metrics as m
+from tiergate.gateway.history import cancelled
 from tiergate.gateway.runner import Pending, TierRunner
 from tiergate.tiers import TierOutput
 
@@ -159,12 +160,7 @@ class ShadowAuditor:
             self._task = asyncio.get_running_loop().create_task(self._pump(), name="shadow-audits")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancelled(self._task)
         SHADOW_QUEUE.dec(len(self.queue))
         self.queue.clear()
 

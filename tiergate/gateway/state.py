@@ -23,6 +23,7 @@ from tiergate.decisionlog.writer import LogWriter
 from tiergate.errors import ModelError, TiergateError, UnavailableError
 from tiergate.gateway import metrics as m
 from tiergate.gateway.auth import TOKEN_ENV
+from tiergate.gateway.history import History
 from tiergate.gateway.scheduler import Scheduler
 from tiergate.registry import build_tier, capabilities_of
 from tiergate.tiers import Tier
@@ -43,6 +44,7 @@ class GatewayState:
         self.load_error: str | None = None
         self.watchers: list[Any] = []
         self.log: LogWriter | None = None    # the decision log (log.enabled), one per process, across swaps
+        self.history = History()              # recent metrics and escalations, for the status page
         self._reload_lock = asyncio.Lock()
         self._retired: set[asyncio.Task] = set()
 
@@ -85,6 +87,8 @@ class GatewayState:
         await sched.start()
         self.scheduler = sched
         _publish(cascade)
+        self.history.interval_s = cascade.config.metrics.status_sample_s
+        self.history.start()
         m.READY.set(1)
         if not os.environ.get(TOKEN_ENV):
             log.warning("%s is not set: the /admin/* endpoints are disabled", TOKEN_ENV)
@@ -121,6 +125,7 @@ class GatewayState:
         if self.log is not None:
             self.log.record(decisions, texts, versions, final_only)
         sched.auditor.offer(decisions, texts, versions)
+        self.history.note(decisions)
 
     def require_log(self) -> LogWriter:
         if self.log is None:
@@ -200,6 +205,7 @@ class GatewayState:
     async def shutdown(self) -> None:
         self.draining = True
         m.READY.set(0)
+        await self.history.stop()
         for w in self.watchers:
             try:
                 w.stop()

@@ -61,7 +61,7 @@ async def status(request: Request):
     rules = gw.rules_tier()
     return HTMLResponse(render_status(c, certificate_status(c, c.config.certificate),
                                       rules.version() if rules is not None else None,
-                                      live=gw.scheduler.auditor.status()))
+                                      live=gw.scheduler.auditor.status(), history=gw.history))
 
 
 @router.get("/metrics")
