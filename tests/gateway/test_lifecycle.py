@@ -175,6 +175,9 @@ def test_two_workers_merge_their_metrics(config, tmp_path):
             assert s.proc.poll() is None, s.log_tail()
             time.sleep(0.1)
 
+        # a worker that has just turned ready takes a moment before it wins accept()s (seen since the decision
+        # log's start-up: both workers open one new SQLite file); the spread below needs both in the race
+        time.sleep(2)
         texts = [HAM, LOTTERY, SPAM, "hello"] * 10
         # one connection per request (httpx.post), from four threads: the kernel hands them to either worker
         with cf.ThreadPoolExecutor(4) as ex:
@@ -198,6 +201,12 @@ def test_two_workers_merge_their_metrics(config, tmp_path):
         by_pid = sorted({m.group(1) for line in text.splitlines() if (m := SAMPLE.match(line))
                          and m.group(2) and re.search(r'\bpid="', m.group(2))})
         assert by_pid == [], f"series labelled by worker pid: {by_pid}"
+        # the decision log and the shadow audits, merged too: one series each, whichever worker answers
+        merged = scrape(s.base)
+        for name in ("tiergate_shadow_risk_upper_bound", "tiergate_savings_target_ratio", "tiergate_cost_saved_usd",
+                     'tiergate_log_writes_total{outcome="written"}'):
+            assert name in merged, name
+        assert merged['tiergate_log_writes_total{outcome="written"}'] <= 40
 
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(GRACE_S + 5) == 0, s.log_tail()

@@ -109,11 +109,15 @@ def test_deadline_skips_a_slow_final_tier(serving_dir, tiny_workdir):
         d = r.json()
         assert r.status_code == 200 and d["degraded"] and d["degraded_reason"] == "deadline" and d["tier"] == "small"
         assert first < 1.0  # answered at its deadline, not when the slow batch ended
+        # the final tier's batch was computing when the deadline came: that attempt is on the bill
+        assert d["path"] == ["rules", "small", "final"]
+        assert d["cost_usd"] == pytest.approx((0.001 + 0.02) * 0.09 / 3600)
         time.sleep(1.3)  # the slow batch ends; the runner now knows how slow the final tier is
         t = time.perf_counter()
         r = post(base, {"text": HAM}, headers={"X-Tiergate-Deadline-Ms": "300"})
         d = r.json()
         assert d["degraded_reason"] == "deadline" and "final" not in d["path"]  # skipped at routing time
+        assert d["cost_usd"] == pytest.approx(0.001 * 0.09 / 3600)  # never attempted, never charged
         assert time.perf_counter() - t < 1.0  # well before the slow batch would have ended
         assert post(base, {"text": HAM}, headers={"X-Tiergate-Deadline-Ms": "soon"}).status_code == 422
         assert scrape(base)['tiergate_degraded_total{reason="deadline"}'] >= 2

@@ -114,7 +114,7 @@ class DecisionStore:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
             if not readonly:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _with_retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))
                 conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             store = cls(conn, path)
             store._migrate()
@@ -123,18 +123,30 @@ class DecisionStore:
         return store
 
     def _migrate(self) -> None:
+        if self._schema_version() == SCHEMA_VERSION:
+            return
+        # Several processes may open a new file at once (serve --workers N): the version is read again inside
+        # an exclusive transaction, so one of them migrates and the others find it done. A reader upgrades too
+        # (`tiergate feedback export` after an upgrade, before the gateway restarts): migrations only add.
+        c = self.conn
+        _with_retry(lambda: c.execute("BEGIN IMMEDIATE"))
+        try:
+            have = self._schema_version()
+            for v in range(have, SCHEMA_VERSION):
+                for statement in _statements(MIGRATIONS[v]):
+                    c.execute(statement)
+            c.execute(f"PRAGMA user_version = {max(have, SCHEMA_VERSION)}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def _schema_version(self) -> int:
         have = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if have > SCHEMA_VERSION:
             raise ConfigError(f"{self.path}: the decision log has schema version {have}, newer than this tiergate "
                               f"knows ({SCHEMA_VERSION}); upgrade tiergate")
-        if have == SCHEMA_VERSION:
-            return
-        # A reader upgrades too (a `tiergate feedback export` after an upgrade of tiergate, before the gateway
-        # restarts): migrations only add, so an older gateway still writing to the file is not disturbed.
-        for v in range(have, SCHEMA_VERSION):
-            # executescript commits first; the version bump rides in the same script, so a crash mid-way
-            # leaves the old version number and the migration runs again.
-            self.conn.executescript(f"BEGIN; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;")
+        return have
 
     def close(self) -> None:
         self.conn.close()
@@ -252,6 +264,31 @@ class DecisionStore:
 
     def count_text(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM decisions WHERE text IS NOT NULL").fetchone()[0]
+
+
+def _statements(script: str) -> list[str]:
+    """A migration script as single statements (sqlite3.complete_statement knows comments and quotes)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise ValueError(f"an incomplete statement at the end of a migration: {buf.strip()[:80]}")
+    return out
+
+
+def _with_retry(op, attempts: int = 50, pause_s: float = 0.1):
+    """Run ``op`` again while the database is busy: switching to WAL and starting an exclusive transaction can
+    answer SQLITE_BUSY at once, without waiting for the busy timeout, while another process holds the file."""
+    for i in range(attempts):
+        try:
+            return op()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or i == attempts - 1:
+                raise
+            time.sleep(pause_s)
 
 
 def log_path(cfg, base: Path) -> Path:
