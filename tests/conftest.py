@@ -89,3 +89,6 @@ def running_server(app, timeout: float = 60.0):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+from tests.postgres_server import fresh_postgres, postgres_url  # noqa: E402,F401 - a real PostgreSQL, for any test

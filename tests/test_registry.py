@@ -111,14 +111,14 @@ def test_model_dirs_in_the_config_let_a_cascade_load_models_kept_elsewhere(tiny_
 
 
 def test_unknown_kind_names_the_known_ones(tmp_path):
-    with pytest.raises(ValidationError, match="unknown tier kind 'remote'.*onnx, rules, torch"):
-        TierConfig(name="api", kind="remote", path="api.json")
-    (tmp_path / "tiergate.yaml").write_text("tiers:\n- {name: api, kind: remote, path: api.json}\n")
-    with pytest.raises(ConfigError, match=r"tiers\.0\.kind.*unknown tier kind 'remote'"):
+    with pytest.raises(ValidationError, match="unknown tier kind 'grpc'.*onnx, remote, rules, torch"):
+        TierConfig(name="api", kind="grpc", path="api.json")
+    (tmp_path / "tiergate.yaml").write_text("tiers:\n- {name: api, kind: grpc, path: api.json}\n")
+    with pytest.raises(ConfigError, match=r"tiers\.0\.kind.*unknown tier kind 'grpc'"):
         load_config(tmp_path / "tiergate.yaml")
     # a config built without validation still cannot reach an unregistered kind
-    tc = TierConfig.model_construct(name="api", kind="remote", path="api.json")
-    with pytest.raises(ConfigError, match="tier api: unknown kind 'remote'; known kinds: onnx, rules, torch"):
+    tc = TierConfig.model_construct(name="api", kind="grpc", path="api.json")
+    with pytest.raises(ConfigError, match="tier api: unknown kind 'grpc'; known kinds: onnx, remote, rules, torch"):
         capabilities_of(tc)
 
 
@@ -131,10 +131,10 @@ def test_a_registered_kind_plugs_into_configs_and_the_cascade(kinds, tiny_workdi
                         capabilities=Capabilities(batch_invariant=False, max_batch=8))
 
     caps = Capabilities(batch_invariant=False, max_batch=8)
-    register_tier_kind("remote", build, caps)
-    register_tier_kind("remote", build, caps)  # the same registration again is harmless
+    register_tier_kind("plugin", build, caps)
+    register_tier_kind("plugin", build, caps)  # the same registration again is harmless
     (tmp_path / "api.json").write_text("{}")
-    cfg = TiergateConfig(labels=["ham", "spam"], tiers=[TierConfig(name="api", kind="remote", path="api.json")])
+    cfg = TiergateConfig(labels=["ham", "spam"], tiers=[TierConfig(name="api", kind="plugin", path="api.json")])
     save_config(cfg, tmp_path / "tiergate.yaml")
     cascade = Cascade.from_config(tmp_path / "tiergate.yaml")
     assert seen == [(tmp_path / "api.json").resolve()]  # the builder gets the resolved, confined path

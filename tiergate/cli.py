@@ -205,14 +205,25 @@ def classify(input: Path = typer.Argument(..., help="JSONL with a 'text' per lin
 def serve(config: Path = typer.Option(..., help="tiergate.yaml"),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
           workers: int = typer.Option(1, min=1, help="Worker processes (each loads the models; metrics are merged)"),
-          log_level: str = typer.Option("info")) -> None:
-    """Serve the cascade over HTTP (FastAPI on uvicorn)."""
+          log_level: str = typer.Option("info"),
+          tier: str | None = typer.Option(None, help="Serve only this tier of the config, to other gateways "
+                                          "(kind: remote), over --protocol"),
+          protocol: str = typer.Option("kserve-v2", help="With --tier: kserve-v2 (the Open Inference Protocol)")) -> None:
+    """Serve the cascade over HTTP (FastAPI on uvicorn), or one tier of it over the KServe v2 protocol."""
     from tiergate.config import load_config
+    from tiergate.errors import ConfigError
     from tiergate.gateway.server import run
 
     _setup_logging()
-    load_config(config)  # fail fast, with the config's own error, before uvicorn starts
-    run(config, host=host, port=port, workers=workers, log_level=log_level)
+    cfg, _ = load_config(config)  # fail fast, with the config's own error, before uvicorn starts
+    if tier is not None:
+        if protocol != "kserve-v2":
+            raise ConfigError(f"--protocol {protocol!r}: only kserve-v2 is served")
+        if tier not in {t.name for t in cfg.tiers}:
+            raise ConfigError(f"--tier {tier!r}: not a tier of {config} (tiers: {[t.name for t in cfg.tiers]})")
+        if workers != 1:
+            raise ConfigError("--tier serves one process; run several behind a load balancer instead of --workers")
+    run(config, host=host, port=port, workers=workers, log_level=log_level, tier=tier)
 
 
 @app.command("keys")

@@ -55,13 +55,36 @@ class Thresholds(_Strict):
         return self.per_class.get(label, self.default)
 
 
+class RemoteConfig(_Strict):
+    """A tier served by another server (``kind: remote``): the KServe v2 / Open Inference Protocol over HTTP,
+    as Triton Inference Server, KServe and ``tiergate serve --tier NAME --protocol kserve-v2`` speak it."""
+
+    protocol: Literal["kserve-v2"] = "kserve-v2"
+    url: str = Field(pattern=r"^https?://")   # the server's base URL, e.g. http://gpu-fleet:8000
+    model: str                                # the model name on that server
+    timeout_s: float = Field(default=10.0, gt=0)      # one request (one batch)
+    retries: int = Field(default=1, ge=0)             # more attempts after a connection error, 429 or 5xx
+    token_env: str | None = None              # an environment variable holding a bearer token to send
+
+
 class TierConfig(_Strict):
     name: str
-    kind: str                              # a registered kind (tiergate.registry): rules, onnx, torch, ...
-    path: str
+    kind: str                              # a registered kind (tiergate.registry): rules, onnx, torch, remote, ...
+    path: str = ""                         # the artifact (kinds that read one: rules, onnx, torch)
     hardware: str = "cpu-2core"
     threshold: Thresholds = Field(default_factory=Thresholds)
     cost: CostConfig = Field(default_factory=CostConfig)
+    remote: RemoteConfig | None = None     # kind: remote
+
+    @model_validator(mode="after")
+    def _what_it_reads(self) -> TierConfig:
+        from tiergate.registry import needs_path
+
+        if needs_path(self.kind) and not self.path:
+            raise ValueError(f"tier {self.name}: kind {self.kind} reads an artifact: give its `path`")
+        if self.kind == "remote" and self.remote is None:
+            raise ValueError(f"tier {self.name}: kind remote needs a `remote:` section (protocol, url, model)")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -184,6 +207,10 @@ class LogConfig(_Strict):
 
     enabled: bool = True
     path: str = "decisions.db"              # relative to the config file's folder
+    # or a PostgreSQL database shared by several gateways (extra tiergate[postgres]): postgresql://user@host/db,
+    # given here or, to keep a password out of the file, in the environment variable `url_env` names
+    url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+    url_env: str | None = None
     # Which texts are kept (redacted): none (the default: only a hash), escalated (items a tier passed on),
     # {sample: 0.01}, or all. Retraining from the log needs text.
     store_text: Literal["none", "escalated", "all"] | SampleText = "none"

@@ -3,8 +3,9 @@
 Each kind is registered once with a builder and its :class:`~tiergate.tiers.Capabilities`. The cascade,
 evaluation and calibration ask :func:`capabilities_of` (a look-up, nothing loaded: a config can be calibrated on
 cached outputs with no model at hand); only :func:`build_tier` imports a kind's code, so a rules-only host
-needs no torch. Built in: ``rules``, ``onnx``, ``torch``. Another kind (a remote tier) plugs in with
-:func:`register_tier_kind` before its config is loaded.
+needs no torch. Built in: ``rules``, ``onnx``, ``torch``, ``remote`` (another server, over the KServe v2
+protocol: :mod:`tiergate.models.remote`). Another kind plugs in with :func:`register_tier_kind` before its
+config is loaded.
 
 Every tier's ``path`` must resolve (symlinks followed) inside the config file's folder or one of the config's
 ``model_dirs``: a config cannot make the gateway read files it was not pointed at.
@@ -37,12 +38,13 @@ class TierKind:
     name: str
     build: Builder
     capabilities: Capabilities
+    needs_path: bool = True        # it reads an artifact (``path``, confined); a remote tier reads none
 
 
 _KINDS: dict[str, TierKind] = {}
 
 
-def register_tier_kind(kind: str, build: Builder, capabilities: Capabilities) -> None:
+def register_tier_kind(kind: str, build: Builder, capabilities: Capabilities, *, needs_path: bool = True) -> None:
     """Make ``kind`` usable in configs. ``build(tc, path)`` gets the tier's config entry and its artifact path,
     already resolved and confined (see the module docstring); it returns the tier, whose ``capabilities`` must
     agree with ``capabilities`` on ``distribution`` (calibration reads the registry, serving the tier).
@@ -56,7 +58,12 @@ def register_tier_kind(kind: str, build: Builder, capabilities: Capabilities) ->
     if old is not None and old.build is not build:
         raise ConfigError(f"tier kind {kind!r} is already registered (by {old.build.__module__}); "
                           "register yours under another name")
-    _KINDS[kind] = TierKind(kind, build, capabilities)
+    _KINDS[kind] = TierKind(kind, build, capabilities, needs_path)
+
+
+def needs_path(kind: str) -> bool:
+    k = _KINDS.get(kind)
+    return k is None or k.needs_path
 
 
 def tier_kinds() -> list[str]:
@@ -96,7 +103,7 @@ def build_tier(tc: TierConfig, base: Path, *, model_dirs: Sequence[str] = ()) ->
     ``model_dirs`` the config's extra folders (see :func:`tier_path`). Unknown kind or a path outside them:
     ConfigError; a broken artifact: the builder's own error (ModelError, RuleError)."""
     kind = _kind_of(tc)
-    tier = kind.build(tc, tier_path(tc, base, model_dirs))
+    tier = kind.build(tc, tier_path(tc, base, model_dirs) if kind.needs_path else Path())
     if tier.capabilities.distribution != kind.capabilities.distribution:
         raise ConfigError(f"tier {tc.name}: kind {kind.name!r} is registered with distribution="
                           f"{kind.capabilities.distribution} but its tier declares {tier.capabilities.distribution}; "
@@ -129,3 +136,12 @@ def _build_torch(tc: TierConfig, path: Path) -> Tier:
 register_tier_kind("rules", _build_rules, Capabilities(distribution=False, light=True))
 register_tier_kind("onnx", _build_onnx, Capabilities())
 register_tier_kind("torch", _build_torch, Capabilities())
+
+
+def _build_remote(tc: TierConfig, path: Path) -> Tier:
+    from tiergate.models.remote import RemoteTier
+
+    return RemoteTier(tc.name, tc.remote)  # type: ignore[arg-type] - TierConfig requires it for this kind
+
+
+register_tier_kind("remote", _build_remote, Capabilities(remote=True), needs_path=False)

@@ -24,7 +24,7 @@ class Capabilities:
     on what kind of tier it is (a kind declares them once, in :mod:`tiergate.registry`).
 
     >>> Capabilities(distribution=False)
-    Capabilities(distribution=False, batch_invariant=True, max_batch=None, light=False)
+    Capabilities(distribution=False, batch_invariant=True, max_batch=None, light=False, remote=False)
     """
 
     distribution: bool = True      # answers carry class probabilities whose confidence thresholds and
@@ -35,6 +35,8 @@ class Capabilities:
     light: bool = False            # pure Python, a small and bounded cost per item (rules: the regex budget):
                                    # the gateway runs it on its event loop in slices instead of a thread,
                                    # which would only contend for the GIL
+    remote: bool = False           # calls another server: its batches wait on the network, not the GIL, so a
+                                   # thread of the gateway runs them (a process of their own would gain nothing)
 
 
 @dataclass(slots=True)

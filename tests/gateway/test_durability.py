@@ -23,9 +23,12 @@ CLIENTS = 6
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_kill_9_under_concurrent_feedback_loses_nothing_acknowledged(serving_dir, tiny_workdir, tmp_path):
-    db = tmp_path / "decisions.db"
-    cfg = write_config(serving_dir, tiny_workdir, "durability", log={"path": str(db), "store_text": "escalated"})
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_kill_9_under_concurrent_feedback_loses_nothing_acknowledged(serving_dir, tiny_workdir, tmp_path, backend,
+                                                                      request):
+    where = {"path": str(tmp_path / "decisions.db")} if backend == "sqlite" else {
+        "url": request.getfixturevalue("fresh_postgres")}
+    cfg = write_config(serving_dir, tiny_workdir, f"durability-{backend}", log={**where, "store_text": "escalated"})
     acked: list[str] = []       # feedback answered 2xx
     answered: list[str] = []    # classify answered 200
     lock = threading.Lock()

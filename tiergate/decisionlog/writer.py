@@ -57,8 +57,8 @@ class LogWriter:
     """Owns the log's write connection in a thread of its own. ``start()`` before use, ``close()`` to flush
     everything queued and stop."""
 
-    def __init__(self, path: Path, cfg: LogConfig, *, clock=time.time):
-        self.path = Path(path)
+    def __init__(self, location: str | Path, cfg: LogConfig, *, clock=time.time):
+        self.location = location          # a file, or a postgresql:// URL
         self.cfg = cfg
         self.policy = TextPolicy(cfg)
         self.clock = clock
@@ -67,6 +67,7 @@ class LogWriter:
         self._enqueued = 0      # decisions queued (written by the loop thread only)
         self._done = 0          # decisions written or lost (written by the writer thread only)
         self._ready: Future = Future()
+        self.where = str(location)          # for messages: the file, or the URL without its password
 
     # --------------------------------------------------------------------------------------- the loop side
     def start(self) -> None:
@@ -143,7 +144,8 @@ class LogWriter:
     # ------------------------------------------------------------------------------------- the thread side
     def _run(self) -> None:
         try:
-            store = DecisionStore.open(self.path, synchronous=self.cfg.synchronous)
+            store = DecisionStore.open(self.location, synchronous=self.cfg.synchronous)
+            self.where = store.where
             self._retention(store)
         except Exception as e:
             self._ready.set_exception(e)
@@ -180,7 +182,7 @@ class LogWriter:
         written = 0
         stop = False
         try:
-            store.conn.execute("BEGIN IMMEDIATE")
+            store.begin()
             audits: list[tuple[str, float, str]] = []
             for op in ops:
                 kind = op[0]
@@ -209,15 +211,12 @@ class LogWriter:
                     stop = stop or kind == "stop"
             if audits:
                 store.set_audits(audits)
-            store.conn.execute("COMMIT")
+            store.commit()
         except Exception as e:  # a database error, or a bug in building rows: this batch fails, the writer lives
-            try:
-                store.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            store.rollback()
             store.forget_cached_ids()  # a version set inserted in the rolled-back transaction is gone again
             log.error("the decision log could not commit %d operation(s): %s: %s", len(ops), type(e).__name__, e,
-                      exc_info=not isinstance(e, sqlite3.Error))
+                      exc_info=not isinstance(e, (sqlite3.Error, OSError)) and "psycopg" not in type(e).__module__)
             lost = sum(len(op[3]) for op in ops if op[0] == "decisions")
             self._account(lost, "error")
             err = UnavailableError(f"the decision log could not be written ({e}); retry")
@@ -251,16 +250,13 @@ class LogWriter:
 
     def _retention(self, store: DecisionStore) -> None:
         try:
-            store.conn.execute("BEGIN IMMEDIATE")
+            store.begin()
             gone = store.enforce_retention(max_age_s=self.cfg.retention_days * 86400,
                                            max_rows=self.cfg.retention_rows, now=self.clock())
-            store.conn.execute("COMMIT")
-        except sqlite3.Error as e:
+            store.commit()
+        except Exception as e:  # the next round tries again; serving does not depend on it
             log.error("enforcing the log's retention failed: %s", e)
-            try:
-                store.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            store.rollback()
             return
         if gone:
             LOG_RETENTION.inc(gone)

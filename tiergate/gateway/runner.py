@@ -141,7 +141,8 @@ class TierRunner:
         self.inline = serving.executor == "inline" or (serving.executor == "auto" and capabilities.light)
         # A model tier runs in a child process (see tiergate.gateway.worker) unless told otherwise or unless
         # there is no artifact to rebuild it from (a tier handed over in code, such as a test double).
-        self.process = (not self.inline and serving.executor in ("auto", "process") and process_spec is not None)
+        self.process = (not self.inline and process_spec is not None
+                        and (serving.executor == "process" or (serving.executor == "auto" and not capabilities.remote)))
         self._proc: ProcessPoolExecutor | None = None
         self._process_spec = process_spec
         self.on_batch = on_batch

@@ -35,13 +35,19 @@ class _DrainingServer(uvicorn.Server):
 
 
 def run(config_path: str | Path, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
-        log_level: str = "info") -> None:
+        log_level: str = "info", tier: str | None = None) -> None:
+    """Serve the cascade, or with ``tier`` one tier of it over the KServe v2 protocol."""
     from tiergate.gateway.app import CONFIG_ENV, app_from_env, create_app
 
     srv = load_config(config_path)[0].server
     common = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=int(max(1, srv.keepalive_timeout_s)),
                   timeout_graceful_shutdown=int(srv.shutdown_grace_s) or None, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                   server_header=False)
+    if tier is not None:
+        from tiergate.gateway.kserve_app import create_kserve_app
+
+        uvicorn.Server(uvicorn.Config(create_kserve_app(config_path, tier), **common)).run()
+        return
     if workers == 1:
         app = create_app(config_path)
         _DrainingServer(uvicorn.Config(app, **common), app).run()

@@ -104,10 +104,10 @@ class GatewayState:
             return
         sched.auditor.record_audit = self.log.audit
         versions = versions_key(sched.cascade)
-        path = self.log.path
+        location = self.log.location
 
         def counts():
-            store = DecisionStore.open(path, readonly=True)
+            store = DecisionStore.open(location, readonly=True)
             try:
                 return store.live_counts(versions)
             finally:

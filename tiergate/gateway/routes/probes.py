@@ -44,7 +44,7 @@ async def readyz(request: Request):
             "labels": c.config.labels, "uptime_s": round(time.time() - gw.started, 1),
             "certificate": certificate_status(c, c.config.certificate),
             "live_guarantee": sched.auditor.status(),
-            "decision_log": None if gw.log is None else {"path": str(gw.log.path), "pending": gw.log.pending,
+            "decision_log": None if gw.log is None else {"where": gw.log.where, "pending": gw.log.pending,
                                                          "store_text": _store_text(c.config.log.store_text)}}
 
 

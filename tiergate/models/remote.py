@@ -1,0 +1,96 @@
+"""A tier served by another server (``kind: remote``), over the KServe v2 protocol (:mod:`tiergate.models.kserve`).
+
+The large model can then run on a GPU fleet behind Triton Inference Server, KServe, or another tiergate
+(``tiergate serve --config C --tier NAME --protocol kserve-v2``). One batch is one request: the gateway's
+batcher gathers items across requests, and each batch it runs becomes one infer call. A call that fails to
+connect, or is answered 429 or 5xx, is tried again (``remote.retries``) with a short back-off inside the
+call's timeout. Whatever still fails raises, and the gateway's runner turns that into a failed batch: the
+circuit breaker, degraded answers and the tier's ``timeout_ms`` apply as to any tier.
+
+The tier's labels and version come from the server's model metadata, read when the tier is built. The version
+is the remote model's own: a swap on the remote side makes the certificate stale here, as a local swap would.
+
+>>> tier = RemoteTier("large", RemoteConfig(url="http://gpu:8000", model="large"))    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+
+import httpx
+
+from tiergate.config import RemoteConfig
+from tiergate.data.items import Item
+from tiergate.errors import ModelError
+from tiergate.models import kserve
+from tiergate.tiers import Capabilities, Tier, TierOutput
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+BACKOFF_S = 0.05
+
+
+class RemoteTier(Tier):
+    capabilities = Capabilities(remote=True)
+
+    def __init__(self, name: str, cfg: RemoteConfig, client: httpx.Client | None = None):
+        self.name = name
+        self.cfg = cfg
+        self.url = cfg.url.rstrip("/")
+        headers = {}
+        if cfg.token_env:
+            token = os.environ.get(cfg.token_env)
+            if not token:
+                raise ModelError(f"tier {name}: remote.token_env names {cfg.token_env}, which is not set")
+            headers["Authorization"] = f"Bearer {token}"
+        self.client = client or httpx.Client(timeout=cfg.timeout_s, headers=headers)
+        meta = self._call("GET", f"/v2/models/{cfg.model}")
+        labels = (meta.get("parameters") or {}).get("labels") if isinstance(meta, dict) else None
+        versions = meta.get("versions") if isinstance(meta, dict) else None
+        if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+            raise ModelError(f"tier {name}: {self.url}/v2/models/{cfg.model} names no label set "
+                             "(parameters.labels); tiergate needs one to route and calibrate")
+        self.labels = list(labels)
+        self._version = str(versions[0]) if isinstance(versions, list) and versions else ""
+        if not self._version:
+            raise ModelError(f"tier {name}: {self.url}/v2/models/{cfg.model} gives no version; certificates "
+                             "bind to one")
+
+    def version(self) -> str:
+        return self._version
+
+    def predict(self, items: Sequence[Item]) -> list[TierOutput]:
+        if not items:
+            return []
+        rid = uuid.uuid4().hex
+        body = self._call("POST", f"/v2/models/{self.cfg.model}/infer",
+                          json=kserve.request_body([it.text for it in items], rid))
+        return kserve.outputs_of(body, len(items), self.labels, where=f"tier {self.name} ({self.url})")
+
+    def _call(self, method: str, path: str, **kw) -> object:
+        deadline = time.monotonic() + self.cfg.timeout_s
+        last: str = ""
+        for attempt in range(self.cfg.retries + 1):
+            if attempt:
+                time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), max(deadline - time.monotonic(), 0)))
+            try:
+                r = self.client.request(method, self.url + path, timeout=max(deadline - time.monotonic(), 0.05), **kw)
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if r.status_code in RETRY_STATUS:
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                continue
+            if r.status_code != 200:
+                raise ModelError(f"tier {self.name}: {method} {self.url}{path} answered {r.status_code}: {r.text[:300]}")
+            try:
+                return r.json()
+            except ValueError as e:
+                raise ModelError(f"tier {self.name}: {self.url}{path} did not answer JSON") from e
+        raise ModelError(f"tier {self.name}: {method} {self.url}{path} failed after {self.cfg.retries + 1} "
+                         f"attempt(s): {last}")
+
+    def close(self) -> None:
+        self.client.close()
