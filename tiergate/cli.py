@@ -208,7 +208,9 @@ def serve(config: Path = typer.Option(..., help="tiergate.yaml"),
           log_level: str = typer.Option("info"),
           tier: str | None = typer.Option(None, help="Serve only this tier of the config, to other gateways "
                                           "(kind: remote), over --protocol"),
-          protocol: str = typer.Option("kserve-v2", help="With --tier: kserve-v2 (the Open Inference Protocol)")) -> None:
+          protocol: str = typer.Option("kserve-v2", help="With --tier: kserve-v2 (the Open Inference Protocol)"),
+          engine: str = typer.Option("uvicorn", help="With --tier: uvicorn (one process) or ray (Ray Serve: "
+                                     "replicas, GPUs, autoscaling from the config's `ray:`; extra tiergate[ray])")) -> None:
     """Serve the cascade over HTTP (FastAPI on uvicorn), or one tier of it over the KServe v2 protocol."""
     from tiergate.config import load_config
     from tiergate.errors import ConfigError
@@ -223,6 +225,15 @@ def serve(config: Path = typer.Option(..., help="tiergate.yaml"),
             raise ConfigError(f"--tier {tier!r}: not a tier of {config} (tiers: {[t.name for t in cfg.tiers]})")
         if workers != 1:
             raise ConfigError("--tier serves one process; run several behind a load balancer instead of --workers")
+        if engine == "ray":
+            try:
+                from tiergate.models import ray_serve
+            except ImportError as e:
+                raise ConfigError("--engine ray needs Ray Serve: pip install 'tiergate[ray]'") from e
+            ray_serve.run(config, tier, host=host, port=port)
+            return
+        if engine != "uvicorn":
+            raise ConfigError(f"--engine {engine!r}: use uvicorn or ray")
     run(config, host=host, port=port, workers=workers, log_level=log_level, tier=tier)
 
 

@@ -74,7 +74,22 @@ class TierConfig(_Strict):
     hardware: str = "cpu-2core"
     threshold: Thresholds = Field(default_factory=Thresholds)
     cost: CostConfig = Field(default_factory=CostConfig)
-    remote: RemoteConfig | None = None     # kind: remote
+    remote: RemoteConfig | None = None     # kind: remote (its keys may also be given on the tier itself)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_remote(cls, raw: Any) -> Any:
+        """``{kind: remote, protocol, url, model, ...}`` on the tier itself means the same as a ``remote:``
+        section (the spelling of the KServe examples); both at once is an error."""
+        if not isinstance(raw, dict) or raw.get("kind") != "remote":
+            return raw
+        flat = {k: raw[k] for k in RemoteConfig.model_fields if k in raw}
+        if not flat:
+            return raw
+        if raw.get("remote") is not None:
+            raise ValueError(f"tier {raw.get('name')}: give {sorted(flat)} either on the tier or under `remote:`, "
+                             "not both")
+        return {**{k: v for k, v in raw.items() if k not in flat}, "remote": flat}
 
     @model_validator(mode="after")
     def _what_it_reads(self) -> TierConfig:
@@ -243,6 +258,26 @@ class MetricsConfig(_Strict):
     status_sample_s: float = Field(default=5.0, gt=0)   # how often the status page's plots take a point
 
 
+class RayAutoscaling(_Strict):
+    """Ray Serve's autoscaling of a tier's replicas (its ``autoscaling_config``)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+
+
+class RayConfig(_Strict):
+    """A tier on Ray Serve (``tiergate serve --tier NAME --engine ray``; extra tiergate[ray])."""
+
+    num_replicas: int = Field(default=1, ge=1)          # without autoscaling
+    num_cpus: float = Field(default=1.0, ge=0)          # per replica
+    num_gpus: float = Field(default=0.0, ge=0)          # per replica: 1 puts each replica on a GPU of its own
+    max_batch_size: int = Field(default=32, ge=1)       # @serve.batch: items gathered across requests
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    autoscaling: RayAutoscaling | None = None
+
+
 class TiergateConfig(_Strict):
     version: int = 1
     dataset: str = ""                      # the data set the models were trained on (informational)
@@ -255,6 +290,7 @@ class TiergateConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     shadow_audit: ShadowAuditConfig = Field(default_factory=ShadowAuditConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     calibration: dict[str, Any] = Field(default_factory=dict)   # how thresholds were chosen
     certificate: dict[str, Any] | None = None
 

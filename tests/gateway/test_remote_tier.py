@@ -137,11 +137,16 @@ def test_infer_requests_are_read_strictly_and_configs_say_what_a_remote_tier_nee
                 {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["a"]}]}, {"inputs": []}):
         with pytest.raises(InputError):
             kserve.texts_of(bad)
-    from tiergate.config import load_config
+    from tiergate.config import TierConfig, load_config
 
+    flat = TierConfig.model_validate({"name": "f", "kind": "remote", "protocol": "kserve-v2", "url": "http://h:1",
+                                      "model": "large", "retries": 3})
+    assert (flat.remote.url, flat.remote.model, flat.remote.retries) == ("http://h:1", "large", 3)
     for tier, why in [({"name": "f", "kind": "remote"}, "needs a `remote:` section"),
                       ({"name": "f", "kind": "onnx"}, "give its `path`"),
-                      ({"name": "f", "kind": "remote", "remote": {"url": "ftp://x", "model": "m"}}, "url")]:
+                      ({"name": "f", "kind": "remote", "remote": {"url": "ftp://x", "model": "m"}}, "url"),
+                      ({"name": "f", "kind": "remote", "url": "http://h", "model": "m",
+                        "remote": {"url": "http://h", "model": "m"}}, "not both")]:
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({"tiers": [tier]}))
         with pytest.raises(ConfigError, match=why):
             load_config(tmp_path / "c.yaml")
