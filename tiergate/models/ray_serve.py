@@ -9,7 +9,8 @@ the items of concurrent infer requests into one model batch on each replica. Eac
 its config entry, with the same registry and the same path confinement as the gateway.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Ray Serve rebuilds the ingress methods, and FastAPI must see
+# their annotations (Request) as objects, not strings it cannot resolve from there.
 
 import asyncio
 import json
