@@ -61,8 +61,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app, timeout: float = 60.0):
-    """Serve ``app`` with a real uvicorn server on 127.0.0.1 in a thread; yields the base URL."""
+def running_server(app, timeout: float = 60.0, ready_path: str = "/readyz"):
+    """Serve ``app`` with a real uvicorn server on 127.0.0.1 in a thread, once ``ready_path`` answers 200;
+    yields the base URL."""
     import httpx
     import uvicorn
 
@@ -74,7 +75,7 @@ def running_server(app, timeout: float = 60.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+            if httpx.get(base + ready_path, timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

@@ -59,12 +59,21 @@ class RemoteConfig(_Strict):
     """A tier served by another server (``kind: remote``): the KServe v2 / Open Inference Protocol over HTTP,
     as Triton Inference Server, KServe and ``tiergate serve --tier NAME --protocol kserve-v2`` speak it."""
 
-    protocol: Literal["kserve-v2"] = "kserve-v2"
-    url: str = Field(pattern=r"^https?://")   # the server's base URL, e.g. http://gpu-fleet:8000
+    protocol: Literal["kserve-v2", "openai"] = "kserve-v2"
+    url: str = Field(pattern=r"^https?://")   # the server's base URL, e.g. http://gpu-fleet:8000 (openai: .../v1)
     model: str                                # the model name on that server
     timeout_s: float = Field(default=10.0, gt=0)      # one request (one batch)
     retries: int = Field(default=1, ge=0)             # more attempts after a connection error, 429 or 5xx
     token_env: str | None = None              # an environment variable holding a bearer token to send
+    # protocol openai (an OpenAI-compatible chat endpoint as the final tier): the prompt ({labels} and {text}
+    # are filled in), the price per token, and how many items are asked about at once
+    prompt: str = ("Classify the text into exactly one of these labels: {labels}. Answer with the label only.\n\n"
+                   "Text:\n{text}")
+    usd_per_input_token: float = Field(default=0.0, ge=0)
+    usd_per_output_token: float = Field(default=0.0, ge=0)
+    max_text_chars: int = Field(default=8000, ge=1)     # of each item's text put in the prompt
+    concurrency: int = Field(default=4, ge=1)           # chat calls of one batch in flight at once
+    labels: list[str] = Field(default_factory=list)     # openai: the label set (default: the config's labels)
 
 
 class TierConfig(_Strict):
@@ -100,6 +109,10 @@ class TierConfig(_Strict):
         if self.kind == "remote" and self.remote is None:
             raise ValueError(f"tier {self.name}: kind remote needs a `remote:` section (protocol, url, model)")
         return self
+
+    @property
+    def is_chat(self) -> bool:
+        return self.kind == "remote" and self.remote is not None and self.remote.protocol == "openai"
 
     @field_validator("name")
     @classmethod
@@ -304,7 +317,21 @@ class TiergateConfig(_Strict):
             raise ValueError(f"tier names must be unique (got {names})")
         if v[-1].kind == "rules":
             raise ValueError("the last tier must be a model: it always decides, and a rule set cannot")
+        for tc in v[:-1]:
+            if tc.is_chat:
+                raise ValueError(f"tier {tc.name}: protocol openai serves only as the final tier (a chat answer "
+                                 "carries no calibrated confidence for a threshold to act on)")
         return v
+
+    @model_validator(mode="after")
+    def _chat_labels(self) -> TiergateConfig:
+        for tc in self.tiers:
+            if tc.is_chat and not tc.remote.labels:  # type: ignore[union-attr]
+                if not self.labels:
+                    raise ValueError(f"tier {tc.name}: an openai tier needs the label set (`labels:` in the config, "
+                                     "or remote.labels)")
+                tc.remote.labels = list(self.labels)  # type: ignore[union-attr]
+        return self
 
     @model_validator(mode="after")
     def _server_tiers(self) -> TiergateConfig:

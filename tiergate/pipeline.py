@@ -76,6 +76,11 @@ def calibrate(config_path: Path, data: str, *, epsilon: float = 0.01, delta: flo
     outputs = score_tiers(cascade, items, progress=progress, batch_size=COST_BATCH, timings=timings)
     if measure:
         set_costs(cascade, timings, batch_size=COST_BATCH, what=f"{data} calibration items")
+        for tier, tc in zip(cascade.tiers, cascade.config.tiers, strict=True):
+            priced = getattr(tier, "usd_per_item", None)  # a tier priced per call (tokens), not per second
+            if priced is not None and not tc.cost.pinned:
+                tc.cost.seconds_per_item, tc.cost.fixed_usd_per_call = 0.0, float(priced)
+                tc.cost.measured = f"mean price of {len(items)} calls ({data} calibration items), from the tokens they used"
     result = _choose(cascade, outputs, y, epsilon=epsilon, delta=delta, risk=risk, method=method, ds=ds, items=items,
                      budget=budget)
     checks = tier_checks(cascade.config.tiers, outputs, y)

@@ -139,9 +139,13 @@ register_tier_kind("torch", _build_torch, Capabilities())
 
 
 def _build_remote(tc: TierConfig, path: Path) -> Tier:
+    if tc.is_chat:
+        from tiergate.models.chat import ChatTier
+
+        return ChatTier(tc.name, tc.remote)  # type: ignore[arg-type] - TierConfig requires it for this kind
     from tiergate.models.remote import RemoteTier
 
-    return RemoteTier(tc.name, tc.remote)  # type: ignore[arg-type] - TierConfig requires it for this kind
+    return RemoteTier(tc.name, tc.remote)  # type: ignore[arg-type]
 
 
 register_tier_kind("remote", _build_remote, Capabilities(remote=True), needs_path=False)

@@ -1,0 +1,125 @@
+"""A final tier that asks an OpenAI-compatible chat endpoint (``kind: remote``, ``protocol: openai``).
+
+Each item becomes one chat completion: the prompt (``remote.prompt``, with ``{labels}`` and ``{text}`` filled in)
+at temperature 0. The answer is parsed strictly into the label set: exactly one label, ignoring case,
+surrounding space, quotes and a final full stop. Anything else fails the batch (a ModelError), and the
+gateway's runner treats that as any failed batch: the breaker, degraded answers from the cheaper tiers. A guess
+is never recorded as the final tier's answer. Calls of one batch run ``remote.concurrency`` at a time; a
+connection error, 429 or 5xx is retried within the timeout.
+
+Cost: the tier counts the tokens each call reports (``usage``) at ``remote.usd_per_input_token`` and
+``usd_per_output_token``. ``usd_per_item`` is their running mean, which ``tiergate calibrate`` writes into the
+tier's ``cost.fixed_usd_per_call``, since a chat call is priced per token, not per second of our hardware.
+
+>>> tier = ChatTier("llm", RemoteConfig(protocol="openai", url="http://llm:8000/v1", model="m", labels=["ham", "spam"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import re
+import time
+from collections.abc import Sequence
+
+import httpx
+
+from tiergate.config import RemoteConfig
+from tiergate.data.items import Item
+from tiergate.errors import ModelError
+from tiergate.tiers import Capabilities, Tier, TierOutput
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class ChatTier(Tier):
+    capabilities = Capabilities(remote=True)
+
+    def __init__(self, name: str, cfg: RemoteConfig, client: httpx.Client | None = None):
+        self.name = name
+        self.cfg = cfg
+        self.labels = list(cfg.labels)
+        if not self.labels:
+            raise ModelError(f"tier {name}: an openai tier needs its label set (remote.labels or the config's labels)")
+        headers = {"Content-Type": "application/json"}
+        if cfg.token_env:
+            token = os.environ.get(cfg.token_env)
+            if not token:
+                raise ModelError(f"tier {name}: remote.token_env names {cfg.token_env}, which is not set")
+            headers["Authorization"] = f"Bearer {token}"
+        self.client = client or httpx.Client(timeout=cfg.timeout_s, headers=headers)
+        self.url = cfg.url.rstrip("/") + "/chat/completions"
+        self._by_key = {self._key(lab): lab for lab in self.labels}
+        self._spent = 0.0
+        self._calls = 0
+
+    def version(self) -> str:
+        """The model name and the prompt: changing either changes what the final tier answers."""
+        digest = hashlib.sha256(f"{self.cfg.url}|{self.cfg.model}|{self.cfg.prompt}".encode()).hexdigest()[:12]
+        return f"{self.cfg.model}@{digest}"
+
+    @property
+    def usd_per_item(self) -> float | None:
+        return self._spent / self._calls if self._calls else None
+
+    @staticmethod
+    def _key(s: str) -> str:
+        return re.sub(r"\s+", " ", s.strip().strip("\"'`").rstrip(".").strip()).lower()
+
+    def parse(self, answer: str) -> str:
+        label = self._by_key.get(self._key(answer))
+        if label is None:
+            raise ModelError(f"tier {self.name}: the chat model answered {answer[:80]!r}, not one of {self.labels}")
+        return label
+
+    def predict(self, items: Sequence[Item]) -> list[TierOutput]:
+        if not items:
+            return []
+        with cf.ThreadPoolExecutor(min(self.cfg.concurrency, len(items))) as ex:
+            labels = list(ex.map(self._ask, items))
+        return [TierOutput(label=lab, confidence=1.0, probabilities={x: float(x == lab) for x in self.labels},
+                           reason="chat") for lab in labels]
+
+    def _ask(self, item: Item) -> str:
+        prompt = self.cfg.prompt.format(labels=", ".join(self.labels), text=item.text[: self.cfg.max_text_chars])
+        body = {"model": self.cfg.model, "temperature": 0, "max_tokens": 16,
+                "messages": [{"role": "user", "content": prompt}]}
+        reply = self._post(body)
+        try:
+            answer = reply["choices"][0]["message"]["content"]
+            usage = reply.get("usage") or {}
+        except (KeyError, IndexError, TypeError) as e:
+            raise ModelError(f"tier {self.name}: not a chat completion: {str(reply)[:200]}") from e
+        if not isinstance(answer, str):
+            raise ModelError(f"tier {self.name}: the chat completion has no text content")
+        cost = (float(usage.get("prompt_tokens", 0)) * self.cfg.usd_per_input_token
+                + float(usage.get("completion_tokens", 0)) * self.cfg.usd_per_output_token)
+        self._spent += cost
+        self._calls += 1
+        return self.parse(answer)
+
+    def _post(self, body: dict) -> dict:
+        deadline = time.monotonic() + self.cfg.timeout_s
+        last = ""
+        for attempt in range(self.cfg.retries + 1):
+            if attempt:
+                time.sleep(min(0.05 * 2 ** (attempt - 1), max(deadline - time.monotonic(), 0)))
+            try:
+                r = self.client.post(self.url, json=body, timeout=max(deadline - time.monotonic(), 0.05))
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if r.status_code in RETRY_STATUS:
+                last = f"HTTP {r.status_code}"
+                continue
+            if r.status_code != 200:
+                raise ModelError(f"tier {self.name}: {self.url} answered {r.status_code}: {r.text[:300]}")
+            try:
+                return r.json()
+            except ValueError as e:
+                raise ModelError(f"tier {self.name}: {self.url} did not answer JSON") from e
+        raise ModelError(f"tier {self.name}: {self.url} failed after {self.cfg.retries + 1} attempt(s): {last}")
+
+    def close(self) -> None:
+        self.client.close()
