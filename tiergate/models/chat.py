@@ -20,7 +20,6 @@ import concurrent.futures as cf
 import hashlib
 import os
 import re
-import time
 from collections.abc import Sequence
 
 import httpx
@@ -28,9 +27,8 @@ import httpx
 from tiergate.config import RemoteConfig
 from tiergate.data.items import Item
 from tiergate.errors import ModelError
+from tiergate.models.http import call_json
 from tiergate.tiers import Capabilities, Tier, TierOutput
-
-RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 class ChatTier(Tier):
@@ -100,26 +98,11 @@ class ChatTier(Tier):
         return self.parse(answer)
 
     def _post(self, body: dict) -> dict:
-        deadline = time.monotonic() + self.cfg.timeout_s
-        last = ""
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
-                time.sleep(min(0.05 * 2 ** (attempt - 1), max(deadline - time.monotonic(), 0)))
-            try:
-                r = self.client.post(self.url, json=body, timeout=max(deadline - time.monotonic(), 0.05))
-            except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}"
-                continue
-            if r.status_code != 200:
-                raise ModelError(f"tier {self.name}: {self.url} answered {r.status_code}: {r.text[:300]}")
-            try:
-                return r.json()
-            except ValueError as e:
-                raise ModelError(f"tier {self.name}: {self.url} did not answer JSON") from e
-        raise ModelError(f"tier {self.name}: {self.url} failed after {self.cfg.retries + 1} attempt(s): {last}")
+        reply = call_json(self.client, "POST", self.url, retries=self.cfg.retries, timeout_s=self.cfg.timeout_s,
+                          who=f"tier {self.name}", json=body)
+        if not isinstance(reply, dict):
+            raise ModelError(f"tier {self.name}: not a chat completion: {str(reply)[:200]}")
+        return reply
 
     def close(self) -> None:
         self.client.close()

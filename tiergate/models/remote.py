@@ -16,7 +16,6 @@ is the remote model's own: a swap on the remote side makes the certificate stale
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Sequence
 
@@ -26,10 +25,8 @@ from tiergate.config import RemoteConfig
 from tiergate.data.items import Item
 from tiergate.errors import ModelError
 from tiergate.models import kserve
+from tiergate.models.http import call_json
 from tiergate.tiers import Capabilities, Tier, TierOutput
-
-RETRY_STATUS = {429, 500, 502, 503, 504}
-BACKOFF_S = 0.05
 
 
 class RemoteTier(Tier):
@@ -70,27 +67,8 @@ class RemoteTier(Tier):
         return kserve.outputs_of(body, len(items), self.labels, where=f"tier {self.name} ({self.url})")
 
     def _call(self, method: str, path: str, **kw) -> object:
-        deadline = time.monotonic() + self.cfg.timeout_s
-        last: str = ""
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
-                time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), max(deadline - time.monotonic(), 0)))
-            try:
-                r = self.client.request(method, self.url + path, timeout=max(deadline - time.monotonic(), 0.05), **kw)
-            except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                continue
-            if r.status_code != 200:
-                raise ModelError(f"tier {self.name}: {method} {self.url}{path} answered {r.status_code}: {r.text[:300]}")
-            try:
-                return r.json()
-            except ValueError as e:
-                raise ModelError(f"tier {self.name}: {self.url}{path} did not answer JSON") from e
-        raise ModelError(f"tier {self.name}: {method} {self.url}{path} failed after {self.cfg.retries + 1} "
-                         f"attempt(s): {last}")
+        return call_json(self.client, method, self.url + path, retries=self.cfg.retries, timeout_s=self.cfg.timeout_s,
+                         who=f"tier {self.name}", **kw)
 
     def close(self) -> None:
         self.client.close()
