@@ -31,9 +31,11 @@ log = logging.getLogger("tiergate.gateway")
 CONFIG_ENV = "TIERGATE_CONFIG"
 
 
-def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
-    """Build the app; models load in the lifespan, so an import never touches the disk."""
+def create_app(config_path: str | Path, *, watch_rules: bool = True, several_workers: bool = False) -> FastAPI:
+    """Build the app; models load in the lifespan, so an import never touches the disk. ``several_workers``:
+    other processes serve beside this one (``serve --workers N``) and write the same decision log."""
     state = GatewayState(Path(config_path))
+    state.several_workers = several_workers
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -62,7 +64,7 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """The factory ``tiergate serve --workers N`` gives uvicorn: each worker builds its app from $TIERGATE_CONFIG."""
-    return create_app(os.environ[CONFIG_ENV])
+    return create_app(os.environ[CONFIG_ENV], several_workers=True)
 
 
 async def _load(state: GatewayState, watch_rules: bool) -> None:

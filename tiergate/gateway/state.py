@@ -45,6 +45,7 @@ class GatewayState:
         self.watchers: list[Any] = []
         self.log: LogWriter | None = None    # the decision log (log.enabled), one per process, across swaps
         self.history = History()              # recent metrics and escalations, for the status page
+        self.several_workers = False          # serve --workers N: other processes write the same log
         self._reload_lock = asyncio.Lock()
         self._retired: set[asyncio.Task] = set()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 
@@ -27,7 +26,7 @@ import httpx
 from tiergate.config import RemoteConfig
 from tiergate.data.items import Item
 from tiergate.errors import ModelError
-from tiergate.models.http import call_json
+from tiergate.models.http import call_json, client_for
 from tiergate.tiers import Capabilities, Tier, TierOutput
 
 
@@ -40,13 +39,7 @@ class ChatTier(Tier):
         self.labels = list(cfg.labels)
         if not self.labels:
             raise ModelError(f"tier {name}: an openai tier needs its label set (remote.labels or the config's labels)")
-        headers = {"Content-Type": "application/json"}
-        if cfg.token_env:
-            token = os.environ.get(cfg.token_env)
-            if not token:
-                raise ModelError(f"tier {name}: remote.token_env names {cfg.token_env}, which is not set")
-            headers["Authorization"] = f"Bearer {token}"
-        self.client = client or httpx.Client(timeout=cfg.timeout_s, headers=headers)
+        self.client = client or client_for(cfg, f"tier {name}")
         self.url = cfg.url.rstrip("/") + "/chat/completions"
         self._by_key = {self._key(lab): lab for lab in self.labels}
         self._spent = 0.0

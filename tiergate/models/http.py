@@ -4,6 +4,7 @@ timeout. Any other status, or a body that is not JSON, is a ModelError at once."
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -35,3 +36,14 @@ def call_json(client: httpx.Client, method: str, url: str, *, retries: int, time
         except ValueError as e:
             raise ModelError(f"{who}: {url} did not answer JSON") from e
     raise ModelError(f"{who}: {method} {url} failed after {retries + 1} attempt(s): {last}")
+
+
+def client_for(cfg, who: str) -> httpx.Client:
+    """A client with the remote tier's timeout, and its bearer token when ``cfg.token_env`` names one."""
+    headers = {}
+    if cfg.token_env:
+        token = os.environ.get(cfg.token_env)
+        if not token:
+            raise ModelError(f"{who}: remote.token_env names {cfg.token_env}, which is not set")
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(timeout=cfg.timeout_s, headers=headers)

@@ -15,7 +15,6 @@ is the remote model's own: a swap on the remote side makes the certificate stale
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Sequence
 
@@ -25,7 +24,7 @@ from tiergate.config import RemoteConfig
 from tiergate.data.items import Item
 from tiergate.errors import ModelError
 from tiergate.models import kserve
-from tiergate.models.http import call_json
+from tiergate.models.http import call_json, client_for
 from tiergate.tiers import Capabilities, Tier, TierOutput
 
 
@@ -36,13 +35,7 @@ class RemoteTier(Tier):
         self.name = name
         self.cfg = cfg
         self.url = cfg.url.rstrip("/")
-        headers = {}
-        if cfg.token_env:
-            token = os.environ.get(cfg.token_env)
-            if not token:
-                raise ModelError(f"tier {name}: remote.token_env names {cfg.token_env}, which is not set")
-            headers["Authorization"] = f"Bearer {token}"
-        self.client = client or httpx.Client(timeout=cfg.timeout_s, headers=headers)
+        self.client = client or client_for(cfg, f"tier {name}")
         meta = self._call("GET", f"/v2/models/{cfg.model}")
         labels = (meta.get("parameters") or {}).get("labels") if isinstance(meta, dict) else None
         versions = meta.get("versions") if isinstance(meta, dict) else None

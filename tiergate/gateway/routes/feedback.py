@@ -22,7 +22,8 @@ from tiergate.gateway.errors import invalid_body
 router = APIRouter(tags=["feedback"])
 
 # With `serve --workers N` the decision may have been answered, and queued for the log, by another worker
-# whose group commit has not landed yet: look again shortly before answering 404.
+# whose group commit has not landed yet: look again shortly before answering 404. One process needs no second
+# look: its own queue orders a decision before any feedback on it.
 NOT_FOUND_RETRIES_S = (0.02, 0.05, 0.1)
 
 
@@ -50,7 +51,7 @@ async def feedback(request: Request):
         known = await writer.reject_feedback(body.request_id, body.label, "bad_label")
         raise InputError(f"label {body.label!r} is not in the label set {labels}", labels=list(labels),
                          kept_as_rejected=known)
-    for pause in (*NOT_FOUND_RETRIES_S, None):
+    for pause in (*(NOT_FOUND_RETRIES_S if gw.several_workers else ()), None):
         try:
             decided = await writer.feedback(body.request_id, body.label)
             break
