@@ -8,6 +8,11 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
+# optional: a folder of wheels mounted into the build (buildah bud -v /opt/wheels:/wheels:ro), for hosts whose
+# torch wheel lies on disk instead of behind TORCH_INDEX; pip reads it from the environment
+ARG PIP_FIND_LINKS
+# optional: a CA bundle for a TLS-intercepting proxy in front of the package index, mounted the same way
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
 # a CUDA base brings no Python of its own; the slim Python base has one (and this is a no-op there)
 RUN command -v python3 >/dev/null || (apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
