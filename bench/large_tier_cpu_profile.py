@@ -56,7 +56,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     ds = load_dataset(a.data)
     cfg = preset("hashed")
-    cfg.linear_member = False
     train = ds.split("train")[: a.fit]
     test = ds.split("test")[: a.n]
     labels = sorted({e.label for e in ds.split("train")})

@@ -72,12 +72,13 @@ smoke() { # run the image's tiergate over a copy of DIR, on 127.0.0.1 only, and 
   # globals: the EXIT trap runs after this function has returned
   work=$(mktemp -d); cp -a "$dir"/. "$work"/; rm -f "$work"/decisions.db*
   pid=""; ctr=$(buildah from "$tag")
-  trap 'set +e; if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi; buildah rm "$ctr" >/dev/null || echo "could not remove container $ctr" >&2; rm -rf "$work"' EXIT
+  trap 'set +e; if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi; buildah rm "$ctr" >/dev/null || echo "could not remove container $ctr" >&2; rm -rf "$work"' EXIT
   local port; port=$(free_port)
   local uid; uid=$(buildah run --isolation chroot "$ctr" -- id -u)
   chown -R "$uid" "$work"
   echo "image user: uid $uid"; [ "$uid" != 0 ] || { echo "FAIL  the image runs as root" >&2; exit 1; }
-  buildah run --isolation chroot -v "$work:/work" "$ctr" -- \
+  # its own process group, so that the EXIT trap stops the server and the tier workers it spawns
+  setsid buildah run --isolation chroot -v "$work:/work" "$ctr" -- \
     tiergate serve --config /work/tiergate.yaml --host 127.0.0.1 --port "$port" > "$work/serve.log" 2>&1 &
   pid=$!
   local t0=$SECONDS

@@ -61,7 +61,6 @@ def char_oof(texts, y, folds, n_classes, max_chars=5000):
 
 def head_oof(items, y, folds, n_classes):
     cfg = preset("quick")
-    cfg.linear_member = False
     feat = Featurizer(cfg)
     emb = feat.encoder.encode([texts_for(it)[0] for it in items])
     counts = feat.bag.counts([texts_for(it)[1] for it in items])

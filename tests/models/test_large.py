@@ -172,3 +172,77 @@ def test_step_budget_grows_the_batch_with_sqrt_lr_and_ghost_bn():
     assert big.train.lr == pytest.approx(cfg.train.lr * 8 ** 0.5)
     assert big.train.epochs * 42905 / big.train.batch_size <= cfg.step_budget
     assert cfg.train.batch_size == 64  # the caller's config is not changed
+
+
+def _prepared(spam, cfg):
+    from tiergate.models.large import prepare_training
+
+    return prepare_training(spam, cfg)
+
+
+def test_wide_path_starts_as_the_fitted_logistic_regression(spam):
+    """At initialisation the model's probabilities are exactly sklearn's LR on the same bags (binary: one row
+    of log-odds mapped to two logits), and the wide weights are frozen."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tiergate.models.large import build_head, fit_wide
+    from tiergate.training.loop import predict_logits
+
+    cfg = _tiny_cfg("hashed")
+    prep = _prepared(spam, cfg)
+    model = build_head(prep, fit_wide(prep))
+    assert not model.wide.weight.requires_grad
+    part = prep.table.subset(prep.fit_idx)
+    lr = LogisticRegression(C=cfg.wide_C, max_iter=300).fit(part.bag, part.y)
+    hold = prep.table.subset(prep.hold_idx)
+    ours = torch.softmax(torch.tensor(predict_logits(model, hold)), -1).numpy()
+    np.testing.assert_allclose(ours, lr.predict_proba(hold.bag), atol=1e-5)
+
+
+def test_wide_fit_maps_every_class_of_a_multiclass_lr():
+    from tiergate.data import Dataset, Example
+
+    rng = np.random.default_rng(0)
+    words = {"a": "alpha apple avocado", "b": "beta banana basil", "c": "gamma cherry cumin"}
+    ex = [Example(f"{words[lab]} {rng.integers(1000)}", lab, "train", f"{lab}{i}") for lab in words for i in range(30)]
+    from sklearn.linear_model import LogisticRegression
+
+    from tiergate.models.large import build_head, fit_wide
+    from tiergate.training.loop import predict_logits
+
+    cfg = _tiny_cfg("hashed")
+    prep = _prepared(Dataset("three", ex), cfg)
+    model = build_head(prep, fit_wide(prep))
+    part = prep.table.subset(prep.fit_idx)
+    lr = LogisticRegression(C=cfg.wide_C, max_iter=300).fit(part.bag, part.y)
+    ours = torch.softmax(torch.tensor(predict_logits(model, prep.table)), -1).numpy()
+    np.testing.assert_allclose(ours, lr.predict_proba(prep.table.bag), atol=1e-5)
+
+
+def test_training_that_never_beats_the_start_keeps_it(spam):
+    """keep_best considers step 0: with a learning rate that wrecks the deep path, the model that comes back is
+    the fitted linear one, not the wreck."""
+    from tiergate.models.large import build_head, fit_head, fit_wide
+    from tiergate.training.loop import predict_logits
+
+    cfg = _tiny_cfg("hashed")
+    cfg.train = TrainConfig(lr=50.0, batch_size=32, epochs=2, clip_norm=None)
+    prep = _prepared(spam, cfg)
+    start = build_head(prep, fit_wide(prep))
+    model, res = fit_head(prep)
+    assert res.best["step"] == 0, res.best
+    hold = prep.table.subset(prep.hold_idx)
+    np.testing.assert_allclose(predict_logits(model, hold), predict_logits(start, hold), atol=1e-5)
+
+
+def test_a_format_1_artifact_asks_for_retraining(trained, tmp_path):
+    import shutil
+
+    out, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["format_version"] = 1
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="format 1.*retrain"):
+        LargeTier.load(old)

@@ -168,6 +168,13 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
     if progress and rt.is_main:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=step, desc="train", unit="step", leave=False)
+    if cfg.keep_best and step == 0 and val_table is not None and len(val_table):
+        # the starting point is a candidate too: a model that starts from a fitted solution (the large tier's
+        # wide path) keeps it when no step of training beats it on the held-out rows
+        with torch.no_grad():
+            v = evaluate(inner, val_table, device=rt.device)
+        best_loss, best_state = v["loss"], copy.deepcopy(inner.state_dict())
+        result.best = {"step": 0, "epoch": 0.0, "val_loss": v["loss"], "val_acc": v["acc"]}
     model.train()
     while step < total:
         for g in opt.param_groups:

@@ -69,6 +69,7 @@ def _train_distributed(ds, out: Path, *, preset, nproc: int, selection, seed: in
     from tiergate.models.large import (
         _preset_cfg,
         config_to_dict,
+        fit_wide,
         head_metrics,
         prepare_training,
         save_large,
@@ -88,6 +89,9 @@ def _train_distributed(ds, out: Path, *, preset, nproc: int, selection, seed: in
     work.mkdir(parents=True, exist_ok=True)
     save_table(work / "table.npz", prep.table)
     np.savez(work / "split.npz", fit=prep.fit_idx, hold=prep.hold_idx)
+    wide = fit_wide(prep)  # once, in the parent: every process starts from the same fitted wide path
+    if wide is not None:
+        np.savez(work / "wide.npz", w=wide[0], b=wide[1])
     (work / "job.json").write_text(json.dumps({"config": config_to_dict(cfg), "labels": prep.labels,
                                                "emb_dim": prep.featurizer.emb_dim, "progress": progress}))
     port = _free_port()
@@ -131,7 +135,11 @@ def _worker(rank: int, world: int, work: str, port: int) -> None:
         table = load_table(wd / "table.npz")
         split = np.load(wd / "split.npz")
         torch.manual_seed(cfg.train.seed)
-        model = rt.apply(SparseClassifier(cfg, len(job["labels"]), job["emb_dim"]))
+        model = SparseClassifier(cfg, len(job["labels"]), job["emb_dim"])
+        if (wd / "wide.npz").exists():  # the same start as one process (models.large.build_head)
+            wide = np.load(wd / "wide.npz")
+            model.set_wide(wide["w"], wide["b"])
+        model = rt.apply(model)
         hold = table.subset(split["hold"]) if len(split["hold"]) else None
         res = train(model, table.subset(split["fit"]), hold, cfg.train, runtime=rt,
                     progress=job["progress"], log=jsonl_logger(wd.parent / "train_log.jsonl"))
