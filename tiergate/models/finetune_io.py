@@ -84,29 +84,38 @@ def disk_tensors(model: FinetuneClassifier, save_dtype: str) -> dict[str, torch.
 
 
 def plan_shards(tensors: dict[str, torch.Tensor], limit: int = SHARD_BYTES) -> list[dict[str, torch.Tensor]]:
-    """Pack tensors (in name order) into shards of at most ``limit`` bytes, cutting larger ones along dim 0.
+    """Pack tensors (in name order) into shards of at most ``limit`` bytes, filling each shard: a tensor that
+    does not fit in what is left of the current one is cut along dim 0 (pieces ``name::part0``, ...).
 
-    A pure function of names, shapes and dtypes: one process and N processes write the same files."""
-    pieces: list[tuple[str, torch.Tensor]] = []
+    So N bytes take ceil(N / limit) shards (whole-tensor packing would leave 9.4 MB experts one per shard),
+    and the plan is a pure function of names, shapes and dtypes: one process and N write the same files."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    used = 0
     for name in sorted(tensors):
         t = tensors[name]
         nbytes = t.numel() * t.element_size()
-        if nbytes <= limit or t.dim() == 0:
-            pieces.append((name, t))
+        if nbytes <= limit - used or t.dim() == 0:
+            if nbytes > limit - used:
+                shards.append({})
+                used = 0
+            shards[-1][name] = t
+            used += nbytes
             continue
-        rows = max(limit // max(nbytes // t.shape[0], 1), 1)
-        for i, s in enumerate(range(0, t.shape[0], rows)):
-            pieces.append((f"{name}{_PART}{i}", t[s: s + rows].contiguous()))
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    used = 0
-    for name, t in pieces:
-        nbytes = t.numel() * t.element_size()
-        if used + nbytes > limit and shards[-1]:
-            shards.append({})
-            used = 0
-        shards[-1][name] = t
-        used += nbytes
-    return shards
+        row = t[0].numel() * t.element_size()
+        if row > limit:
+            raise ModelError(f"tensor {name}: one row of {row} bytes exceeds a shard of {limit} bytes")
+        start, k = 0, 0
+        while start < t.shape[0]:
+            fit = (limit - used) // row
+            if fit == 0:
+                shards.append({})
+                used = 0
+                continue
+            stop = min(start + fit, t.shape[0])
+            shards[-1][f"{name}{_PART}{k}"] = t[start:stop].contiguous()
+            used += (stop - start) * row
+            start, k = stop, k + 1
+    return [s for s in shards if s]
 
 
 def save_finetune(out_dir, model: FinetuneClassifier, labels: list[str], tokenizer_json: Path, *,
