@@ -55,7 +55,8 @@ def record(ds, test, labels, proba_NC, extra: dict) -> dict:
     y = np.array([labels.index(e.label) if e.label in labels else -1 for e in test])
     return {"dataset": ds.name, "labels": labels, "n_test": len(test), "accuracy": float((pred == y).mean()),
             "errors": int((pred != y).sum()), "ids": [e.id for e in test], "pred": pred.tolist(),
-            "conf": [round(float(c), 5) for c in proba_NC.max(1)], "y": y.tolist(), **extra}
+            "conf": [round(float(c), 5) for c in proba_NC.max(1)], "y": y.tolist(),
+            "proba": np.round(proba_NC, 5).tolist(), **extra}
 
 
 def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
