@@ -154,7 +154,12 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
         m_small = train_small(texts, y_train, workdir / name, scfg, data_fingerprint=ds.fingerprint(), name=name)
         say(f"      {name}: {m_small['n_features']} features, trained in {m_small['train_seconds']} s")
     say("[3/5] large tier: sparse mixture-of-experts model (tiergate.training)")
-    train_large(ds, workdir / "large", preset=large_preset, progress=progress)
+    if large_preset.startswith("finetune"):  # the encoder fine-tuned end to end (tiergate.models.finetune)
+        from tiergate.training.finetune_run import train_finetune
+
+        train_finetune(ds, workdir / "large", cfg=large_preset, progress=progress)
+    else:
+        train_large(ds, workdir / "large", preset=large_preset, progress=progress)
     tiers = []
     pack = rules_pack or rules_pack_for(data)
     if pack is not None:

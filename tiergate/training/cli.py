@@ -1,6 +1,7 @@
 """`tiergate train|prune|plan ...` commands.
 
-``tiergate train large --data D --out DIR [--nproc N] [--selection SEL] [--preset P]`` trains the large tier;
+``tiergate train large --data D --out DIR [--nproc N] [--selection SEL] [--preset P] [--max-steps N]`` trains the
+large tier (``--preset finetune``: :mod:`tiergate.training.finetune_run`);
 ``tiergate prune score|select`` scores and selects training data; ``tiergate plan --compute-flops C`` and
 ``tiergate plan fit`` size a model for a compute budget. Library errors become exit code 2 with the message.
 """
@@ -30,7 +31,8 @@ def _fail(e: Exception) -> None:
 def train_large_cmd(
     data: str = typer.Option(..., "--data", help="spamassassin, debian-packages or a JSONL/CSV path"),
     out: Path = typer.Option(..., "--out", help="output folder (model.safetensors, config.json, manifest.json)"),
-    preset: str = typer.Option("quick", "--preset", help="quick | full | hashed"),
+    preset: str = typer.Option("quick", "--preset", help="quick | full | hashed | finetune | finetune-dense"),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="training processes (torch.distributed; gloo on CPU)"),
     selection: Path | None = typer.Option(None, "--selection", help="a selection file from `tiergate prune select`"),
     seed: int = typer.Option(0, "--seed"),
@@ -43,7 +45,8 @@ def train_large_cmd(
 
     try:
         manifest = run_training(data, out, preset=preset, nproc=nproc, selection=selection, seed=seed,
-                                checkpoint_every=checkpoint_every, resume=resume, progress=progress)
+                                checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                                max_steps=max_steps)
     except TiergateError as e:
         _fail(e)
     typer.echo(json.dumps({"out": str(out), "metrics": manifest.get("metrics", {}),

@@ -45,6 +45,8 @@ class TrainConfig:
     eval_every: int = 0           # steps between held-out evaluations (0: once per epoch)
     keep_best: bool = True        # restore the weights of the best held-out loss at the end
     seed: int = 0                 # seeds the initialisation, the shuffling and dropout
+    max_steps: int | None = None  # stop after this many optimizer steps (the schedule spans them); None: epochs
+    eval_batch_size: int = 1024   # rows per held-out evaluation batch (token models need fewer)
 
 
 @dataclass
@@ -147,6 +149,8 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
     mine_rows = max(micro_rows // rt.world_size, 1)                 # this rank's share of it
     steps_per_epoch = max(n // cfg.batch_size, 1)
     total = max(int(math.ceil(cfg.epochs * steps_per_epoch)), 1)
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
     sched = Schedule(cfg.lr, total, int(cfg.warmup_frac * total), cfg.schedule)
     inner = rt.unwrap(model)
     opt = build_optimizer(inner, cfg)
@@ -178,7 +182,7 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
     model.train()
     while step < total:
         for g in opt.param_groups:
-            g["lr"] = sched.lr_at(step)
+            g["lr"] = sched.lr_at(step) * g.get("lr_scale", 1.0)  # lr_scale: see optim.param_groups
         loss_sum = 0.0
         for i in range(cfg.grad_accum):
             rows = rows_for(step, i, n, cfg.batch_size, cfg.grad_accum, cfg.seed)
@@ -206,7 +210,7 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
                    "train_loss": loss_sum, "seconds": time.perf_counter() - t0,
                    "rows_per_s": step * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)}
             if val_table is not None and len(val_table):
-                v = evaluate(inner, val_table, device=rt.device)
+                v = evaluate(inner, val_table, batch_size=cfg.eval_batch_size, device=rt.device)
                 rec.update(val_loss=v["loss"], val_acc=v["acc"])
                 if cfg.keep_best and v["loss"] < best_loss:
                     best_loss = v["loss"]

@@ -142,14 +142,23 @@ class LazyAdamW(Optimizer):
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: matrices and embeddings (decayed, adapted) and vectors/scalars (neither). Parameters whose
     gradients will be sparse (sparse embedding bags) are left out: :func:`build_optimizer` gives them
-    :class:`LazyAdamW`."""
-    decay, keep = [], []
-    for _, p in model.named_parameters():
+    :class:`LazyAdamW`.
+
+    A model with a method ``lr_scale(name) -> float`` gets those two groups once per distinct scale, each
+    with ``lr_scale`` set: the loop multiplies the scheduled rate by it (a freshly initialised head over a
+    pretrained body wants a higher rate than the body)."""
+    scale_of = getattr(model, "lr_scale", None)
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in _sparse_param_ids(model):
             continue
-        (decay if p.ndim >= 2 else keep).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "adapt": True},
-            {"params": keep, "weight_decay": 0.0, "adapt": False}]
+        key = (p.ndim >= 2, float(scale_of(name)) if scale_of is not None else 1.0)
+        groups.setdefault(key, []).append(p)
+    if scale_of is None:  # the historical two groups, in their order, even when one is empty
+        return [{"params": groups.get((True, 1.0), []), "weight_decay": weight_decay, "adapt": True},
+                {"params": groups.get((False, 1.0), []), "weight_decay": 0.0, "adapt": False}]
+    return [{"params": ps, "weight_decay": weight_decay if mat else 0.0, "adapt": mat, "lr_scale": scale}
+            for (mat, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 def _sparse_param_ids(model: nn.Module) -> set[int]:

@@ -77,3 +77,11 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
+
+
+def spawned_env(rank: int, world: int, port: int) -> None:
+    """Describe process ``rank`` of a ``world``-process run on this host (started by ``mp.spawn``) in the
+    environment :meth:`Runtime.from_env` reads, and give it its share of the CPU threads."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(max((os.cpu_count() or 1) // world, 1))

@@ -9,7 +9,6 @@ the artifact as a one-process run would. Every process uses ``cpu_count // N`` t
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -22,12 +21,24 @@ from tiergate.errors import ConfigError, TiergateError
 
 
 def run_training(data: str, out, *, preset: str = "quick", nproc: int = 1, selection=None, seed: int = 0,
-                 checkpoint_every: int = 200, resume: bool = True, progress: bool = True) -> dict:
+                 checkpoint_every: int = 200, resume: bool = True, progress: bool = True,
+                 max_steps: int | None = None) -> dict:
     from tiergate.data import load_dataset
+    from tiergate.models.large import preset as large_preset
     from tiergate.models.large import train_large
     from tiergate.training.pruning import read_selection
 
     ds = load_dataset(data)
+    if preset.startswith("finetune"):
+        from tiergate.training.finetune_run import train_finetune
+
+        if selection is not None:
+            raise ConfigError("--selection is not supported with --preset finetune yet")
+        return train_finetune(ds, out, cfg=preset, nproc=nproc, seed=seed, max_steps=max_steps, progress=progress)
+    if max_steps is not None:
+        cfg = large_preset(preset)
+        cfg.train.max_steps = max_steps
+        preset = cfg
     sel = read_selection(selection) if selection is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,11 +133,9 @@ def _worker(rank: int, world: int, work: str, port: int) -> None:
 
     from tiergate.models.large import SparseClassifier, config_from_dict
     from tiergate.training.loop import jsonl_logger, train
-    from tiergate.training.parallel import Runtime
+    from tiergate.training.parallel import Runtime, spawned_env
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(max((os.cpu_count() or 1) // world, 1))
+    spawned_env(rank, world, port)
     wd = Path(work)
     job = json.loads((wd / "job.json").read_text())
     cfg = config_from_dict(job["config"])

@@ -1,0 +1,58 @@
+"""Evaluate a finetune artifact brought back from the H200 on this machine's CPU, on the test split.
+
+Writes ``OUT`` (JSON): accuracy, errors, how many test items get another label than on the GPU (read from
+the GPU run's result file), and CPU milliseconds per item (one predict_proba call over the split, after a
+warm-up; threads as tiergate.models.threads sets them for serving, here TIERGATE_TORCH_THREADS or the cores).
+
+    python experiments/finetune_cpu_eval.py --model runs/spam-ft --data spamassassin \
+        --gpu experiments/results/finetune/spamassassin-upcycled.json --out experiments/results/finetune/spamassassin-upcycled-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tiergate.data import load_dataset, make_item
+from tiergate.models.finetune_io import FinetuneTier
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--gpu", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    test = load_dataset(args.data).split("test")
+    items = [make_item(e.text) for e in test]
+    t0 = time.perf_counter()
+    tier = FinetuneTier.load(args.model, batch_size=args.batch)
+    load_s = time.perf_counter() - t0
+    tier.predict_proba(items[:16])
+    t0 = time.perf_counter()
+    proba = tier.predict_proba(items)
+    secs = time.perf_counter() - t0
+    pred = proba.argmax(1)
+    y = np.array([tier.labels.index(e.label) for e in test])
+    gpu = json.loads(Path(args.gpu).read_text())
+    by_id = dict(zip(gpu["ids"], gpu["pred"], strict=True))
+    differ = int(sum(by_id[e.id] != int(p) for e, p in zip(test, pred, strict=True)))
+    rec = {"model": args.model, "dataset": args.data, "n_test": len(test), "accuracy": float((pred == y).mean()),
+           "errors": int((pred != y).sum()), "gpu_accuracy": gpu["accuracy"], "labels_differing_from_gpu": differ,
+           "max_abs_conf_diff_vs_gpu": float(np.max(np.abs(proba.max(1) - np.array(gpu["conf"])))),
+           "cpu_ms_per_item": round(1000 * secs / len(test), 2), "batch": args.batch, "load_seconds": round(load_s, 2),
+           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    Path(args.out).write_text(json.dumps(rec, indent=2))
+    print(json.dumps(rec, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The finetune preset's side-by-side table, read from experiments/results/finetune/*.json (finetune_eval.py,
+ngram_member.py and finetune_cpu_eval.py write them).
+
+``--average`` first writes ``NAME-avg-char.json``: the fine-tuned tier's probabilities averaged with the
+independent character n-gram member's (both files must hold ``proba``), then drops ``proba`` from files over
+1 MB so the results stay small in git. Without it, prints the markdown table of docs/benchmarks.md.
+
+    python experiments/finetune_table.py --average && python experiments/finetune_table.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+R = Path(__file__).resolve().parent / "results" / "finetune"
+# (row label, run prefix of the default recipe, run prefix of the tuned recipe averaged with the char member)
+SETS = [("spamassassin", "spamassassin", "spamassassin"), ("debian-packages", "debian", "debian8"),
+        ("five groups (JSONL)", "groups", "groupsH8")]
+TUNED = {"spamassassin": "spam8", "debian": "debian8", "groups": "groupsH8"}
+ESCALATE_BELOW = 0.95  # the small tier's confidence under which the cascade escalates
+
+
+def load(name: str) -> dict | None:
+    p = R / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def aligned(rec: dict, ids: list[str], labels: list[str]) -> np.ndarray:
+    """rec's predicted label per id of ``ids``, as an index into ``labels``."""
+    by_id = dict(zip(rec["ids"], rec["pred"], strict=True))
+    return np.array([labels.index(rec["labels"][by_id[i]]) for i in ids])
+
+
+def average(ft_name: str, char_name: str, out_name: str) -> None:
+    a, b = load(ft_name), load(char_name)
+    cols = [b["labels"].index(lab) for lab in a["labels"]]
+    pb = dict(zip(b["ids"], np.asarray(b["proba"])[:, cols], strict=True))
+    proba = 0.5 * (np.asarray(a["proba"]) + np.stack([pb[i] for i in a["ids"]]))
+    pred = proba.argmax(1)
+    y = np.array(a["y"])
+    rec = {k: a[k] for k in ("dataset", "labels", "n_test", "ids", "y")}
+    rec.update(variant=f"{ft_name} + {char_name}, averaged", accuracy=float((pred == y).mean()),
+               errors=int((pred != y).sum()), pred=pred.tolist(), conf=np.round(proba.max(1), 5).tolist())
+    (R / f"{out_name}.json").write_text(json.dumps(rec))
+
+
+def row(label: str, base: str, ft: str) -> list[str]:
+    small = f"{base}-small"
+    s = load(small)
+    labels, ids = s["labels"], s["ids"]
+    y = np.array([labels.index(a) if a in labels else -1 for a in (s["labels"][v] for v in s["y"])])
+    esc = np.array(s["conf"]) < ESCALATE_BELOW
+    cells = [label, f"{esc.sum()}"]
+    for name in (small, f"{base}-dense", f"{base}-upcycled", f"{TUNED[base]}-upcycled", f"{ft}-avg-char"):
+        rec = load(name) if name else None
+        if rec is None:
+            cells.append("—")
+            continue
+        pred = aligned(rec, ids, labels)
+        err = int((pred != y).sum())
+        cells.append(f"{(pred == y).mean():.2%} ({err}; {err / max(int((aligned(s, ids, labels) != y).sum()), 1):.2f}×) "
+                     f"/ {(pred[esc] == y[esc]).mean():.1%}")
+    return cells
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--average", action="store_true")
+    args = ap.parse_args()
+    if args.average:
+        for _, char, ft in SETS:
+            average(f"{ft}-upcycled", f"{char}-char", f"{ft}-avg-char")
+        for p in R.glob("*.json"):
+            if p.stat().st_size > 1_000_000:
+                d = json.loads(p.read_text())
+                d.pop("proba", None)
+                p.write_text(json.dumps(d))
+        return
+    print("| data | escalated (small p < 0.95) | small alone | finetune dense | finetune upcycled | upcycled, tuned "
+          "recipe | tuned + char n-grams, averaged |")
+    print("|---|---|---|---|---|---|---|")
+    for label, base, ft in SETS:
+        print("| " + " | ".join(row(label, base, ft)) + " |")
+    print("\nEach cell: test accuracy (errors; errors relative to the small tier) / accuracy on the escalated items.")
+    print("\n| run | H200 train s | steps | H200 serve ms/item | params | active params/token |")
+    print("|---|---|---|---|---|---|")
+    for p in sorted(R.glob("*-upcycled.json")) + sorted(R.glob("*-dense.json")):
+        d = json.loads(p.read_text())
+        c = d["config"]
+        print(f"| {p.stem} (tokens {c['max_tokens']}, headers {c['read_headers']}, epochs {c['train']['epochs']:g}, "
+              f"lr {c['train']['lr']:g}, batch {c['train']['batch_size']}) | {d['train_seconds']} | {d['steps']} | "
+              f"{d['serve_ms_per_item']} | {d['n_params'] / 1e6:.1f}M | {d['active_params_per_token'] / 1e6:.1f}M |")
+    for p in sorted(R.glob("*-cpu*.json")):
+        d = json.loads(p.read_text())
+        print(f"\nCPU ({p.stem}): accuracy {d['accuracy']:.2%} ({d['errors']} errors; GPU {d['gpu_accuracy']:.2%}, "
+              f"{d['labels_differing_from_gpu']} labels differ), {d['cpu_ms_per_item']} ms/item at "
+              f"{d['torch_threads']} thread(s), batch {d['batch']}")
+
+
+if __name__ == "__main__":
+    main()

