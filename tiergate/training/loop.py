@@ -176,7 +176,7 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
         # the starting point is a candidate too: a model that starts from a fitted solution (the large tier's
         # wide path) keeps it when no step of training beats it on the held-out rows
         with torch.no_grad():
-            v = evaluate(inner, val_table, device=rt.device)
+            v = evaluate(inner, val_table, batch_size=cfg.eval_batch_size, device=rt.device)
         best_loss, best_state = v["loss"], copy.deepcopy(inner.state_dict())
         result.best = {"step": 0, "epoch": 0.0, "val_loss": v["loss"], "val_acc": v["acc"]}
     model.train()
