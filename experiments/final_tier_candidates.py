@@ -105,6 +105,9 @@ def main() -> None:
         "head": lambda: proba_head(ds, test, args.out / "head"),  # the quick preset as shipped
         "head-joint": lambda: proba_head(ds, test, args.out / "joint", wide_fit="joint"),
         "head-384": lambda: proba_head(ds, test, args.out / "h384", wide_fit="joint", **{"bag.max_per_text": 384}),
+        "head-b19": lambda: proba_head(ds, test, args.out / "b19", **{"bag.n_buckets": 2 ** 19}),
+        "head-b19-all": lambda: proba_head(ds, test, args.out / "b19all", **{"bag.n_buckets": 2 ** 19,
+                                                                              "bag.max_per_text": 8192}),
     }
     only = [s for s in args.only.split(",") if s] or list(runs)
     for name in only:

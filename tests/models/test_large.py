@@ -189,11 +189,12 @@ def test_wide_path_starts_as_the_fitted_logistic_regression(spam):
     from tiergate.training.loop import predict_logits
 
     cfg = _tiny_cfg("hashed")
+    cfg.wide_C = [16.0]
     prep = _prepared(spam, cfg)
     model = build_head(prep, fit_wide(prep))
     assert not model.wide.weight.requires_grad
     part = prep.table.subset(prep.fit_idx)
-    lr = LogisticRegression(C=cfg.wide_C, max_iter=300).fit(part.bag, part.y)
+    lr = LogisticRegression(C=16.0, max_iter=300).fit(part.bag, part.y)
     hold = prep.table.subset(prep.hold_idx)
     ours = torch.softmax(torch.tensor(predict_logits(model, hold)), -1).numpy()
     np.testing.assert_allclose(ours, lr.predict_proba(hold.bag), atol=1e-5)
@@ -211,10 +212,11 @@ def test_wide_fit_maps_every_class_of_a_multiclass_lr():
     from tiergate.training.loop import predict_logits
 
     cfg = _tiny_cfg("hashed")
+    cfg.wide_C = [16.0]
     prep = _prepared(Dataset("three", ex), cfg)
     model = build_head(prep, fit_wide(prep))
     part = prep.table.subset(prep.fit_idx)
-    lr = LogisticRegression(C=cfg.wide_C, max_iter=300).fit(part.bag, part.y)
+    lr = LogisticRegression(C=16.0, max_iter=300).fit(part.bag, part.y)
     ours = torch.softmax(torch.tensor(predict_logits(model, prep.table)), -1).numpy()
     np.testing.assert_allclose(ours, lr.predict_proba(prep.table.bag), atol=1e-5)
 
@@ -246,3 +248,16 @@ def test_a_format_1_artifact_asks_for_retraining(trained, tmp_path):
     (old / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="format 1.*retrain"):
         LargeTier.load(old)
+
+
+def test_wide_strength_is_chosen_on_the_held_out_slice_and_recorded(spam, tmp_path):
+    from tiergate.models.large import fit_wide
+
+    cfg = _tiny_cfg("hashed")
+    cfg.wide_C = [0.01, 16.0]  # 0.01 all but erases the n-grams: the held-out loss must prefer 16
+    prep = _prepared(spam, cfg)
+    _, _, info = fit_wide(prep)
+    losses = info["wide_holdout_log_loss"]
+    assert set(losses) == {0.01, 16.0} and info["wide_C"] == min(losses, key=losses.get) == 16.0
+    m = train_large(spam, tmp_path, preset=cfg, progress=False)
+    assert m["metrics"]["wide_C"] == 16.0

@@ -73,7 +73,7 @@ class LargeConfig:
     dense_hidden: int = 512         # hidden width of the dense FFN when ffn == "dense"
     wide: bool = True               # a linear path from the n-gram bag straight to the logits (wide & deep)
     wide_fit: str = "lr"            # lr: fit the wide path first as a logistic regression and freeze it | joint
-    wide_C: float = 16.0            # inverse L2 strength of that logistic regression
+    wide_C: list[float] = field(default_factory=lambda: [16.0, 64.0, 256.0])  # inverse L2 strengths tried for it
     ghost_size: int | None = None   # Ghost BN chunk (None: plain BatchNorm)
     dropout: float = 0.2            # on the input features and inside blocks
     sparse_bag: bool = True         # sparse gradients for the n-gram bag (lazy AdamW); off for LAMB/LARS/DDP on GPU
@@ -87,9 +87,10 @@ def preset(name: str) -> LargeConfig:
     ``full``: longer reading and training; ``hashed``: no pretrained encoder (GPU hosts, experiments)."""
     if name == "quick":
         # The hold-out loss bottoms out near epoch 2 on spamassassin (step 126 of 756 at 12 epochs): 5 epochs
-        # with early stopping keep the best model and cut training time by more than half. 2,048 n-grams per
-        # text instead of 384: 9 test errors instead of 14 on spamassassin (experiments/final_tier_candidates.py).
-        return LargeConfig(bag=HashedNgramConfig(n_buckets=2 ** 17, max_per_text=2048),
+        # with early stopping keep the best model and cut training time by more than half. More n-grams per text
+        # (8,192, was 384) in more buckets (2^19, was 2^17): the linear half sees what the small tier's word
+        # vocabulary sees, and more (experiments/final_tier_candidates.py; docs/benchmarks.md).
+        return LargeConfig(bag=HashedNgramConfig(n_buckets=2 ** 19, max_per_text=8192),
                            train=TrainConfig(lr=2e-3, batch_size=64, epochs=5, weight_decay=0.01))
     if name == "full":
         return LargeConfig(max_chunks=6, n_blocks=2, bag=HashedNgramConfig(n_buckets=2 ** 18, max_per_text=768),
@@ -229,6 +230,7 @@ class Prepared:
     labels: list[str]
     data_fingerprint: str
     encode_seconds: float
+    wide_info: dict = field(default_factory=dict)  # what fit_wide chose (recorded in the manifest's metrics)
 
 
 def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0, progress: bool = False) -> Prepared:
@@ -276,27 +278,39 @@ def scale_to_budget(cfg: LargeConfig, n_rows: int) -> LargeConfig:
     return out
 
 
-def fit_wide(prep: Prepared) -> tuple[np.ndarray, np.ndarray] | None:
-    """The wide path as a logistic regression on the fit rows' n-gram bags: ``(W (F, C), b (C,))``, or None when
-    the config trains it jointly. Deterministic (lbfgs), so every process of a ``--nproc N`` run gets the same."""
+def fit_wide(prep: Prepared) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """The wide path as a logistic regression on the fit rows' n-gram bags: ``(W (F, C), b (C,), info)``, or
+    None when the config trains it jointly. Each ``wide_C`` is tried (warm-started, weakest regularisation
+    last) and the one with the lowest held-out log loss is kept. Deterministic (lbfgs), and computed once, so
+    every process of a ``--nproc N`` run starts from the same."""
     cfg = prep.cfg
     if not cfg.wide or cfg.wide_fit == "joint":
         return None
     if cfg.wide_fit != "lr":
         raise ConfigError(f"wide_fit {cfg.wide_fit!r}: use lr or joint")
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
 
-    part = prep.table.subset(prep.fit_idx)
-    lr = LogisticRegression(C=cfg.wide_C, max_iter=300).fit(part.bag, part.y)
+    fit = prep.table.subset(prep.fit_idx)
+    hold = prep.table.subset(prep.hold_idx) if len(prep.hold_idx) else None
+    lr = LogisticRegression(max_iter=300, warm_start=True)
+    best, tried = None, {}
+    for c in sorted(float(c) for c in cfg.wide_C):
+        lr.set_params(C=c).fit(fit.bag, fit.y)
+        score = log_loss(hold.y, lr.predict_proba(hold.bag), labels=lr.classes_) if hold is not None else 0.0
+        tried[c] = round(float(score), 5)
+        if best is None or score < best[0]:
+            best = (score, c, lr.coef_.copy(), lr.intercept_.copy(), lr.classes_.astype(int))
+    _, c_best, coef, intercept, cols = best
     C = len(prep.labels)
     w_FC = np.zeros((cfg.bag.n_buckets, C), np.float32)
     b_C = np.zeros(C, np.float32)
-    cols = lr.classes_.astype(int)
-    if C == 2 and lr.coef_.shape[0] == 1:  # binary: one row of log-odds for class 1
-        w_FC[:, 1], b_C[1] = lr.coef_[0], lr.intercept_[0]
+    if C == 2 and coef.shape[0] == 1:  # binary: one row of log-odds for class 1
+        w_FC[:, 1], b_C[1] = coef[0], intercept[0]
     else:
-        w_FC[:, cols], b_C[cols] = lr.coef_.T, lr.intercept_
-    return w_FC, b_C
+        w_FC[:, cols], b_C[cols] = coef.T, intercept
+    prep.wide_info = {"wide_C": c_best, "wide_holdout_log_loss": tried}
+    return w_FC, b_C, prep.wide_info
 
 
 def build_head(prep: Prepared, wide=None) -> SparseClassifier:
@@ -305,14 +319,15 @@ def build_head(prep: Prepared, wide=None) -> SparseClassifier:
     torch.manual_seed(cfg.train.seed)
     model = SparseClassifier(cfg, len(prep.labels), prep.featurizer.emb_dim)
     if wide is not None:
-        model.set_wide(*wide)
+        model.set_wide(wide[0], wide[1])
     return model
 
 
 def fit_head(prep: Prepared, *, runtime=None, progress: bool = False, log=None, checkpoint=None):
     """Build the head and train it on the prepared features; returns (model, TrainResult)."""
     cfg = prep.cfg
-    model = build_head(prep, fit_wide(prep))
+    wide = fit_wide(prep)
+    model = build_head(prep, wide)
     if runtime is not None:
         model = runtime.apply(model)
     hold = prep.table.subset(prep.hold_idx) if len(prep.hold_idx) else None
@@ -324,7 +339,7 @@ def fit_head(prep: Prepared, *, runtime=None, progress: bool = False, log=None, 
 def head_metrics(prep: Prepared, res) -> dict:
     return {"holdout_acc": res.best.get("val_acc"), "holdout_loss": res.best.get("val_loss"),
             "best_step": res.best.get("step"), "steps": res.steps, "n_train": len(prep.fit_idx),
-            "n_holdout": len(prep.hold_idx), "encode_seconds": round(prep.encode_seconds, 2),
+            "n_holdout": len(prep.hold_idx), "encode_seconds": round(prep.encode_seconds, 2), **prep.wide_info,
             "train_seconds": round(res.seconds, 2)}
 
 
