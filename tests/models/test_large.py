@@ -191,7 +191,7 @@ def test_wide_path_starts_as_the_fitted_logistic_regression(spam):
     cfg = _tiny_cfg("hashed")
     cfg.wide_C = [16.0]
     prep = _prepared(spam, cfg)
-    model = build_head(prep, fit_wide(prep))
+    model = build_head(prep.cfg, len(prep.labels), prep.featurizer.emb_dim, fit_wide(prep))
     assert not model.wide.weight.requires_grad
     part = prep.table.subset(prep.fit_idx)
     lr = LogisticRegression(C=16.0, max_iter=300).fit(part.bag, part.y)
@@ -214,7 +214,7 @@ def test_wide_fit_maps_every_class_of_a_multiclass_lr():
     cfg = _tiny_cfg("hashed")
     cfg.wide_C = [16.0]
     prep = _prepared(Dataset("three", ex), cfg)
-    model = build_head(prep, fit_wide(prep))
+    model = build_head(prep.cfg, len(prep.labels), prep.featurizer.emb_dim, fit_wide(prep))
     part = prep.table.subset(prep.fit_idx)
     lr = LogisticRegression(C=16.0, max_iter=300).fit(part.bag, part.y)
     ours = torch.softmax(torch.tensor(predict_logits(model, prep.table)), -1).numpy()
@@ -230,7 +230,7 @@ def test_training_that_never_beats_the_start_keeps_it(spam):
     cfg = _tiny_cfg("hashed")
     cfg.train = TrainConfig(lr=50.0, batch_size=32, epochs=2, clip_norm=None)
     prep = _prepared(spam, cfg)
-    start = build_head(prep, fit_wide(prep))
+    start = build_head(prep.cfg, len(prep.labels), prep.featurizer.emb_dim, fit_wide(prep))
     model, res = fit_head(prep)
     assert res.best["step"] == 0, res.best
     hold = prep.table.subset(prep.hold_idx)

@@ -313,11 +313,11 @@ def fit_wide(prep: Prepared) -> tuple[np.ndarray, np.ndarray, dict] | None:
     return w_FC, b_C, prep.wide_info
 
 
-def build_head(prep: Prepared, wide=None) -> SparseClassifier:
-    """The model a training process starts from: seeded initialisation, then the fitted wide path if any."""
-    cfg = prep.cfg
+def build_head(cfg: LargeConfig, n_classes: int, emb_dim: int, wide=None) -> SparseClassifier:
+    """The model every training process starts from (one process, or each of ``--nproc N``): seeded
+    initialisation, then the fitted wide path if any."""
     torch.manual_seed(cfg.train.seed)
-    model = SparseClassifier(cfg, len(prep.labels), prep.featurizer.emb_dim)
+    model = SparseClassifier(cfg, n_classes, emb_dim)
     if wide is not None:
         model.set_wide(wide[0], wide[1])
     return model
@@ -327,7 +327,7 @@ def fit_head(prep: Prepared, *, runtime=None, progress: bool = False, log=None, 
     """Build the head and train it on the prepared features; returns (model, TrainResult)."""
     cfg = prep.cfg
     wide = fit_wide(prep)
-    model = build_head(prep, wide)
+    model = build_head(cfg, len(prep.labels), prep.featurizer.emb_dim, wide)
     if runtime is not None:
         model = runtime.apply(model)
     hold = prep.table.subset(prep.hold_idx) if len(prep.hold_idx) else None

@@ -131,7 +131,7 @@ def _worker(rank: int, world: int, work: str, port: int) -> None:
     """One training process of a ``--nproc N`` run (started by torch.multiprocessing.spawn)."""
     from safetensors.torch import save_file
 
-    from tiergate.models.large import SparseClassifier, config_from_dict
+    from tiergate.models.large import build_head, config_from_dict
     from tiergate.training.loop import jsonl_logger, train
     from tiergate.training.parallel import Runtime, spawned_env
 
@@ -143,12 +143,9 @@ def _worker(rank: int, world: int, work: str, port: int) -> None:
     try:
         table = load_table(wd / "table.npz")
         split = np.load(wd / "split.npz")
-        torch.manual_seed(cfg.train.seed)
-        model = SparseClassifier(cfg, len(job["labels"]), job["emb_dim"])
-        if (wd / "wide.npz").exists():  # the same start as one process (models.large.build_head)
-            wide = np.load(wd / "wide.npz")
-            model.set_wide(wide["w"], wide["b"])
-        model = rt.apply(model)
+        wide = np.load(wd / "wide.npz") if (wd / "wide.npz").exists() else None
+        model = rt.apply(build_head(cfg, len(job["labels"]), job["emb_dim"],
+                                    None if wide is None else (wide["w"], wide["b"])))
         hold = table.subset(split["hold"]) if len(split["hold"]) else None
         res = train(model, table.subset(split["fit"]), hold, cfg.train, runtime=rt,
                     progress=job["progress"], log=jsonl_logger(wd.parent / "train_log.jsonl"))
