@@ -111,9 +111,11 @@ class Bench:
                 return self._started(name, lambda port: tiergate_command(config, port, None), env)
             raise
 
-    def bare(self) -> ServerProcess:
+    def bare(self, rules: bool = False) -> ServerProcess:
+        """The bare endpoint; ``rules``: it also runs the config's rules tier on each item (and nothing else)."""
         level = self.args.server_log_level or None
-        return self._started("bare", lambda port: bare_command(port, level), {})
+        name, cfg = ("bare-rules", self.config) if rules else ("bare", None)
+        return self._started(name, lambda port: bare_command(port, level, cfg), {})
 
     def _started(self, name: str, command, env: dict[str, str], tries: int = 3) -> ServerProcess:
         """Start ``command(port)`` on a free port; a port taken by someone else before the server bound it

@@ -42,8 +42,9 @@ def tiergate_command(config: Path, port: int, log_level: str | None) -> list[str
     return cmd + (["--log-level", log_level] if log_level else [])
 
 
-def bare_command(port: int, log_level: str | None) -> list[str]:
+def bare_command(port: int, log_level: str | None, rules: Path | None = None) -> list[str]:
     cmd = [sys.executable, str(ROOT / "bench" / "bare_endpoint.py"), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--rules", str(rules)] if rules else []
     return cmd + (["--log-level", log_level] if log_level else [])
 
 

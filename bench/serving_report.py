@@ -11,6 +11,7 @@ NA = "n/a"
 COLUMNS: dict[str, list[tuple[str, str, int | None]]] = {
     "a": [("traffic", "traffic", None), ("tier", "tier", None), ("texts", "texts", None),
           ("bare_rps", "bare req/s", 0), ("rps", "tiergate req/s", 0), ("ratio", "ratio to bare", 2),
+          ("bare_rules_rps", "bare + same rules req/s", 0), ("ratio_same_work", "ratio to bare + same rules", 2),
           ("p50_ms", "p50 ms", 1), ("p99_ms", "p99 ms", 1), ("bare_p50_ms", "bare p50 ms", 1),
           ("bare_p99_ms", "bare p99 ms", 1), ("overhead_p50_ms", "overhead p50 ms", 2),
           ("overhead_p99_ms", "overhead p99 ms", 2), ("expected_tier", "share from that tier", 3),

@@ -43,6 +43,21 @@ def traffic_types(b: Bench, server: ServerProcess, rows: list[dict]) -> Iterator
         yield role, tier, [body(t) for t in texts[role]]
 
 
+def _same_work(b: Bench, tg: ServerProcess, bodies: list[bytes], bm: dict, tm: dict) -> dict:
+    """The rules-decided load on a bare endpoint that parses each item and runs the same rules tier: what is
+    left between it and tiergate is the gateway's own cost (the scheduler, metrics, the decision log)."""
+    s = b.s
+    with b.bare(rules=True) as br:
+        load(br, bodies, s, seconds=s.warmup_s)
+        runs, tg_runs = [], []
+        for _ in range(s.repeats):
+            runs.append(load(br, bodies, s, seconds=s.run_s))
+            tg_runs.append(load(tg, bodies, s, seconds=s.run_s))
+    rps = median(r["goodput_rps"] for r in runs)
+    tg_rps = median(r["goodput_rps"] for r in tg_runs)
+    return {"bare_rules_rps": rps, "rps_beside_bare_rules": tg_rps, "ratio_same_work": ratio(tg_rps, rps)}
+
+
 def scenario_a(b: Bench) -> dict:
     s, rows, notes = b.s, [], []
     keys = ("goodput_rps", "p50_ms", "p99_ms", "overhead_p50_ms", "overhead_p99_ms", "client_cpu_pct", "server_cpu_pct")
@@ -64,6 +79,8 @@ def scenario_a(b: Bench) -> dict:
                          "failures": sum(failures(r) for r in tg_runs),
                          "client_cpu_pct": tm["client_cpu_pct"], "server_cpu_pct": tm["server_cpu_pct"],
                          "runs": {"bare": bare_runs, "tiergate": tg_runs}})
+            if role == "rules":
+                rows[-1].update(_same_work(b, tg, bodies, bm, tm))
     rules = next((r for r in rows if r["traffic"] == "rules" and "ratio" in r), None)
     if rules:
         notes.append(f"rules-decided throughput {fmt(rules['ratio'], 2)}x bare (target >= 0.6, aim 0.8): "
@@ -74,6 +91,9 @@ def scenario_a(b: Bench) -> dict:
                          f"{fmt(rules['overhead_p99_ms'])} ms (target <= 1 / <= 5 ms): " + ("met" if ok else "NOT met"))
         else:
             notes.append("overhead: n/a (the server sends no X-Tiergate-Overhead-Ms header)")
+    if rules and "bare_rules_rps" in rules:
+        notes.append(f"against a bare endpoint doing the same work (parse + the same rules, no gateway): "
+                     f"{fmt(rules['ratio_same_work'], 2)}x; the rules themselves cost the rest of the gap to bare")
     notes.append(f"{s.conns} connections, {s.run_s:g} s per run, median of {s.repeats} alternating runs per server "
                  f"after {s.warmup_s:g} s of warm-up; latency is the client's, overhead the server's header.")
     return {"rows": rows, "notes": notes, "discovery": b.discovery}

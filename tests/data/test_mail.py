@@ -1,3 +1,5 @@
+import pytest
+
 from tiergate.data.items import decode_bytes, make_item
 from tiergate.data.mail import html_to_text, looks_like_mail, parse_mail
 
@@ -55,3 +57,40 @@ def test_size_cap_and_byte_decoding():
     assert len(make_item("x" * 1000, max_chars=100).text) == 100
     assert decode_bytes("é".encode()) == "é"
     assert decode_bytes(b"\xe9t\xe9") == "été"  # not UTF-8: Latin-1, every byte kept
+
+
+def test_the_string_parser_agrees_with_the_email_package_on_the_corpus(spam_ds):
+    """parse_mail reads single-part ASCII text/plain mail with string operations: on every message of the
+    corpus it takes, the fields are exactly the email package's, and it takes most of them."""
+    from tiergate.data.mail import _parse_simple, parse_mail_email
+
+    taken = 0
+    for e in spam_ds.split("test"):
+        norm = e.text.replace("\r\n", "\n")
+        head, sep, rest = norm.partition("\n\n")
+        fast = _parse_simple(head, rest) if sep else None
+        if fast is None:
+            continue
+        taken += 1
+        assert fast == parse_mail_email(norm, head), e.text[:300]
+    assert taken > 0.5 * len(spam_ds.split("test"))
+
+
+@pytest.mark.parametrize("text", [
+    "Subject: a\n folded\nTo: x\n\nbody",                       # continuation lines
+    "From a@b  Mon\nSubject: hi\n\nbody",                      # mbox envelope line
+    "Subject: =?utf-8?q?caf=C3=A9?=\n\nbody",                  # an encoded word
+    "Subject: x\nContent-Type: text/plain; charset=utf-16\n\nbody",   # a charset ASCII is not plain in
+    "Subject: x\nContent-Type: text/html\n\n<p>hi</p>",
+    "Subject: x\nContent-Transfer-Encoding: base64\n\naGk=",
+    "Subject: x\nnot a header line\n\nbody",
+    "Subject: x\rTo: y\n\nbody",
+    "Subject: x\n\nbody caf\u00e9",
+    "Subject : x\nTo: y\n\nbody",
+    "From a@b  Mon\n cont\nSubject: hi\n\nbody",
+])
+def test_parse_mail_is_the_email_package_on_edge_cases(text):
+    from tiergate.data.mail import parse_mail, parse_mail_email
+
+    norm = text.replace("\r\n", "\n")
+    assert parse_mail(text) == parse_mail_email(norm, norm.partition("\n\n")[0])

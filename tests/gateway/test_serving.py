@@ -123,6 +123,41 @@ def test_deadline_skips_a_slow_final_tier(serving_dir, tiny_workdir):
         assert scrape(base)['tiergate_degraded_total{reason="deadline"}'] >= 2
 
 
+def test_an_item_still_queued_at_its_deadline_is_shed_with_429(serving_dir, tiny_workdir):
+    """Nothing was computed for it: the answer is the overload one (429 + Retry-After), not a 504."""
+    p = write_config(serving_dir, tiny_workdir, "shed", OPEN)
+    with running_server(create_app(p)) as base:
+        fault(base, tier="final", delay_ms=900)
+        with cf.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(post, base, {"text": HAM, "final_only": True})  # holds the final tier's one slot
+            time.sleep(0.2)
+            t = time.perf_counter()
+            r = post(base, {"text": LOTTERY, "final_only": True, "deadline_ms": 300})
+            waited = time.perf_counter() - t
+            assert r.status_code == 429, r.text
+            assert int(r.headers["retry-after"]) >= 1 and "still waiting for tier final" in r.json()["detail"]
+            assert waited < 0.7  # answered at its deadline, not when the batch ahead of it ended
+            assert first.result().status_code == 200
+
+
+def test_rules_answer_on_the_spot_and_still_rehearse_faults(serving_dir, tiny_workdir):
+    """A light tier decides a small request without a queue (its batch is the request), and an injected fault
+    on it still fails its batches: their items pass on to the next tier."""
+    p = write_config(serving_dir, tiny_workdir, "spot", OPEN)
+    with running_server(create_app(p)) as base:
+        before = scrape(base)
+        r = post(base, {"texts": [LOTTERY] * 3})
+        assert r.status_code == 200 and [d["tier"] for d in r.json()["results"]] == ["rules"] * 3
+        m = scrape(base)
+        key = 'tiergate_batch_size_sum{tier="rules"}'
+        assert m[key] - before.get(key, 0) == 3  # one batch of the request's three items
+        fault(base, tier="rules", error_rate=1.0)
+        d = post(base, {"text": LOTTERY}).json()
+        assert d["tier"] != "rules" and d["path"][0] == "rules"  # attempted, failed, passed on
+        assert httpx.delete(base + "/admin/faults", headers=ADMIN).status_code == 200
+        assert post(base, {"text": LOTTERY}).json()["tier"] == "rules"
+
+
 def test_failing_final_tier_degrades_and_the_breaker_recovers(serving_dir, tiny_workdir):
     p = write_config(serving_dir, tiny_workdir, "breaker", {**OPEN, "breaker": {"failures": 2, "cooldown_s": 0.5}})
     with running_server(create_app(p)) as base:

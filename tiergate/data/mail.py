@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import html
 from email.message import Message
@@ -90,12 +91,84 @@ def _header_str(msg: Message, name: str) -> str:
         return str(value)
 
 
+# A header name as the email package reads one (printable ASCII but ':').
+_NAME = regex.compile(r"[\041-\071\073-\176]+")
+# Charsets under which an ASCII body decodes to itself.
+_ASCII_CHARSET = regex.compile(r"(?i)(us-)?ascii|utf-?8|iso-?8859-[0-9]+|windows-125[0-9]|cp125[0-9]|latin-?1")
+
+
+def _header_value(value: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:
+        return value
+
+
+def _parse_simple(head: str, body: str) -> dict[str, str] | None:
+    """The fields of a single-part ``text/plain`` message whose body is ASCII and sent as is (no base64 or
+    quoted-printable), read with string operations alone; None for any other message. The result is what the
+    email package gives for the same message (tests/data/test_mail.py checks it on the corpora), at about a
+    tenth of the cost: most of a rules-decided request's time was the email package's parser."""
+    if not body.isascii() or not head.isascii() or "\r" in head or "\r" in body:
+        return None  # (a lone CR ends a line for the email package)
+    grouped: dict[str, list[str]] = {}
+    values: list[str] = []  # the current header's value, continuation lines included
+    lines = head.split("\n")
+    if lines[0].startswith("From "):  # the mbox envelope line: not a header (the email package's unixfrom)
+        lines = lines[1:]
+    for line in lines:
+        if not line:
+            return None
+        if line[0] in " \t":
+            if not values:
+                return None
+            values[-1] += "\n" + line
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not _NAME.fullmatch(name):
+            return None  # an mbox "From " line, or a line the feedparser would take for the body's start
+        lst = grouped.setdefault(name.lower(), [])
+        lst.append(value.lstrip(" \t"))
+        values = lst
+    ctype = grouped.get("content-type")
+    if ctype is not None:
+        if len(ctype) > 1:
+            return None
+        main, *params = ctype[0].split(";")
+        if main.strip().lower() != "text/plain" or "\n" in ctype[0]:
+            return None
+        for param in params:
+            key, _, val = param.strip().partition("=")
+            if key.strip().lower() == "charset" and not _ASCII_CHARSET.fullmatch(val.strip().strip('"').strip()):
+                return None
+    cte = grouped.get("content-transfer-encoding")
+    if cte is not None and (len(cte) > 1 or cte[0].strip().lower() not in ("7bit", "8bit", "binary")):
+        return None
+    fields: dict[str, str] = {"headers": head}
+    for name, vals in grouped.items():
+        fields[f"header:{name}"] = "\n".join(vals)
+    for name in ("subject", "from", "to"):
+        vals = grouped.get(name)
+        fields[name] = _header_value(vals[0]) if vals else ""
+    fields["body"] = body.strip()
+    return fields
+
+
 def parse_mail(text: str) -> dict[str, str]:
     """Parse an RFC 822 message into fields: ``headers``, ``subject``, ``from``, ``to``, ``body`` and
     ``header:<name>`` (lower case; repeated headers joined by newlines). Never raises."""
     # Split the header block ourselves so that `headers` is exactly what was sent.
     norm = text.replace("\r\n", "\n")
-    head, _, _ = norm.partition("\n\n")
+    head, sep, rest = norm.partition("\n\n")
+    if sep:
+        simple = _parse_simple(head, rest)
+        if simple is not None:
+            return simple
+    return parse_mail_email(norm, head)
+
+
+def parse_mail_email(norm: str, head: str) -> dict[str, str]:
+    """:func:`parse_mail` by the email package (any message: MIME parts, encodings, HTML)."""
     try:
         msg = email.message_from_string(norm, policy=email.policy.compat32)
     except Exception:

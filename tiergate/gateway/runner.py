@@ -54,6 +54,9 @@ class Fault:
             raise InjectedFault(f"injected fault (error_rate={self.error_rate})")
 
 
+_NO_FAULT = Fault()
+
+
 class Breaker:
     """Closed → (``failures`` consecutive failed batches) → open → (``cooldown_s``) → half-open: one trial
     batch; its success closes the breaker, its failure opens it again for another cool-down."""
@@ -273,6 +276,37 @@ class TierRunner:
         self.breaker.success()
         self._learn_speed(len(batch), seconds)
         return BatchResult(batch, outs, seconds)
+
+    def run_now(self, items: list[Pending]) -> bool:
+        """Run a few items of a light tier at once, on the caller's stack, and hand the result to ``on_batch``;
+        False (nothing done) when they must queue instead: too many for one slice, a fault to rehearse, or a
+        breaker that is not closed.
+
+        Why: a light tier's batch of one costs less than the queue, the batcher task and the wake-ups around
+        it, and batching gains nothing on a batch-invariant, pure-Python tier; at 32 connections the queued
+        path made every rules-decided request wait for the slices of the others (docs/benchmarks.md)."""
+        if (not self.inline or len(items) > INLINE_SLICE or self.breaker.state != Breaker.CLOSED
+                or self._current_fault() != _NO_FAULT):
+            return False
+        t0 = time.perf_counter()
+        m.BATCH_SIZE.labels(self.name).observe(len(items))
+        m.TIER_BATCHES.labels(self.name).inc()
+        m.QUEUE_WAIT.labels(self.name).observe(0.0)
+        for p in items:
+            p.tier, p.enqueued, p.started = self.index, t0, True
+        try:
+            outs = self._counted(self.tier.predict(self._parsed(items)), items)
+        except Exception as e:
+            self.breaker.failure()
+            log.error("tier %s failed on a batch of %d: %s: %s", self.name, len(items), type(e).__name__, e)
+            result = BatchResult(items, None, time.perf_counter() - t0, "error", e)
+        else:
+            seconds = time.perf_counter() - t0
+            m.observe_batch(self.name, len(items), seconds)
+            self._learn_speed(len(items), seconds)
+            result = BatchResult(items, outs, seconds)
+        self.on_batch(self, result)
+        return True
 
     def _current_fault(self) -> Fault:
         with self._lock:

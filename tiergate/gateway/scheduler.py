@@ -193,10 +193,11 @@ class Scheduler:
         try:
             req.items = [Pending(req, k, t) for k, t in enumerate(texts)]
             self._forward(req.items, entry)
-            try:
-                await asyncio.wait_for(asyncio.shield(req.future), max(req.deadline - time.perf_counter(), 0))
-            except TimeoutError:
-                self._expire(req)
+            if not req.future.done():  # else a light tier decided every item on the spot
+                try:
+                    await asyncio.wait_for(asyncio.shield(req.future), max(req.deadline - time.perf_counter(), 0))
+                except TimeoutError:
+                    self._expire(req)
             if req.error is not None:
                 raise req.error
             return list(req.decisions), req.compute_s  # type: ignore[arg-type]
@@ -232,7 +233,8 @@ class Scheduler:
             self.arrived[j] += len(go)
             if self.arrived[0] > _SHARE_WINDOW:  # forget old traffic slowly
                 self.arrived = [a / 2 for a in self.arrived]
-            r.put(go)
+            if not r.run_now(go):
+                r.put(go)
 
     @staticmethod
     def _count_escalation(p: Pending, reason: str) -> None:
@@ -334,7 +336,7 @@ class Scheduler:
 
     def _expire(self, req: _Request) -> None:
         """The deadline passed: answer every undecided item with its best answer so far (degraded)."""
-        missing = 0
+        missing, queued = 0, []
         for p in req.items:
             if req.decisions[p.k] is not None:
                 continue
@@ -345,7 +347,19 @@ class Scheduler:
                 self._decide(p, *p.best, degraded="deadline")
             else:
                 missing += 1
-        if missing:
+                if not p.started:
+                    queued.append(p)
+        if missing and len(queued) == missing:
+            # None of them was started: the work was shed, not failed, so the answer is the overload one (429
+            # with a Retry-After), which a client retries, rather than a 504, which says a tier was too slow.
+            r = self.runners[queued[0].tier]
+            m.REJECTED.labels(r.name).inc()
+            retry = min(60, max(1, math.ceil(r.load * r.seconds_per_item / r.serving.threads)))
+            req.error = OverloadedError(
+                f"{missing} of {len(req.decisions)} item(s) were still waiting for tier {r.name} when the deadline "
+                f"passed ({r.load} items ahead); nothing was computed for them: retry in {retry} s",
+                retry_after_s=retry)
+        elif missing:
             req.error = DeadlineError(f"the deadline passed before any model tier answered {missing} of "
                                       f"{len(req.decisions)} item(s); send a longer X-Tiergate-Deadline-Ms "
                                       "or retry when the gateway is less busy")
