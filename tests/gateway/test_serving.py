@@ -140,6 +140,48 @@ def test_an_item_still_queued_at_its_deadline_is_shed_with_429(serving_dir, tiny
             assert first.result().status_code == 200
 
 
+def test_a_request_that_waited_too_long_on_the_event_loop_is_refused_at_the_door(serving_dir, tiny_workdir):
+    p = write_config(serving_dir, tiny_workdir, "loopwait", {"max_loop_wait_ms": 0.001})
+    with running_server(create_app(p)) as base:
+        r = post(base, {"text": LOTTERY})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
+        assert "event loop" in r.json()["detail"]
+        assert httpx.get(base + "/healthz").status_code == 200  # probes are never refused
+        m = scrape(base)
+        assert m['tiergate_rejected_total{tier="event_loop"}'] >= 1 and m["tiergate_loop_wait_seconds_count"] >= 2
+
+
+def test_the_event_loop_limit_halves_while_requests_are_refused_and_recovers(serving_dir, tiny_workdir):
+    from tiergate.cascade import Cascade
+    from tiergate.errors import OverloadedError
+    from tiergate.gateway.scheduler import Scheduler
+
+    cascade = Cascade.from_config(write_config(serving_dir, tiny_workdir, "aimd", {"max_loop_wait_ms": 40}))
+    sched = Scheduler(cascade, cascade.config.server)
+
+    def next_window():
+        sched._loop_window -= 1.0  # as if the adjustment window had passed
+
+    sched.door_check(waited_s=0.030)  # within 40 ms: admitted
+    with pytest.raises(OverloadedError):
+        sched.door_check(waited_s=0.045)
+    limits = []
+    for _ in range(6):  # refusals in every window: 20, 10, 5, 2.5, then the 2 ms floor
+        next_window()
+        limits.append(round(sched._loop_limit() * 1000, 2))
+        with pytest.raises(OverloadedError):
+            sched.door_check(waited_s=0.050)
+    assert limits == [20.0, 10.0, 5.0, 2.5, 2.0, 2.0]
+    with pytest.raises(OverloadedError):
+        sched.door_check(waited_s=0.003)  # over the lowered limit now
+    for _ in range(10):  # quiet windows: back up 5 ms each, never past the configured 40 ms
+        next_window()
+        sched.door_check(waited_s=0.0)
+    assert sched._loop_limit() == pytest.approx(0.040)
+    sched.door_check(waited_s=0.030)
+    cascade.close()
+
+
 def test_rules_answer_on_the_spot_and_still_rehearse_faults(serving_dir, tiny_workdir):
     """A light tier decides a small request without a queue (its batch is the request), and an injected fault
     on it still fails its batches: their items pass on to the next tier."""

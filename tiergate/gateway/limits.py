@@ -2,8 +2,9 @@
 
 * the request's start time, for the overhead figure (``scope["tiergate.t0"]``);
 * 503 while the gateway drains for shutdown (probes and metrics still answer);
-* 429 at the door for classify requests when the first tier's queue is already full, so a flood costs
-  almost nothing to refuse (no body read, no JSON parsed);
+* 429 at the door for classify requests when the first tier's queue is already full, or when the request
+  already waited on the event loop longer than ``server.max_loop_wait_ms`` (see :mod:`tiergate.gateway.protocol`),
+  so a flood costs almost nothing to refuse (no body read, no JSON parsed);
 * a body limit: ``Content-Length`` over it is 413 at once, and a chunked body is counted as it arrives;
 * a body timeout: a client that sends its body too slowly (or stops) gets 408 instead of holding a slot.
 """
@@ -14,7 +15,9 @@ import asyncio
 import time
 
 from tiergate.errors import BodyTimeoutError, PayloadTooLargeError, TiergateError, UnavailableError
+from tiergate.gateway import metrics as m
 from tiergate.gateway.errors import error_response
+from tiergate.gateway.protocol import READ_AT
 
 _OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 ADMIN_UPLOAD_BYTES = 2_000_000  # a rule file may be larger than a classify request
@@ -28,10 +31,12 @@ class LimitsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        scope["tiergate.t0"] = time.perf_counter()
+        t0 = scope["tiergate.t0"] = time.perf_counter()
         path: str = scope.get("path", "")
+        waited = t0 - scope.get(READ_AT, t0)
+        m.LOOP_WAIT.observe(waited)
         try:
-            self._gate(scope, path)
+            self._gate(scope, path, waited)
         except TiergateError as e:
             return await error_response(e, path)(scope, receive, send)
         srv = self.state.server
@@ -77,19 +82,31 @@ class LimitsMiddleware:
                 raise
             await error_response(e, path)(scope, receive, send)
 
-    def _gate(self, scope, path: str) -> None:
+    def _gate(self, scope, path: str, waited: float) -> None:
         if path in _OPEN_PATHS:
             return
         if self.state.draining:
             raise UnavailableError("the gateway is shutting down; retry on another instance")
         sched = self.state.scheduler
         if sched is not None and path == "/v1/classify" and scope.get("method") == "POST":
-            sched.door_check()
+            sched.door_check(waited, _header_deadline_s(scope))
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"request body of {size} bytes or more; the limit is {limit} bytes "
                                 "(server.max_body_bytes): split the batch")
+
+
+def _header_deadline_s(scope) -> float | None:
+    """The X-Tiergate-Deadline-Ms header in seconds, if it is a positive number (the route validates it)."""
+    for k, v in scope.get("headers", ()):
+        if k == b"x-tiergate-deadline-ms":
+            try:
+                ms = float(v)
+            except ValueError:
+                return None
+            return ms / 1000 if ms > 0 else None
+    return None
 
 
 def _content_length(scope) -> int | None:

@@ -48,7 +48,10 @@ ESCALATION_REASONS = Counter("tiergate_escalation_reasons_total", "Items passed 
                              ["tier", "reason"])
 TIER_BATCHES = Counter("tiergate_tier_batches_total", "Batches each tier was asked to run (attempts)", ["tier"])
 TIER_FAILURES = Counter("tiergate_tier_failures_total", "Batches that failed, by tier and why", ["tier", "reason"])
-REJECTED = Counter("tiergate_rejected_total", "Requests refused with 429, by the tier that was saturated", ["tier"])
+REJECTED = Counter("tiergate_rejected_total", "Requests refused with 429, by the tier that was saturated "
+                   "(event_loop: the gateway's own event loop, see server.max_loop_wait_ms)", ["tier"])
+LOOP_WAIT = Histogram("tiergate_loop_wait_seconds", "Time a request waited on the gateway's event loop between "
+                      "being read off its connection and being handled", buckets=_FAST_BUCKETS)
 BREAKER = Gauge("tiergate_breaker_state", "Circuit breaker per tier: 0 closed, 1 open, 2 half-open", ["tier"],
                 multiprocess_mode="max")
 PRIVILEGED = Counter("tiergate_privileged_requests_total", "Requests using final_only or epsilon, by outcome",

@@ -20,6 +20,7 @@ from tiergate.errors import InputError
 from tiergate.gateway import metrics as m
 from tiergate.gateway.auth import authenticate, require_privilege
 from tiergate.gateway.errors import invalid_body
+from tiergate.gateway.protocol import READ_AT
 
 router = APIRouter(tags=["classify"])
 
@@ -78,7 +79,10 @@ async def classify(request: Request):
         require_privilege(client, "final_only")
     if req.epsilon is not None:
         require_privilege(client, "epsilon")
-    deadline_s = _deadline_s(request, req, srv)
+    # The deadline runs from when the request was read: time it already spent waiting on the loop counts.
+    read_at = request.scope.get(READ_AT)
+    waited = request.scope["tiergate.t0"] - read_at if read_at is not None and "tiergate.t0" in request.scope else 0.0
+    deadline_s = max(_deadline_s(request, req, srv) - waited, 0.001)
     cfgs, applied = _policy(sched.cascade, req)
     decisions, compute_s = await sched.classify(texts, deadline_s=deadline_s, final_only=applied["final_only"],
                                                 cfgs=cfgs)
