@@ -6,18 +6,18 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from tests.kernels.helpers import assert_close
 from tiergate.kernels import _swat_triton as ks
 from tiergate.kernels.swat import (
-    SwatConfig,
-    SwatLinear,
     semi_structured_status,
     swat_linear,
     swat_linear_reference,
     topk_threshold,
     two_four_mask,
 )
+from tiergate.training.swat import SwatConfig, SwatLinear
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -116,9 +116,9 @@ def test_two_four_mode(dtype, device):
 
 def test_module(device):
     torch.manual_seed(4)
-    lin = SwatLinear(24, 10, cfg=SwatConfig(density=0.25, backend="triton")).to(device)
+    lin = SwatLinear(nn.Linear(24, 10), SwatConfig(weight_sparsity=0.75, act_sparsity=0.75, backend="triton")).to(device)
     x = torch.randn(5, 24, device=device)
-    lin(x).square().sum().backward()
+    lin(x).square().sum().backward()  # the training layer runs the kernel (Triton, interpreted on CPU)
     pruned = lin.weight.abs() < topk_threshold(lin.weight, 0.25)
     # the update is dense: weights outside this step's mask get gradients too, so the mask can move
     assert (lin.weight.grad[pruned] != 0).float().mean() > 0.5

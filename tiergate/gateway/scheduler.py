@@ -128,9 +128,10 @@ class Scheduler:
         return min(1.0, self.arrived[j] / max(self.arrived[entry], 1e-9))
 
     def door_check(self, waited_s: float = 0.0, deadline_s: float | None = None) -> None:
-        """The check made before a body is read: refuse at once when the first tier is already full, or when
-        the request already waited ``waited_s`` on the event loop past ``server.max_loop_wait_ms`` (or half its
-        deadline), so a flood of requests costs 429s, not body parsing (raises OverloadedError)."""
+        """The check made before a body is read: refuse at once when a tier is already full (admit() would refuse
+        the request whatever its size), or when the request already waited ``waited_s`` on the event loop past
+        ``server.max_loop_wait_ms`` (or half its deadline), so a flood of requests costs 429s, not body parsing
+        (raises OverloadedError)."""
         self._require_open()
         limit = min(self._loop_limit(), 0.5 * (deadline_s or self.server.default_deadline_ms / 1000))
         if waited_s > limit:
@@ -139,7 +140,9 @@ class Scheduler:
             raise OverloadedError(f"the gateway's event loop is saturated: this request waited {waited_s * 1000:.0f} ms "
                                   f"before it could be read (limit {limit * 1000:.0f} ms, server.max_loop_wait_ms); "
                                   "retry in 1 s", retry_after_s=1)
-        self._check(self.runners[0], self.runners[0].load, 0)
+        for j, r in enumerate(self.runners):  # a tier already past its limits refuses any request in admit():
+            if r.load:                         # say so before the body is read and parsed, not after
+                self._check(r, r.load, j)
 
     def _loop_limit(self) -> float:
         """How long a request may have waited on the event loop: ``server.max_loop_wait_ms``, halved every

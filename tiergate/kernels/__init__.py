@@ -6,15 +6,15 @@ token, N = T*k routed rows, I/O input/output features):
 MoE feed-forward (``tiergate.kernels.moe``):
     idx_Tk, gate_Tk = route(router_logits_TE, k, normalize=True)        # float32 softmax + top-k
     out_TD = moe_ffn(x_TD, idx_Tk, gate_Tk, w1_EDH, w2_EHD, activation="gelu", backend="auto", gemm="auto")
-    MoEFFN(MoEConfig(d_model, d_hidden, n_experts, top_k, ...))(x_..D) -> (out_..D, MoEAux)
     moe_ffn_reference(...)                                               # same signature, plain torch
   out[t] = sum_j gate[t,j] * act(x[t] @ w1[e]) @ w2[e], e = idx[t,j]; dropless (no capacity, no token dropped);
-  differentiable in x, gate, w1, w2; activation in {"gelu" (erf), "relu", "silu"}.
+  differentiable in x, gate, w1, w2; activation in {"gelu" (erf), "relu", "silu"}. The layer over it (router,
+  auxiliary losses, capacity) is tiergate.models.moe.MoEFFN.
 
 SWAT sparse linear (``tiergate.kernels.swat``):
     y = swat_linear(x_..I, weight_OI, bias_O=None, density=0.2, act_density=None, mode="topk"|"2:4",
                     backend="auto")
-    SwatLinear(in_features, out_features, bias=True, cfg=SwatConfig(...))
+    (the layer over it, with warm-up, fixed masks and FLOP counts: tiergate.training.swat.SwatLinear)
     topk_threshold(t, density), two_four_mask(w_OI), semi_structured_status(device)
 
 Dispatch: backend="auto" runs the Triton kernels when every tensor is on CUDA and ``triton`` imports, else the
@@ -27,10 +27,8 @@ notes log: docs/kernels.md.
 """
 
 from tiergate.kernels._backend import default_backend, force_backend, triton_available
-from tiergate.kernels.moe import MoEAux, MoEConfig, MoEFFN, moe_ffn, moe_ffn_reference, route, sort_by_expert
+from tiergate.kernels.moe import moe_ffn, moe_ffn_reference, route, sort_by_expert
 from tiergate.kernels.swat import (
-    SwatConfig,
-    SwatLinear,
     semi_structured_status,
     swat_linear,
     swat_linear_reference,
@@ -39,11 +37,6 @@ from tiergate.kernels.swat import (
 )
 
 __all__ = [
-    "MoEAux",
-    "MoEConfig",
-    "MoEFFN",
-    "SwatConfig",
-    "SwatLinear",
     "default_backend",
     "force_backend",
     "moe_ffn",

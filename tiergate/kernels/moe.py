@@ -5,7 +5,8 @@ Three layers, as for every op in this package:
 - ``MoEFFNFunction``: the autograd Function over the Triton kernels of ``_moe_triton`` (gather, activation,
   gated combine and their backwards, plus a Triton grouped GEMM), with ``torch._grouped_mm`` as the expert
   GEMM on CUDA where it applies (bf16, widths multiple of 8);
-- ``MoEFFN``: the module (router, experts, auxiliary losses).
+- the module (router, experts, auxiliary losses) is :class:`tiergate.models.moe.MoEFFN`, the one MoE layer of
+  tiergate, over this op.
 
 Forward, N = T*k routed rows in expert-sorted order (one stable sort of the expert ids, no host sync):
     xs_ND = x_TD[perm // k]            (Triton gather; fused into the GEMM's operand load on the Triton GEMM path)
@@ -21,12 +22,10 @@ N x H buffers where autograd over the plain layer holds four.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tiergate.kernels._backend import kernels, use_triton
 
@@ -276,55 +275,3 @@ def moe_ffn(x_TD: torch.Tensor, expert_idx_Tk: torch.Tensor, gate_Tk: torch.Tens
     with torch.autocast(dev, enabled=False) if autocast else contextlib.nullcontext():
         return MoEFFNFunction.apply(x_TD, gate_Tk, w1_EDH, w2_EHD, b1_EH, b2_ED, expert_idx_Tk, activation,
                                     _resolve_gemm(gemm, x_TD, w1_EDH))
-
-
-@dataclass
-class MoEConfig:
-    d_model: int = 512  # D: token width
-    d_hidden: int = 2048  # H: hidden width of each expert
-    n_experts: int = 8  # E
-    top_k: int = 2  # k experts per token
-    activation: str = "gelu"  # one of ACTIVATIONS
-    normalize_gates: bool = True  # rescale each token's k gates to sum to 1 (set False for k=1)
-    backend: str = "auto"  # "auto" | "triton" | "reference"
-    init_std: float = 0.02  # std of the expert weights at init
-    bias: bool = False  # expert biases b1_EH, b2_ED (zero at init)
-
-
-@dataclass
-class MoEAux:
-    balance_loss: torch.Tensor  # Switch load-balancing loss E * sum_i f_i * P_i (scale it by alpha, e.g. 0.01)
-    z_loss: torch.Tensor  # router z-loss mean(logsumexp(logits)^2) (scale it by a small coefficient)
-    counts_E: torch.Tensor  # assignments per expert in this batch
-
-
-class MoEFFN(nn.Module):
-    """Router (float32) + E expert FFNs. forward(x_..D) -> (out_..D, MoEAux); leading dims are flattened."""
-
-    def __init__(self, cfg: MoEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
-        self.w1_EDH = nn.Parameter(torch.randn(cfg.n_experts, cfg.d_model, cfg.d_hidden) * cfg.init_std)
-        self.w2_EHD = nn.Parameter(torch.randn(cfg.n_experts, cfg.d_hidden, cfg.d_model) * cfg.init_std)
-        if cfg.bias:
-            self.b1_EH = nn.Parameter(torch.zeros(cfg.n_experts, cfg.d_hidden))
-            self.b2_ED = nn.Parameter(torch.zeros(cfg.n_experts, cfg.d_model))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
-        cfg = self.cfg
-        x_TD = x.reshape(-1, cfg.d_model)
-        # float32 router even under autocast (which would run this linear in bf16 and flip near-ties)
-        with torch.autocast(x.device.type, enabled=False):
-            logits_TE = F.linear(x_TD.float(), self.router.weight.float())
-        idx_Tk, gate_Tk = route(logits_TE, cfg.top_k, cfg.normalize_gates)
-        b1, b2 = (self.b1_EH.to(x.dtype), self.b2_ED.to(x.dtype)) if cfg.bias else (None, None)
-        out_TD = moe_ffn(x_TD, idx_Tk, gate_Tk, self.w1_EDH.to(x.dtype), self.w2_EHD.to(x.dtype),
-                         cfg.activation, b1, b2, backend=cfg.backend)
-        probs_TE = torch.softmax(logits_TE, dim=-1)
-        counts_E = torch.zeros(cfg.n_experts, device=x.device).index_add_(
-            0, idx_Tk.reshape(-1), torch.ones(idx_Tk.numel(), device=x.device))
-        frac_E = counts_E / idx_Tk.numel()
-        aux = MoEAux(balance_loss=cfg.n_experts * (frac_E * probs_TE.mean(0)).sum(),
-                     z_loss=torch.logsumexp(logits_TE, dim=-1).pow(2).mean(), counts_E=counts_E.detach())
-        return out_TD.reshape(x.shape), aux

@@ -12,19 +12,17 @@ path refuses sm_90) when the shapes and dtype allow it, else, and on CPU, as a d
 ``semi_structured_status(device)`` says which, and why.
 
 Layers: ``swat_linear_reference`` (plain torch; CPU path and oracle), ``SwatLinearFunction`` (Triton),
-``SwatLinear`` (module).
+the layer over it (warm-up, fixed masks, FLOP counts) is :class:`tiergate.training.swat.SwatLinear`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tiergate.kernels._backend import kernels, use_triton
 
@@ -214,26 +212,3 @@ def swat_linear(x: torch.Tensor, weight_OI: torch.Tensor, bias_O: torch.Tensor |
     if bias_O is not None:
         y = y + bias_O
     return y.reshape(*x.shape[:-1], weight_OI.shape[0])
-
-
-@dataclass
-class SwatConfig:
-    density: float = 0.2  # fraction of weights kept (topk mode); SWAT's 80% sparsity by default
-    act_density: float | None = None  # fraction of activations kept for dw; None: same as density
-    mode: str = "topk"  # "topk" | "2:4"
-    backend: str = "auto"  # "auto" | "triton" | "reference"
-
-
-class SwatLinear(nn.Module):
-    """Drop-in for nn.Linear with SWAT sparsity; the stored weight stays dense (the mask moves)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, cfg: SwatConfig | None = None):
-        super().__init__()
-        self.cfg = cfg or SwatConfig()
-        lin = nn.Linear(in_features, out_features, bias=bias)
-        self.weight = lin.weight
-        self.bias = lin.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.cfg
-        return swat_linear(x, self.weight, self.bias, c.density, c.act_density, c.mode, c.backend)

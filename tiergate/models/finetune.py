@@ -32,9 +32,8 @@ from torch import nn
 
 from tiergate.data.items import Item
 from tiergate.errors import ConfigError, ModelError
-from tiergate.kernels.moe import MoEConfig as KernelMoEConfig
-from tiergate.kernels.moe import MoEFFN as KernelMoEFFN
 from tiergate.models.encoder import BertBlock, BertConfig, BertModel
+from tiergate.models.moe import MoEConfig, MoEFFN
 from tiergate.training.loop import TrainConfig
 
 FORMAT_KIND = "tiergate-finetune"
@@ -108,9 +107,9 @@ class UpcycledBlock(BertBlock):
     def __init__(self, bert: BertConfig, cfg: FinetuneConfig):
         super().__init__(bert)
         del self.ff_in, self.ff_out
-        self.moe = KernelMoEFFN(KernelMoEConfig(d_model=bert.hidden, d_hidden=bert.intermediate,
-                                                n_experts=cfg.n_experts, top_k=cfg.top_k, activation="gelu",
-                                                normalize_gates=True, bias=True))
+        # The balance and z weights are applied in FinetuneClassifier.aux_loss (from the unweighted self.aux).
+        self.moe = MoEFFN(MoEConfig(d_model=bert.hidden, d_hidden=bert.intermediate, n_experts=cfg.n_experts,
+                                    top_k=cfg.top_k, activation="gelu", bias=True))
         nn.init.normal_(self.moe.router.weight, std=cfg.router_init_std)
         self.aux = None  # the last forward's MoEAux (balance loss, z-loss, counts)
 
@@ -121,15 +120,16 @@ class UpcycledBlock(BertBlock):
         for k, v in dense.state_dict().items():
             if k in own:
                 own[k].copy_(v)
-        self.moe.w1_EDH.copy_(dense.ff_in.weight.t().expand_as(self.moe.w1_EDH))  # (E, D, H)
-        self.moe.b1_EH.copy_(dense.ff_in.bias.expand_as(self.moe.b1_EH))
-        self.moe.w2_EHD.copy_(dense.ff_out.weight.t().expand_as(self.moe.w2_EHD))  # (E, H, D)
-        self.moe.b2_ED.copy_(dense.ff_out.bias.expand_as(self.moe.b2_ED))
+        self.moe.w1.copy_(dense.ff_in.weight.t().expand_as(self.moe.w1))  # (E, D, H)
+        self.moe.b1.copy_(dense.ff_in.bias.expand_as(self.moe.b1))
+        self.moe.w2.copy_(dense.ff_out.weight.t().expand_as(self.moe.w2))  # (E, H, D)
+        self.moe.b2.copy_(dense.ff_out.bias.expand_as(self.moe.b2))
 
     def forward(self, x_BTD: torch.Tensor, mask_B11T: torch.Tensor) -> torch.Tensor:
         x_BTD = self.attend(x_BTD, mask_B11T)
         keep_BT = mask_B11T[:, 0, 0, :] == 0  # BertModel's additive mask: 0 on real tokens
-        y_ND, self.aux = self.moe(x_BTD[keep_BT])  # (N real tokens, D)
+        y_ND = self.moe(x_BTD[keep_BT])  # (N real tokens, D)
+        self.aux = self.moe.aux
         ffn_BTD = torch.zeros_like(x_BTD).index_put_((keep_BT,), y_ND.to(x_BTD.dtype))
         return self.ln2(x_BTD + ffn_BTD)
 

@@ -222,6 +222,18 @@ def _read_tensors(d: Path, index: dict) -> dict[str, torch.Tensor]:
             for k, v in whole.items()}
 
 
+# Expert tensors of artifacts written while the upcycled blocks used the kernels' own MoE module (the same
+# tensors under the names of the kernel op's arguments); tiergate.models.moe.MoEFFN names them w1, b1, w2, b2.
+_OLD_EXPERT_NAMES = {".moe.w1_EDH": ".moe.w1", ".moe.b1_EH": ".moe.b1", ".moe.w2_EHD": ".moe.w2", ".moe.b2_ED": ".moe.b2"}
+
+
+def _current_name(key: str) -> str:
+    for old, new in _OLD_EXPERT_NAMES.items():
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key
+
+
 def load_finetune(path) -> tuple[FinetuneClassifier, list[str], dict, dict]:
     """(model in float32, eval mode, on CPU; labels; config.json; manifest.json) of an artifact folder."""
     d = Path(path)
@@ -237,7 +249,7 @@ def load_finetune(path) -> tuple[FinetuneClassifier, list[str], dict, dict]:
     with torch.device("cpu"):
         model = FinetuneClassifier(cfg, len(labels))
     expect = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = _read_tensors(d, index)
+    state = {_current_name(k): v for k, v in _read_tensors(d, index).items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expect:
         bad = sorted(set(got) ^ set(expect)) or sorted(k for k in got if got[k] != expect[k])

@@ -1,13 +1,16 @@
-"""Mixture-of-experts feed-forward layer (Switch/GShard style) with a float32 router.
+"""The mixture-of-experts feed-forward layer (Switch/GShard style): tiergate's one MoE ``nn.Module``, used by the
+quick preset's head (:mod:`tiergate.models.large`) and by the upcycled encoder blocks of the fine-tuned tier
+(:mod:`tiergate.models.finetune`). The expert computation is the kernels' autograd op
+(:func:`tiergate.kernels.moe_ffn`: Triton on CUDA, its plain-PyTorch reference elsewhere).
 
 Every token picks its top-k experts from a softmax router computed in float32 (bf16 logits flip near-ties and
-the z-loss needs the exact logsumexp). The load-balancing loss ``alpha * E * sum_i f_i * P_i`` takes ``f_i``
-from the top-k assignment *before* any capacity dropping (otherwise an overloaded expert looks less loaded than
-it is and the loss stops pushing tokens away from it), and ``P_i`` is the mean router probability. The router
-z-loss is ``mean(logsumexp(logits)^2)``. With ``capacity_factor=None`` the layer is dropless.
+the z-loss needs the exact logsumexp). The load-balancing loss ``E * sum_i f_i * P_i`` takes ``f_i`` from the
+top-k assignment *before* any capacity dropping (otherwise an overloaded expert looks less loaded than it is
+and the loss stops pushing tokens away from it), and ``P_i`` is the mean router probability. The router z-loss
+is ``mean(logsumexp(logits)^2)``. With ``capacity_factor=None`` the layer is dropless.
 
-The expert computation goes through :func:`expert_ffn`, the one place that calls the fused kernels of
-:mod:`tiergate.kernels` (Triton on CUDA, its plain-PyTorch reference on CPU).
+After each forward: ``aux`` holds the unweighted terms (:class:`MoEAux`), ``aux_loss`` their weighted sum
+(``aux_loss_coef``, ``z_loss_coef``), ``stats`` the load and the dropped assignments.
 """
 
 from __future__ import annotations
@@ -31,17 +34,29 @@ class MoEConfig:
     capacity_factor: float | None = None  # None: dropless; else each expert takes ceil(cf*T*k/E) assignments
     aux_loss_coef: float = 0.01    # load-balancing loss weight (Switch Transformer: 0.01)
     z_loss_coef: float = 1e-3      # router z-loss weight (ST-MoE: 1e-3)
+    activation: str = "gelu"       # one of tiergate.kernels.moe.ACTIVATIONS
+    bias: bool = True              # expert biases b1, b2 (zero at init)
+    init_std: float | None = None  # expert weights ~ N(0, init_std); None: 1/sqrt(fan-in)
+    backend: str = "auto"          # the kernel: "auto" (Triton on CUDA), "triton" or "reference"
+
+
+@dataclass
+class MoEAux:
+    """The unweighted auxiliary terms of one forward."""
+
+    balance_loss: torch.Tensor     # E * sum_i f_i * P_i
+    z_loss: torch.Tensor           # mean(logsumexp(logits)^2)
+    counts_E: torch.Tensor         # assignments per expert, before dropping
 
 
 def expert_ffn(x_TD: torch.Tensor, idx_TK: torch.Tensor, gate_TK: torch.Tensor, w1_EDH: torch.Tensor,
-               b1_EH: torch.Tensor, w2_EHD: torch.Tensor, b2_ED: torch.Tensor) -> torch.Tensor:
-    """Dispatch each token to its experts, run ``GELU(x W1 + b1) W2 + b2`` there, combine weighted by gate.
+               b1_EH: torch.Tensor | None, w2_EHD: torch.Tensor, b2_ED: torch.Tensor | None,
+               activation: str = "gelu", backend: str = "auto") -> torch.Tensor:
+    """Dispatch each token to its experts, run ``act(x W1 + b1) W2 + b2`` there, combine weighted by gate.
 
     ``idx_TK`` holds expert ids (``-1`` for a dropped assignment, which contributes nothing). Returns (T, D).
-    The one switch to the fused kernels: :func:`tiergate.kernels.moe_ffn` runs Triton on CUDA and its plain
-    PyTorch reference elsewhere.
     """
-    return moe_ffn(x_TD, idx_TK, gate_TK, w1_EDH, w2_EHD, "gelu", b1_EH, b2_ED)
+    return moe_ffn(x_TD, idx_TK, gate_TK, w1_EDH, w2_EHD, activation, b1_EH, b2_ED, backend=backend)
 
 
 class MoEFFN(nn.Module):
@@ -53,17 +68,24 @@ class MoEFFN(nn.Module):
         E, D, H = cfg.n_experts, cfg.d_model, cfg.d_hidden
         self.router = nn.Linear(D, E, bias=False)
         self.w1 = nn.Parameter(torch.empty(E, D, H))
-        self.b1 = nn.Parameter(torch.zeros(E, H))
         self.w2 = nn.Parameter(torch.empty(E, H, D))
-        self.b2 = nn.Parameter(torch.zeros(E, D))
+        if cfg.bias:
+            self.b1 = nn.Parameter(torch.zeros(E, H))
+            self.b2 = nn.Parameter(torch.zeros(E, D))
+        else:
+            self.register_parameter("b1", None)
+            self.register_parameter("b2", None)
         nn.init.normal_(self.router.weight, std=0.02)
-        nn.init.normal_(self.w1, std=1.0 / math.sqrt(D))
-        nn.init.normal_(self.w2, std=1.0 / math.sqrt(H))
+        nn.init.normal_(self.w1, std=cfg.init_std or 1.0 / math.sqrt(D))
+        nn.init.normal_(self.w2, std=cfg.init_std or 1.0 / math.sqrt(H))
         self.aux_loss = torch.zeros(())
+        self.aux: MoEAux | None = None
         self.stats: dict[str, torch.Tensor] = {}
 
-    def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D); leading dimensions are flattened into tokens."""
         cfg = self.cfg
+        x_TD = x.reshape(-1, cfg.d_model)
         T, E, K = x_TD.shape[0], cfg.n_experts, cfg.top_k
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.router.weight.float())
@@ -78,11 +100,13 @@ class MoEFFN(nn.Module):
             P_E = probs_TE.mean(0)
             balance = E * (f_E * P_E).sum()
             z = torch.logsumexp(logits_TE, -1).pow(2).mean()
+        self.aux = MoEAux(balance_loss=balance, z_loss=z, counts_E=counts_E.detach())
         self.aux_loss = cfg.aux_loss_coef * balance + cfg.z_loss_coef * z
         if cfg.capacity_factor is not None:
             idx_TK = self._drop_over_capacity(idx_TK, math.ceil(cfg.capacity_factor * T * K / E))
         self.stats = {"load": counts_E.detach(), "dropped": (idx_TK < 0).sum().detach()}
-        return expert_ffn(x_TD, idx_TK, gate_TK, self.w1, self.b1, self.w2, self.b2)
+        out_TD = expert_ffn(x_TD, idx_TK, gate_TK, self.w1, self.b1, self.w2, self.b2, cfg.activation, cfg.backend)
+        return out_TD.reshape(x.shape)
 
     @staticmethod
     def _drop_over_capacity(idx_TK: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -8,6 +8,11 @@ dense (the paper's dense warm-up). Every layer counts the multiply-adds it would
 forward ``(1-s_w)``, input gradient ``(1-s_w)``, weight gradient ``(1-s_a)`` of the dense figure. On a CPU or a
 GPU without 2:4 support these savings are *counted*, not timed (BRIEF §3: unstructured masks save no time).
 
+The sparse step is the kernels' op, :func:`tiergate.kernels.swat_linear` (Triton on CUDA: masked-operand
+matmuls and a radix-select threshold; its PyTorch reference on CPU), so this is tiergate's one SWAT layer. The
+kernels speak of the share of weights *kept* (``density``); this config of the share *dropped*
+(``weight_sparsity``), as the paper does: ``density = 1 - weight_sparsity``.
+
 Applied from outside the model (:meth:`tiergate.training.parallel.Runtime.apply`)::
 
     sparsify(model, SwatConfig(weight_sparsity=0.8, act_sparsity=0.8, warmup_steps=100))
@@ -21,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tiergate.kernels import swat_linear
+
 
 @dataclass
 class SwatConfig:
@@ -30,6 +37,12 @@ class SwatConfig:
     fixed_mask: bool = False        # baseline: freeze the mask at the end of warm-up (no regrowth)
     skip: tuple[str, ...] = ("head",)  # layer names left dense (the classifier output layer, as in the paper)
     per_layer: dict[str, float] | None = None  # weight (and activation) sparsity by layer name, overriding the above
+    backend: str = "auto"           # the kernel: "auto" (Triton on CUDA), "triton" or "reference"
+
+    def __post_init__(self) -> None:
+        for name in ("weight_sparsity", "act_sparsity"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: use 0 <= sparsity < 1 (the share of entries dropped)")
 
 
 def topk_mask(x: torch.Tensor, keep: float) -> torch.Tensor:
@@ -40,33 +53,6 @@ def topk_mask(x: torch.Tensor, keep: float) -> torch.Tensor:
         return torch.ones_like(x, dtype=torch.bool)
     thresh = x.detach().abs().flatten().float().kthvalue(n - k + 1).values
     return x.detach().abs() >= thresh
-
-
-class _SwatLinearFn(torch.autograd.Function):
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, weight, bias, weight_keep, act_keep):
-        ctx.w_dtype = weight.dtype
-        # the mask is applied inside the Function: autograd through `weight * mask` would zero the gradient
-        # of masked weights, and SWAT's update is dense
-        w_sparse = weight * topk_mask(weight, weight_keep)
-        x2 = x.reshape(-1, x.shape[-1])
-        x_saved = x2 * topk_mask(x2, act_keep) if act_keep < 1.0 else x2
-        ctx.save_for_backward(x_saved, w_sparse)
-        ctx.has_bias = bias is not None
-        ctx.in_shape = x.shape
-        return F.linear(x, w_sparse, bias)
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, g):
-        x_saved, w_sparse = ctx.saved_tensors
-        # under autocast the forward ran in bf16; the backward sees the saved tensors as they were: match them
-        g2 = g.reshape(-1, g.shape[-1]).to(w_sparse.dtype)
-        grad_x = (g2 @ w_sparse).reshape(ctx.in_shape)
-        grad_w = g2.t() @ x_saved  # dense update: every weight gets a gradient, masked or not
-        grad_b = g2.sum(0) if ctx.has_bias else None
-        return grad_x, grad_w.to(ctx.w_dtype), grad_b, None, None
 
 
 class SwatLinear(nn.Module):
@@ -110,8 +96,20 @@ class SwatLinear(nn.Module):
             self.flops_counted += dense * (3 * (1 - self.cfg.weight_sparsity))
             return F.linear(x, w, self.bias)
         self.flops_counted += dense * (2 * (1 - self.cfg.weight_sparsity) + (1 - self.cfg.act_sparsity))
-        return _SwatLinearFn.apply(x, self.weight, self.bias, 1.0 - self.cfg.weight_sparsity,
-                                  1.0 - self.cfg.act_sparsity)
+        return self._sparse(x)
+
+    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernels' SWAT op; under autocast its operands are cast first (its backward runs in their dtype)."""
+        c = self.cfg
+        w, b = self.weight, self.bias
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            dt = torch.get_autocast_dtype(dev)
+            with torch.autocast(dev, enabled=False):
+                return swat_linear(x.to(dt), w.to(dt), None if b is None else b.to(dt), density=1.0 - c.weight_sparsity,
+                                   act_density=1.0 - c.act_sparsity, backend=c.backend)
+        return swat_linear(x, w, b, density=1.0 - c.weight_sparsity, act_density=1.0 - c.act_sparsity,
+                           backend=c.backend)
 
 
 def sparsify(model: nn.Module, cfg: SwatConfig) -> nn.Module:
