@@ -167,6 +167,26 @@ class ServerProcess:
             pass
         return 0
 
+    def tree_pss_bytes(self) -> int:
+        """Proportional set size of the server and every process under it (the tiers' own processes), from
+        /proc/PID/smaps_rollup: shared pages count once across them, as RSS summed would not."""
+        total, todo, seen = 0, [self.proc.pid], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+        return total
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process (all its threads) so far."""
         try:

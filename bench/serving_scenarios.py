@@ -291,10 +291,13 @@ def scenario_e(b: Bench) -> dict:
         async def sample() -> None:
             while time.perf_counter() - t0 < s.soak_s:
                 samples.append((time.perf_counter() - t0, tg.rss_bytes()))
+                tree.append(tg.tree_pss_bytes())
                 await asyncio.sleep(1.0)
 
+        tree: list[int] = []
         run = load(tg, bodies, s, seconds=s.soak_s, conns=s.soak_conns, actions=[(0.0, sample)])
         samples.append((time.perf_counter() - t0, tg.rss_bytes()))
+        tree.append(tg.tree_pss_bytes())
     start, end = samples[0][1], samples[-1][1]
     peak = max(v for _, v in samples)
     # a leak rate needs minutes: over a few seconds the slope is allocator noise
@@ -302,9 +305,13 @@ def scenario_e(b: Bench) -> dict:
     rows = [{"seconds": s.soak_s, "requests": run["requests"], "failures": failures(run),
              "rss_ready_mb": rss_ready / 2**20, "rss_start_mb": start / 2**20, "rss_end_mb": end / 2**20,
              "rss_max_mb": peak / 2**20, "growth_pct": 100 * (end - start) / start if start else float("nan"),
-             "late_slope_mb_min": slope, "rps": run["goodput_rps"]}]
+             "late_slope_mb_min": slope, "rps": run["goodput_rps"],
+             "tree_pss_start_mb": tree[0] / 2**20, "tree_pss_end_mb": tree[-1] / 2**20,
+             "tree_pss_max_mb": max(tree) / 2**20,
+             "tree_growth_pct": 100 * (tree[-1] - tree[0]) / tree[0] if tree[0] else float("nan")}]
     notes = [f"{s.soak_conns} connections, the test split's natural mix (first 256 messages); RSS from /proc every "
-             "second; 'start' is after a warm-up (models allocate on first use), 'ready' right after start-up; "
+             "second; 'start' is after a warm-up (models allocate on first use), 'ready' right after start-up; 'tree PSS': "
+             "the server and its tiers' processes, shared pages counted once; "
              "slope: least squares over the second half of the run."]
     return {"rows": rows, "notes": notes, "samples": [(round(t, 1), v) for t, v in samples]}
 

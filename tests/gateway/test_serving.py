@@ -182,6 +182,18 @@ def test_the_event_loop_limit_halves_while_requests_are_refused_and_recovers(ser
     cascade.close()
 
 
+def test_a_tier_in_its_own_process_is_not_held_twice(serving_dir, tiny_workdir):
+    """Once a model tier's process has loaded it, the gateway's process drops its own copy (and still answers)."""
+    p = write_config(serving_dir, tiny_workdir, "unload", OPEN)
+    app = create_app(p)
+    with running_server(app) as base:
+        sched = app.state.gateway.require_scheduler()
+        procs = [r for r in sched.runners if r.process]
+        assert procs and all(r.tier.session is None for r in procs)  # the ONNX sessions live in the children
+        r = post(base, {"text": HAM, "final_only": True})
+        assert r.status_code == 200 and r.json()["tier"] == "final" and not r.json()["degraded"]
+
+
 def test_rules_answer_on_the_spot_and_still_rehearse_faults(serving_dir, tiny_workdir):
     """A light tier decides a small request without a queue (its batch is the request), and an injected fault
     on it still fails its batches: their items pass on to the next tier."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import multiprocessing
 import random
@@ -172,8 +173,10 @@ class TierRunner:
             self._proc = ProcessPoolExecutor(max_workers=self.serving.threads, mp_context=ctx,
                                              initializer=worker.init,
                                              initargs=(tc_json, base, model_dirs, self.max_text_chars))
-            # Load the model in the child now, not on the first request.
+            # Load the model in the child now, not on the first request; then this process's copy goes.
             await asyncio.wrap_future(self._proc.submit(worker.ready))
+            self.tier.unload()
+            gc.collect()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"runner-{self.name}")
 
     def put(self, items: Sequence[Pending]) -> None:

@@ -42,7 +42,7 @@ from tiergate.models.finetune import (
     config_to_dict,
     item_text,
 )
-from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
+from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba, unloaded
 
 SHARD_BYTES = 16 * 2 ** 20 - 2 ** 16   # 16 MiB less room for each shard's JSON header
 INDEX = "model.safetensors.index.json"
@@ -296,10 +296,15 @@ class FinetuneTier(Tier):
     def encode(self, items: Sequence[Item]) -> list[list[int]]:
         return self.tokenizer.encode([item_text(it, self.model.cfg.read_headers) for it in items])
 
+    def unload(self) -> None:
+        self.model = None
+
     @torch.inference_mode()
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
         from tiergate.training.tokens import TokenTable
 
+        if self.model is None:
+            raise unloaded(self)
         if not items:
             return np.zeros((0, len(self.labels)), np.float32)
         table = TokenTable.from_lists(self.encode(items), np.zeros(len(items), np.int64))
