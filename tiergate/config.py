@@ -180,8 +180,8 @@ class ServerConfig(_Strict):
     default_deadline_ms: float = Field(default=10_000, gt=0)  # a request's deadline when it names none
     body_timeout_s: float = Field(default=10.0, gt=0)  # a body not received within this is answered 408
     # A request that waited longer than this on the event loop between being read and being handled is
-    # answered 429 at once (the loop is the bottleneck: see tiergate.gateway.protocol); also never more than
-    # half the request's deadline (X-Tiergate-Deadline-Ms, else default_deadline_ms).
+    # answered 429 at once (the loop is the bottleneck: see tiergate.gateway.protocol); the limit adapts
+    # (halved while refusals go on), and the wait counts against the request's deadline.
     max_loop_wait_ms: float = Field(default=50.0, gt=0)
     keepalive_timeout_s: float = Field(default=5.0, gt=0)  # idle keep-alive connections are closed after it
     shutdown_grace_s: float = Field(default=20.0, ge=0)  # in-flight requests get this long to finish

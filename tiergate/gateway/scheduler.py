@@ -130,10 +130,12 @@ class Scheduler:
     def door_check(self, waited_s: float = 0.0, deadline_s: float | None = None) -> None:
         """The check made before a body is read: refuse at once when a tier is already full (admit() would refuse
         the request whatever its size), or when the request already waited ``waited_s`` on the event loop past
-        ``server.max_loop_wait_ms`` (or half its deadline), so a flood of requests costs 429s, not body parsing
+        ``server.max_loop_wait_ms`` (adaptive), so a flood of requests costs 429s, not body parsing
         (raises OverloadedError)."""
         self._require_open()
-        limit = min(self._loop_limit(), 0.5 * (deadline_s or self.server.default_deadline_ms / 1000))
+        # Not capped by the request's deadline: a short deadline on an idle server must not be refused here;
+        # the wait is taken off the deadline instead (routes/classify.py).
+        limit = self._loop_limit()
         if waited_s > limit:
             self._loop_over = True
             m.REJECTED.labels("event_loop").inc()
