@@ -1,14 +1,16 @@
 """Fine-tune the large tier (``--preset finetune``) on one data set and measure it on the test split.
 
-Per variant (``upcycled``: top 2 blocks, 8 experts top-2; ``dense``: n_upcycled=0) it trains with
+Per variant (``upcycled``: top 2 blocks, 8 experts top-2; ``dense``: n_upcycled=0; a ``-wide`` suffix adds the
+wide path, a frozen LR over the hashed n-gram bag that the fine-tuned encoder corrects) it trains with
 :func:`tiergate.training.finetune_run.train_finetune` on the train split, reloads the saved artifact as a
 :class:`~tiergate.models.finetune_io.FinetuneTier` (so what is measured is what ships: float16 shards), and
 writes ``OUT/NAME-VARIANT.json`` with the test accuracy, each test item's predicted label and confidence
 (for the side-by-side with the small tier, by item id), training seconds and serving milliseconds per item.
 ``--small`` also fits the small tier (TF-IDF + logistic regression, quickstart's recipe) and writes
-``OUT/NAME-small.json`` the same way. ``experiments/finetune_table.py`` turns the files into the table.
+``OUT/NAME-small.json`` the same way. A ``-wide`` variant also writes ``OUT/NAME-VARIANT-lr.json``: the same
+artifact's wide path alone (the fitted LR, before the encoder's correction). ``experiments/finetune_table.py`` turns the files into the table.
 
-    python experiments/finetune_eval.py --data spamassassin --name spamassassin --variants upcycled,dense --out OUT
+    python experiments/finetune_eval.py --data spamassassin --name spamassassin --variants upcycled,upcycled-wide --out OUT
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from tiergate.models.finetune import finetune_preset
 
 
 def variant_cfg(variant: str, args):
-    cfg = finetune_preset("finetune-dense" if variant == "dense" else "finetune")
+    base, wide = (variant[: -len("-wide")], True) if variant.endswith("-wide") else (variant, False)
+    if base not in ("upcycled", "dense"):
+        raise SystemExit(f"variant {variant!r}: use upcycled, dense, upcycled-wide or dense-wide")
+    cfg = finetune_preset("finetune-dense" if base == "dense" else "finetune")
+    cfg.wide = wide
     cfg.train.epochs = args.epochs
     cfg.max_tokens = args.max_tokens
     cfg.read_headers = args.read_headers
@@ -78,9 +84,25 @@ def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
         "holdout_acc": manifest["metrics"]["holdout_acc"], "best_step": manifest["metrics"]["best_step"],
         "steps": manifest["metrics"]["steps"], "n_params": manifest["n_params"],
         "active_params_per_token": manifest["active_params_per_token"],
-        "config": json.loads((model_dir / "config.json").read_text())["model"]})
+        "config": json.loads((model_dir / "config.json").read_text())["model"],
+        **{k: v for k, v in manifest["metrics"].items() if k.startswith("wide_")}})
     (out / f"{name}-{variant}.json").write_text(json.dumps(rec))
+    if tier.model.wide is not None:
+        lr = record(ds, test, tier.labels, wide_proba(tier, items), {"variant": f"{variant}: wide path alone"})
+        (out / f"{name}-{variant}-lr.json").write_text(json.dumps(lr))
+        print(f"{name} {variant} wide path alone: acc {lr['accuracy']:.4f} ({lr['errors']} errors)", flush=True)
     return rec
+
+
+@torch.inference_mode()
+def wide_proba(tier, items) -> np.ndarray:
+    """The artifact's wide path alone: softmax of the frozen LR's logits over each item's n-gram bag."""
+    from tiergate.training.data import FeatureTable
+
+    table = FeatureTable(None, tier.bag.table(items).bag, np.zeros(len(items), np.int64))
+    out = [torch.softmax(tier.model.wide(table.batch(np.arange(s, min(s + 512, len(items))), tier.device)), -1)
+           for s in range(0, len(items), 512)]
+    return torch.cat(out).cpu().numpy()
 
 
 def run_small(ds, name: str, out: Path) -> dict:

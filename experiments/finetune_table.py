@@ -1,6 +1,10 @@
 """The finetune preset's side-by-side table, read from experiments/results/finetune/*.json (finetune_eval.py,
 ngram_member.py and finetune_cpu_eval.py write them).
 
+The second table is the wide path's (issue 16's lead: a frozen LR over the hashed n-gram bag, which the
+fine-tuned encoder corrects; ``*-wide`` runs): the LR alone (``*-wide-lr``) and the whole model, upcycled and
+dense, each against the small tier fitted in the same device call.
+
 ``--average`` first writes ``NAME-avg-char.json``: the fine-tuned tier's probabilities averaged with the
 independent character n-gram member's (both files must hold ``proba``), then drops ``proba`` from files over
 1 MB so the results stay small in git. Without it, prints the markdown table of docs/benchmarks.md.
@@ -22,6 +26,12 @@ SETS = [("spamassassin", "spamassassin", "spamassassin"), ("debian-packages", "d
         ("five groups (JSONL)", "groups", "groupsH8")]
 TUNED = {"spamassassin": "spam8", "debian": "debian8", "groups": "groupsH8"}
 ESCALATE_BELOW = 0.95  # the small tier's confidence under which the cascade escalates
+# the wide-path runs: (row label, small tier of the same call, wide LR alone, default recipe, tuned recipe, dense tuned)
+WIDE_SETS = [("spamassassin", "spamassassin-small", "spamassassin-upcycled-wide-lr", "spamassassin-upcycled-wide",
+              "spam8-upcycled-wide", "spam8d-dense-wide"),
+             ("debian-packages", "debianW-small", "debianWu-upcycled-wide-lr", "debianWu-upcycled-wide", None, None),
+             ("five groups (JSONL)", "groupsH8-small", "groupsH8-upcycled-wide-lr", None, "groupsH8-upcycled-wide",
+              "groupsH8d-dense-wide")]
 
 
 def load(name: str) -> dict | None:
@@ -48,23 +58,41 @@ def average(ft_name: str, char_name: str, out_name: str) -> None:
     (R / f"{out_name}.json").write_text(json.dumps(rec))
 
 
-def row(label: str, base: str, ft: str) -> list[str]:
-    small = f"{base}-small"
+def cells(small: str, names) -> list[str]:
+    """Per run: test accuracy (errors; x the small tier's errors) / accuracy on the items the small tier escalates."""
     s = load(small)
+    if s is None:  # not run yet
+        return ["—"] * (len(names) + 1)
     labels, ids = s["labels"], s["ids"]
     y = np.array([labels.index(a) if a in labels else -1 for a in (s["labels"][v] for v in s["y"])])
     esc = np.array(s["conf"]) < ESCALATE_BELOW
-    cells = [label, f"{esc.sum()}"]
-    for name in (small, f"{base}-dense", f"{base}-upcycled", f"{TUNED[base]}-upcycled", f"{ft}-avg-char"):
+    small_err = max(int((aligned(s, ids, labels) != y).sum()), 1)
+    out = [f"{esc.sum()}"]
+    for name in names:
         rec = load(name) if name else None
         if rec is None:
-            cells.append("—")
+            out.append("—")
             continue
         pred = aligned(rec, ids, labels)
         err = int((pred != y).sum())
-        cells.append(f"{(pred == y).mean():.2%} ({err}; {err / max(int((aligned(s, ids, labels) != y).sum()), 1):.2f}×) "
-                     f"/ {(pred[esc] == y[esc]).mean():.1%}")
-    return cells
+        out.append(f"{(pred == y).mean():.2%} ({err}; {err / small_err:.2f}×) / {(pred[esc] == y[esc]).mean():.1%}")
+    return out
+
+
+def row(label: str, base: str, ft: str) -> list[str]:
+    small = f"{base}-small"
+    return [label, *cells(small, (small, f"{base}-dense", f"{base}-upcycled", f"{TUNED[base]}-upcycled",
+                                  f"{ft}-avg-char"))]
+
+
+def run_line(p: Path) -> str:
+    d = json.loads(p.read_text())
+    c = d["config"]
+    wide = f", wide LR C={d['wide_C']:g} fit in {d['wide_fit_seconds']} s" if d.get("wide_C") is not None else ""
+    return (f"| {p.stem} (tokens {c['max_tokens']}, headers {c['read_headers']}, epochs {c['train']['epochs']:g}, "
+            f"lr {c['train']['lr']:g}, batch {c['train']['batch_size']}{wide}) | {d['train_seconds']} | "
+            f"{d.get('best_step')} of {d['steps']} | {d['serve_ms_per_item']} | {d['n_params'] / 1e6:.1f}M | "
+            f"{d['active_params_per_token'] / 1e6:.1f}M |")
 
 
 def main() -> None:
@@ -86,14 +114,16 @@ def main() -> None:
     for label, base, ft in SETS:
         print("| " + " | ".join(row(label, base, ft)) + " |")
     print("\nEach cell: test accuracy (errors; errors relative to the small tier) / accuracy on the escalated items.")
-    print("\n| run | H200 train s | steps | H200 serve ms/item | params | active params/token |")
+    print("\n| data | escalated (small p < 0.95) | small alone | wide LR alone | upcycled + wide, default recipe | "
+          "upcycled + wide, tuned recipe | dense + wide, tuned recipe |")
+    print("|---|---|---|---|---|---|---|")
+    for label, small, *names in WIDE_SETS:
+        print("| " + " | ".join([label, *cells(small, (small, *names))]) + " |")
+    print("\n| run | H200 train s | best step of steps | H200 serve ms/item | params | active params/token |")
     print("|---|---|---|---|---|---|")
-    for p in sorted(R.glob("*-upcycled.json")) + sorted(R.glob("*-dense.json")):
-        d = json.loads(p.read_text())
-        c = d["config"]
-        print(f"| {p.stem} (tokens {c['max_tokens']}, headers {c['read_headers']}, epochs {c['train']['epochs']:g}, "
-              f"lr {c['train']['lr']:g}, batch {c['train']['batch_size']}) | {d['train_seconds']} | {d['steps']} | "
-              f"{d['serve_ms_per_item']} | {d['n_params'] / 1e6:.1f}M | {d['active_params_per_token'] / 1e6:.1f}M |")
+    for p in (sorted(R.glob("*-upcycled.json")) + sorted(R.glob("*-dense.json")) + sorted(R.glob("*-upcycled-wide.json"))
+              + sorted(R.glob("*-dense-wide.json"))):
+        print(run_line(p))
     for p in sorted(R.glob("*-cpu*.json")):
         d = json.loads(p.read_text())
         print(f"\nCPU ({p.stem}): accuracy {d['accuracy']:.2%} ({d['errors']} errors; GPU {d['gpu_accuracy']:.2%}, "

