@@ -103,6 +103,7 @@ def main() -> None:
         "small": lambda: proba_small(train, test),
         "char": lambda: proba_char(train, test),
         "head": lambda: proba_head(ds, test, args.out / "head"),  # the quick preset as shipped
+        "head-nobag": lambda: proba_head(ds, test, args.out / "nobag", deep_bag=False),
         "head-joint": lambda: proba_head(ds, test, args.out / "joint", wide_fit="joint"),
         "head-384": lambda: proba_head(ds, test, args.out / "h384", wide_fit="joint", **{"bag.max_per_text": 384}),
         "head-b19": lambda: proba_head(ds, test, args.out / "b19", **{"bag.n_buckets": 2 ** 19}),

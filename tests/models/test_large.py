@@ -261,3 +261,61 @@ def test_wide_strength_is_chosen_on_the_held_out_slice_and_recorded(spam, tmp_pa
     assert set(losses) == {0.01, 16.0} and info["wide_C"] == min(losses, key=losses.get) == 16.0
     m = train_large(spam, tmp_path, preset=cfg, progress=False)
     assert m["metrics"]["wide_C"] == 16.0
+
+
+def test_vocab_wide_path_starts_as_the_fitted_logistic_regression(spam):
+    """wide_features='vocab': at initialisation the model's probabilities are exactly an sklearn LR fit on the
+    fit rows' word + char TF-IDF features; the head's correction starts at zero."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tiergate.models.large import build_head, fit_wide, texts_for
+    from tiergate.training.loop import predict_logits
+
+    cfg = _tiny_cfg("hashed")
+    cfg.wide_features, cfg.wide_C = "vocab", [16.0]
+    prep = _prepared(spam, cfg)
+    assert fit_wide(prep) is None and prep.wide_info["wide_features"] == "vocab"
+    model = build_head(prep.cfg, len(prep.labels), prep.featurizer.emb_dim)
+    assert model.wide is None and not model.head.weight.any()
+    texts = [texts_for(make_item(e.text))[1] for e in spam.split("train")]
+    X = prep.featurizer.wide.features(texts)
+    lr = LogisticRegression(C=16.0, max_iter=300).fit(X[prep.fit_idx], prep.table.y[prep.fit_idx])
+    hold = prep.table.subset(prep.hold_idx)
+    ours = torch.softmax(torch.tensor(predict_logits(model, hold)), -1).numpy()
+    np.testing.assert_allclose(ours, lr.predict_proba(X[prep.hold_idx]), atol=1e-4)
+    # the word block is the small tier's kind of feature, the char block is not: both are there
+    assert prep.featurizer.wide.word.analyzer == "word" and prep.featurizer.wide.char.analyzer == "char_wb"
+
+
+def test_vocab_wide_multiclass_maps_every_class():
+    from tiergate.data import Dataset, Example
+    from tiergate.models.large import build_head
+    from tiergate.training.loop import predict_logits
+
+    rng = np.random.default_rng(0)
+    words = {"a": "alpha apple avocado", "b": "beta banana basil", "c": "gamma cherry cumin"}
+    ex = [Example(f"{words[lab]} {rng.integers(1000)}", lab, "train", f"{lab}{i}") for lab in words for i in range(30)]
+    cfg = _tiny_cfg("hashed")
+    cfg.wide_features, cfg.wide_C = "vocab", [16.0]
+    prep = _prepared(Dataset("three", ex), cfg)
+    model = build_head(prep.cfg, len(prep.labels), prep.featurizer.emb_dim)
+    pred = predict_logits(model, prep.table).argmax(1)
+    assert (pred == prep.table.y).mean() == 1.0  # each class's words decide it
+
+
+def test_the_quick_preset_reads_a_vocab_wide_path_and_checks_its_file(trained, tmp_path):
+    import shutil
+
+    out, manifest = trained
+    assert (out / "wide.json").is_file() and manifest["wide_sha256"]
+    assert json.loads((out / "config.json").read_text())["model"]["wide_features"] == "vocab"
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    doc = json.loads((bad / "wide.json").read_text())
+    doc["word"]["idf"][0] += 1.0  # a changed idf: the hash no longer matches
+    (bad / "wide.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="wide.json: sha256"):
+        LargeTier.load(bad)
+    (bad / "wide.json").unlink()
+    with pytest.raises(ModelError, match="wide.json: missing"):
+        LargeTier.load(bad)

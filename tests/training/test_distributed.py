@@ -11,6 +11,7 @@ dropout masks and per-rank router statistics; quality then agrees within 2 point
 from __future__ import annotations
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tests.conftest import spam_sample
@@ -68,3 +69,20 @@ def test_two_processes_match_one(spam, tmp_path):
     n_hold = one["metrics"]["n_holdout"]
     assert abs(one["metrics"]["holdout_acc"] - two["metrics"]["holdout_acc"]) * n_hold <= 2 + 1e-9
     assert two["metrics"]["nproc"] == 2
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_vocab_wide_path_fit_once(spam, tmp_path):
+    """wide_features='vocab': the parent fits the word + char LR once; both runs write the same files and the
+    very same wide path (the workers read its logits from the table they are handed)."""
+    cfg = _cfg(ghost=None)
+    cfg.wide_features, cfg.wide_C = "vocab", [16.0]
+    one = train_large(spam, tmp_path / "one", preset=cfg, progress=False)
+    two = _train_distributed(spam, tmp_path / "two", preset=cfg, nproc=2, selection=None, seed=0, progress=False)
+    def files(d):
+        return sorted(p.name for p in d.iterdir())
+    assert files(tmp_path / "one") == files(tmp_path / "two") and "wide.json" in files(tmp_path / "one")
+    assert one["wide_sha256"] == two["wide_sha256"]
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert torch.equal(a["featurizer.wide.coef"], b["featurizer.wide.coef"])

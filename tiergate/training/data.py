@@ -18,18 +18,22 @@ class FeatureTable:
     emb: np.ndarray | None          # (N, De) float32 pooled encoder embeddings, or None for the hashed encoder
     bag: sp.csr_matrix | None       # (N, n_buckets) TF-IDF weights of hashed n-grams
     y: np.ndarray                   # (N,) int64 label ids
+    wide: np.ndarray | None = None  # (N, C) float32 logits of a fitted linear model the head adds to (large tier)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: np.ndarray) -> FeatureTable:
         return FeatureTable(None if self.emb is None else self.emb[idx],
-                            None if self.bag is None else self.bag[idx], self.y[idx])
+                            None if self.bag is None else self.bag[idx], self.y[idx],
+                            None if self.wide is None else self.wide[idx])
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {"y": torch.from_numpy(self.y[idx]).to(device)}
         if self.emb is not None:
             out["emb"] = torch.from_numpy(self.emb[idx]).to(device)
+        if self.wide is not None:
+            out["wide_logits"] = torch.from_numpy(self.wide[idx]).to(device)
         if self.bag is not None:
             b = self.bag[idx]
             out["bag_ids"] = torch.from_numpy(b.indices.astype(np.int64)).to(device)
@@ -66,6 +70,7 @@ class DeviceTable:
         self.device = torch.device(device)
         self.y_t = torch.from_numpy(table.y).to(self.device)
         self.emb_t = None if table.emb is None else torch.from_numpy(table.emb).to(self.device)
+        self.wide_t = None if table.wide is None else torch.from_numpy(table.wide).to(self.device)
         self.indptr = self.indices = self.data = None
         if table.bag is not None:
             self.indptr = torch.from_numpy(table.bag.indptr.astype(np.int64)).to(self.device)
@@ -85,6 +90,8 @@ class DeviceTable:
         out = {"y": self.y_t[rows]}
         if self.emb_t is not None:
             out["emb"] = self.emb_t[rows]
+        if self.wide_t is not None:
+            out["wide_logits"] = self.wide_t[rows]
         if self.indptr is not None:
             start, end = self.indptr[rows], self.indptr[rows + 1]
             lengths = end - start

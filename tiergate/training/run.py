@@ -58,6 +58,8 @@ def save_table(path: Path, table) -> None:
     arrays = {"y": table.y}
     if table.emb is not None:
         arrays["emb"] = table.emb
+    if table.wide is not None:
+        arrays["wide"] = table.wide
     if table.bag is not None:
         arrays.update(bag_data=table.bag.data, bag_indices=table.bag.indices, bag_indptr=table.bag.indptr,
                       bag_shape=np.array(table.bag.shape))
@@ -71,7 +73,7 @@ def load_table(path: Path):
     bag = None
     if "bag_data" in z:
         bag = sp.csr_matrix((z["bag_data"], z["bag_indices"], z["bag_indptr"]), shape=tuple(z["bag_shape"]))
-    return FeatureTable(z["emb"] if "emb" in z else None, bag, z["y"])
+    return FeatureTable(z["emb"] if "emb" in z else None, bag, z["y"], z["wide"] if "wide" in z else None)
 
 
 def _train_distributed(ds, out: Path, *, preset, nproc: int, selection, seed: int, progress: bool) -> dict:

@@ -1,0 +1,124 @@
+"""The large tier's wide path over a fitted vocabulary: word and character n-gram TF-IDF, one linear model.
+
+A logistic regression over word 1-2-grams *and* character 3-5-grams (inside word boundaries) of the item's model
+text, each block TF-IDF weighted and L2-normalised by :class:`~tiergate.models.small.TextFeatures`, the two
+blocks side by side. Fit first, on the large tier's fit rows (the inverse L2 strength picked by held-out log
+loss), and frozen: its logits are an *input* of the head, which learns a correction on top of them (see
+:mod:`tiergate.models.large`).
+
+Why a fitted vocabulary and not the hashed bag the deep path reads: on the five-group JSONL the hashed bag's
+2,048-per-text cut and its unfiltered rare n-grams cost the linear model 19-23 test errors where this one makes
+14-16 (docs/benchmarks.md, "The large tier"). It is not the small tier's model: the small tier reads word
+n-grams only; this model reads three times as many features, most of them character n-grams.
+
+State round-trips through JSON (the two vocabularies and idfs) and safetensors (the weights); nothing is
+unpickled.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from tiergate.errors import ModelError
+from tiergate.models.small import TextFeatures
+
+
+@dataclass
+class VocabWideConfig:
+    word_features: int = 100_000    # most frequent word 1-2-grams kept (min_df 2)
+    char_features: int = 300_000    # most frequent char_wb 3-5-grams kept (min_df 2)
+    char_chars: int = 5_000         # characters of each text read for character n-grams (cost bound)
+    max_iter: int = 300             # lbfgs iterations (100 when there are more than 10 classes)
+
+
+class VocabWide:
+    """Fitted word + char TF-IDF features and a linear model: ``logits(texts) -> (N, C)``."""
+
+    def __init__(self, word: TextFeatures, char: TextFeatures, coef_CF: np.ndarray, intercept_C: np.ndarray):
+        self.word, self.char = word, char
+        self.coef_CF = np.ascontiguousarray(coef_CF, np.float32)
+        self.intercept_C = np.ascontiguousarray(intercept_C, np.float32)
+        if self.coef_CF.shape[1] != word.n_features_out + char.n_features_out:
+            raise ModelError(f"wide path: {self.coef_CF.shape[1]} weights per class for "
+                             f"{word.n_features_out + char.n_features_out} features")
+
+    @staticmethod
+    def _features(word: TextFeatures, char: TextFeatures, texts: Sequence[str]) -> sp.csr_matrix:
+        return sp.hstack([word.transform(texts), char.transform(texts)], format="csr", dtype=np.float32)
+
+    def features(self, texts: Sequence[str]) -> sp.csr_matrix:
+        return self._features(self.word, self.char, texts)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.intercept_C)), np.float32)
+        return np.asarray(self.features(texts) @ self.coef_CF.T + self.intercept_C, np.float32)
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], y: np.ndarray, n_classes: int, fit_idx: np.ndarray, hold_idx: np.ndarray,
+            Cs: Sequence[float], cfg: VocabWideConfig | None = None) -> tuple[VocabWide, dict, np.ndarray]:
+        """Learn the vocabularies on the fit rows, fit one LR per C there and keep the one with the lowest
+        held-out log loss (the first C when there is no held-out slice). Classes absent from the fit rows get
+        weights of zero and a very negative intercept. Returns the model, what was chosen, and the logits of
+        every row of ``texts`` (N, C)."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import log_loss
+
+        cfg = cfg or VocabWideConfig()
+        t0 = time.perf_counter()
+        word = TextFeatures("word", 1, 2, 2, cfg.word_features, True, 20_000)
+        char = TextFeatures("char_wb", 3, 5, 2, cfg.char_features, True, cfg.char_chars)
+        fit_texts = [texts[i] for i in fit_idx]
+        word.fit(fit_texts)
+        char.fit(fit_texts)
+        X = cls._features(word, char, texts)
+        featurize_s = time.perf_counter() - t0
+        max_iter = 100 if n_classes > 10 else cfg.max_iter
+        best, tried = None, {}
+        for c in sorted(float(c) for c in Cs):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                lr = LogisticRegression(C=c, max_iter=max_iter).fit(X[fit_idx], y[fit_idx])
+            score = (log_loss(y[hold_idx], lr.predict_proba(X[hold_idx]), labels=lr.classes_)
+                     if len(hold_idx) else 0.0)
+            tried[c] = round(float(score), 5)
+            if best is None or score < best[0]:
+                best = (score, c, lr)
+        _, c_best, lr = best
+        coef = np.zeros((n_classes, X.shape[1]), np.float32)
+        icpt = np.full(n_classes, -30.0, np.float32)
+        cols = lr.classes_.astype(int)
+        if len(cols) == 2 and lr.coef_.shape[0] == 1:  # binary: one row of log-odds for the second class
+            coef[cols[1]], icpt[cols[0]], icpt[cols[1]] = lr.coef_[0], 0.0, lr.intercept_[0]
+        else:
+            coef[cols], icpt[cols] = lr.coef_, lr.intercept_
+        info = {"wide_features": "vocab", "wide_C": c_best, "wide_holdout_log_loss": tried,
+                "wide_n_features": int(X.shape[1]), "wide_featurize_seconds": round(featurize_s, 2),
+                "wide_fit_seconds": round(time.perf_counter() - t0 - featurize_s, 2)}
+        model = cls(word, char, coef, icpt)
+        return model, info, np.asarray(X @ model.coef_CF.T + model.intercept_C, np.float32)
+
+    # ------------------------------------------------------------------------------------ persistence
+    def to_json(self) -> dict:
+        return {"word": self.word.to_json(), "char": self.char.to_json()}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"wide.coef": self.coef_CF, "wide.intercept": self.intercept_C}
+
+    @classmethod
+    def from_parts(cls, doc: dict, tensors: dict[str, np.ndarray]) -> VocabWide:
+        try:
+            word, char = TextFeatures.from_json(doc["word"]), TextFeatures.from_json(doc["char"])
+            coef, icpt = tensors["wide.coef"], tensors["wide.intercept"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"wide path: incomplete or malformed ({type(e).__name__}: {e})") from e
+        if coef.ndim != 2 or icpt.shape != (coef.shape[0],):
+            raise ModelError(f"wide path: weights of shape {tuple(coef.shape)} and intercept {tuple(icpt.shape)}")
+        return cls(word, char, coef, icpt)
