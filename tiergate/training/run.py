@@ -173,7 +173,11 @@ def score_dataset(data: str, metric: str, out, *, encoder: str = "hashed", n_see
     if metric not in pruning.METRICS:
         raise ConfigError(f"metric {metric!r}: use one of {', '.join(pruning.METRICS)}")
     ds = dataset if dataset is not None else load_dataset(data)
-    cfg = cfg or preset("hashed" if encoder == "hashed" else "quick")
+    if cfg is None:
+        cfg = preset("hashed" if encoder == "hashed" else "quick")
+        # the scoring proxy reads every feature through the head (a frozen LR fit on the very rows it scores
+        # would make every row look easy)
+        cfg.wide_features, cfg.deep_bag = "hashed", True
     cfg.holdout_frac = 0.0
     cfg.train.epochs = epochs
     cfg.train.seed = seed
