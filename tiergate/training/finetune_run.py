@@ -2,13 +2,14 @@
 
 ``prepare`` tokenises the train split once (calibration and test are never read) and holds out a stratified
 slice of it for early stopping; with the wide path it also computes each row's hashed n-gram bag (the idf
-learnt on the fit rows), and :func:`fit_wide_lr` fits the wide LR once, in the parent (the quick preset's
-:func:`tiergate.models.large.fit_wide`). ``fit`` builds the model (the wide LR copied in) (MiniLM's weights, then upcycling), applies the
-:class:`~tiergate.training.parallel.Runtime` (device, DDP, bf16 autocast on a GPU) and runs
-:func:`tiergate.training.loop.train`. With ``nproc > 1`` the parent writes the token table to ``OUT/_ddp/``
-and N processes run that same ``fit`` (the fitted LR handed over in ``OUT/_ddp/wide.safetensors``) (gloo on CPU, NCCL on GPUs), each on its slice of every batch; rank 0
-returns the weights and the parent saves the artifact exactly as one process does: the same files, and the
-same config.json but for its ``runtime`` entry.
+learnt on the fit rows), and :func:`fit_wide_lr` fits the wide LR once, in the parent (the large tier's
+:func:`tiergate.models.large.fit_wide`). ``fit`` builds the model (MiniLM's weights, then upcycling, then the
+wide LR copied in), applies the :class:`~tiergate.training.parallel.Runtime` (device, DDP, bf16 autocast on a
+GPU) and runs :func:`tiergate.training.loop.train`. With ``nproc > 1`` the parent writes the token table (bags
+included) to ``OUT/_ddp/`` and the fitted LR to ``OUT/_ddp/wide.safetensors``, and N processes run that same
+``fit`` (gloo on CPU, NCCL on GPUs), each on its slice of every batch; rank 0 returns the weights and the parent
+saves the artifact exactly as one process does: the same files, and the same config.json but for its
+``runtime`` entry.
 
 >>> train_finetune(load_dataset("spamassassin"), "runs/ft", max_steps=3)   # doctest: +SKIP
 """
@@ -82,7 +83,7 @@ def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0) -
 def fit_wide_lr(cfg: FinetuneConfig, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict] | None:
     """The wide path's logistic regression, ``(W (F, C), b (C,), idf (F,), info)``, or None without one.
 
-    Fitted by the quick preset's :func:`tiergate.models.large.fit_wide` on the fit rows' bags, each ``wide_C``
+    Fitted by the large tier's :func:`tiergate.models.large.fit_wide` on the fit rows' bags, each ``wide_C``
     tried and the lowest held-out log loss kept: lbfgs, deterministic, and run once (in the parent of a
     ``--nproc N`` run), so every process starts from the same LR."""
     if not cfg.wide:
@@ -93,8 +94,9 @@ def fit_wide_lr(cfg: FinetuneConfig, prep: Prepared) -> tuple[np.ndarray, np.nda
 
     t0 = time.perf_counter()
     # fit_wide reads the config's wide fields and bag size, the bag and labels of the table and the split
-    view = LargePrepared(LargeConfig(encoder="hashed", bag=cfg.bag, wide=True, wide_fit="lr", wide_C=list(cfg.wide_C)),
-                         None, FeatureTable(None, prep.table.bag, prep.table.y), prep.fit_idx, prep.hold_idx,
+    lcfg = LargeConfig(encoder="hashed", bag=cfg.bag, wide=True, wide_fit="lr", wide_features="hashed",
+                       wide_C=list(cfg.wide_C))
+    view = LargePrepared(lcfg, None, FeatureTable(None, prep.table.bag, prep.table.y), prep.fit_idx, prep.hold_idx,
                          prep.labels, prep.data_fingerprint, 0.0)
     w_FC, b_C, info = fit_wide(view)
     return w_FC, b_C, prep.idf, {**info, "wide_fit_seconds": round(time.perf_counter() - t0, 2)}
