@@ -28,11 +28,15 @@ from tiergate.models.finetune import finetune_preset
 
 
 def variant_cfg(variant: str, args):
-    base, wide = (variant[: -len("-wide")], True) if variant.endswith("-wide") else (variant, False)
-    if base not in ("upcycled", "dense"):
-        raise SystemExit(f"variant {variant!r}: use upcycled, dense, upcycled-wide or dense-wide")
+    base, _, suffix = variant.partition("-")
+    if base not in ("upcycled", "dense") or suffix not in ("", "wide", "vocab"):
+        raise SystemExit(f"variant {variant!r}: use upcycled or dense, alone or with -wide (hashed LR) or -vocab "
+                         "(word + char LR of a fitted vocabulary)")
     cfg = finetune_preset("finetune-dense" if base == "dense" else "finetune")
-    cfg.wide = wide
+    cfg.wide = bool(suffix)
+    cfg.wide_features = "vocab" if suffix == "vocab" else "hashed"
+    if suffix == "vocab":
+        cfg.wide_C = [32.0]
     cfg.train.epochs = args.epochs
     cfg.max_tokens = args.max_tokens
     cfg.read_headers = args.read_headers
@@ -87,7 +91,7 @@ def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
         "config": json.loads((model_dir / "config.json").read_text())["model"],
         **{k: v for k, v in manifest["metrics"].items() if k.startswith("wide_")}})
     (out / f"{name}-{variant}.json").write_text(json.dumps(rec))
-    if tier.model.wide is not None:
+    if tier.model.wide is not None or tier.vocab_wide is not None:
         lr = record(ds, test, tier.labels, wide_proba(tier, items), {"variant": f"{variant}: wide path alone"})
         (out / f"{name}-{variant}-lr.json").write_text(json.dumps(lr))
         print(f"{name} {variant} wide path alone: acc {lr['accuracy']:.4f} ({lr['errors']} errors)", flush=True)
@@ -96,8 +100,11 @@ def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
 
 @torch.inference_mode()
 def wide_proba(tier, items) -> np.ndarray:
-    """The artifact's wide path alone: softmax of the frozen LR's logits over each item's n-gram bag."""
+    """The artifact's wide path alone: softmax of the frozen LR's logits over each item's n-grams."""
     from tiergate.training.data import FeatureTable
+
+    if tier.vocab_wide is not None:
+        return torch.softmax(torch.from_numpy(tier.vocab_wide.logits([it.model_text for it in items])), -1).numpy()
 
     table = FeatureTable(None, tier.bag.table(items).bag, np.zeros(len(items), np.int64))
     out = [torch.softmax(tier.model.wide(table.batch(np.arange(s, min(s + 512, len(items))), tier.device)), -1)

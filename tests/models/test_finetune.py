@@ -335,3 +335,45 @@ def test_two_processes_share_the_wide_lr(spam, trained_wide, tmp_path):
     a, b = load_file(str(one / shard)), load_file(str(two / shard))
     for k in (k for k in a if k.startswith("wide.")):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # fitted once, in the parent, and frozen
+
+
+# ------------------------------------------------------------------------------ vocabulary wide path
+def vocab_cfg(**kw) -> FinetuneConfig:
+    return tiny_cfg(wide=True, wide_features="vocab", wide_C=[16.0], dropout=0.0, save_dtype="float32", **kw)
+
+
+@pytest.fixture(scope="module")
+def trained_vocab(spam, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ftv") / "one"
+    manifest = train_finetune(spam, out, cfg=vocab_cfg(), max_steps=2, progress=False)
+    return out, manifest
+
+
+def test_vocab_wide_model_starts_at_the_fitted_lr(spam):
+    cfg = vocab_cfg()
+    prep = prepare(spam, cfg, pretrained_files()[1])
+    assert fit_wide_lr(cfg, prep) is None and prep.wide_info["wide_features"] == "vocab"
+    model = build_model(cfg, len(prep.labels)).eval()
+    assert model.wide is None and float(model.head.weight.detach().abs().sum()) == 0.0
+    hold = prep.table.subset(prep.hold_idx)
+    texts = [make_item(e.text).model_text for e in spam.split("train")]
+    want = torch.softmax(torch.from_numpy(prep.vocab_wide.logits([texts[i] for i in prep.hold_idx])), -1)
+    with torch.no_grad():
+        got = torch.softmax(model(hold.batch(np.arange(len(hold)))), -1)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_vocab_wide_round_trip_and_its_file_is_checked(trained_vocab, spam, tmp_path):
+    out, manifest = trained_vocab
+    assert "wide.json" in manifest["files"] and manifest["metrics"]["wide_features"] == "vocab"
+    tier = FinetuneTier.load(out)
+    items = [make_item(e.text) for e in spam.split("test")[:8]]
+    proba = tier.predict_proba(items)
+    np.testing.assert_array_equal(FinetuneTier.load(out).predict_proba(items), proba)
+    assert tier.vocab_wide is not None and tier.model.wide_input
+    d = _copy(out, tmp_path)
+    doc = json.loads((d / "wide.json").read_text())
+    doc["char"]["idf"][0] += 1.0
+    (d / "wide.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="wide.json"):
+        FinetuneTier.load(d)

@@ -43,6 +43,7 @@ from tiergate.data.items import Item
 from tiergate.errors import ConfigError, ModelError
 from tiergate.models.encoder import BertBlock, BertConfig, BertModel, HashedNgramConfig
 from tiergate.models.moe import MoEConfig, MoEFFN
+from tiergate.models.wide import VocabWideConfig
 from tiergate.training.loop import TrainConfig
 
 FORMAT_KIND = "tiergate-finetune"
@@ -70,8 +71,10 @@ class FinetuneConfig:
     holdout_frac: float = 0.1        # stratified slice of train for early stopping (never calibration or test)
     save_dtype: str = "float16"      # weights on disk (routers stay float32); serving upcasts to float32
     pretrained: bool = True          # start from MiniLM's weights (False: random init, for tests)
-    wide: bool = False               # add a frozen LR over the hashed n-gram bag to the logits (head starts at 0;
-                                     # the presets turn it on)
+    wide: bool = False               # add a frozen LR over n-grams to the logits (head starts at 0; the presets
+                                     # turn it on)
+    wide_features: str = "hashed"    # hashed: over the hashed bag (WidePath) | vocab: word + char n-grams of a
+    vocab: VocabWideConfig = field(default_factory=VocabWideConfig)  # fitted vocabulary (tiergate.models.wide)
     wide_C: list[float] = field(default_factory=lambda: [16.0])  # inverse L2 strengths tried (held-out loss picks)
     # the large tier's hashed bag: 2^17 hashed word 1-2-gram + char 3-5-gram buckets, each text's 2,048 heaviest
     bag: HashedNgramConfig = field(default_factory=lambda: HashedNgramConfig(n_buckets=2 ** 17, max_per_text=2048))
@@ -101,7 +104,7 @@ def config_to_dict(cfg: FinetuneConfig) -> dict:
 
 def config_from_dict(d: dict) -> FinetuneConfig:
     """Rebuild a FinetuneConfig from JSON; an unknown key is a ModelError (a foreign or newer file)."""
-    subs = {"bert": BertConfig, "train": TrainConfig, "bag": HashedNgramConfig}
+    subs = {"bert": BertConfig, "train": TrainConfig, "bag": HashedNgramConfig, "vocab": VocabWideConfig}
 
     def build(cls, data: dict):
         names = {f.name for f in fields(cls)}
@@ -206,8 +209,13 @@ class FinetuneClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.wide = None
-        if cfg.wide:
+        # vocab: the LR runs outside torch (tiergate.models.wide.VocabWide) and its logits come in the batch
+        self.wide_input = cfg.wide and cfg.wide_features == "vocab"
+        if cfg.wide and cfg.wide_features not in ("hashed", "vocab"):
+            raise ConfigError(f"wide_features {cfg.wide_features!r}: use hashed or vocab")
+        if cfg.wide and not self.wide_input:
             self.wide = WidePath(cfg.bag.n_buckets, n_classes)
+        if cfg.wide:
             nn.init.zeros_(self.head.weight)  # zero output at init: the model starts as the wide LR
 
     def set_wide(self, w_FC: np.ndarray, b_C: np.ndarray, idf_F: np.ndarray) -> None:
@@ -224,6 +232,8 @@ class FinetuneClassifier(nn.Module):
         logits_BC = self.head(self.drop(pooled_BD))
         if self.wide is not None:
             logits_BC = logits_BC.float() + self.wide(batch)
+        if self.wide_input:
+            logits_BC = logits_BC.float() + batch["wide_logits"].float()
         return logits_BC  # (B, C)
 
     def aux_loss(self) -> torch.Tensor:

@@ -134,14 +134,24 @@ def plan_shards(tensors: dict[str, torch.Tensor], limit: int = SHARD_BYTES) -> l
 
 
 def save_finetune(out_dir, model: FinetuneClassifier, labels: list[str], tokenizer_json: Path, *,
-                  metrics: dict, runtime: dict, data_fingerprint: str = "", history: list | None = None) -> dict:
-    """Write the artifact (see the module docstring) and return its manifest."""
+                  metrics: dict, runtime: dict, data_fingerprint: str = "", history: list | None = None,
+                  vocab_wide=None) -> dict:
+    """Write the artifact (see the module docstring) and return its manifest. ``vocab_wide``: the fitted
+    :class:`~tiergate.models.wide.VocabWide` of a ``wide_features="vocab"`` model (its weights go into the
+    shards as ``vocab_wide.*``, float32; its vocabularies into ``wide.json``)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     tensors = disk_tensors(model, cfg.save_dtype)
+    extra = []
+    if model.wide_input:
+        if vocab_wide is None:
+            raise ModelError("a wide_features='vocab' model is saved with its fitted VocabWide (vocab_wide=...)")
+        tensors.update({f"vocab_{k}": torch.from_numpy(v) for k, v in vocab_wide.tensors().items()})
+        (out / "wide.json").write_text(json.dumps(vocab_wide.to_json()))
+        extra.append("wide.json")
     shards = plan_shards(tensors)
     n = len(shards)
     weight_map, meta = {}, {"format": FORMAT_KIND, "version": str(FORMAT_VERSION)}
@@ -159,7 +169,7 @@ def save_finetune(out_dir, model: FinetuneClassifier, labels: list[str], tokeniz
     (out / "config.json").write_text(json.dumps(config, indent=2))
     shutil.copyfile(tokenizer_json, out / "tokenizer.json")
     files = sorted([*(f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)), INDEX, "config.json",
-                    "tokenizer.json"])
+                    "tokenizer.json", *extra])
     manifest = {"kind": FORMAT_KIND, "version": FORMAT_VERSION, "labels": list(labels),
                 "files": {f: sha256_file(out / f) for f in files},
                 "weights_dtype": cfg.save_dtype, "n_params": sum(p.numel() for p in model.parameters()),
@@ -249,8 +259,9 @@ def _current_name(key: str) -> str:
     return key
 
 
-def load_finetune(path) -> tuple[FinetuneClassifier, list[str], dict, dict]:
-    """(model in float32, eval mode, on CPU; labels; config.json; manifest.json) of an artifact folder."""
+def load_finetune(path) -> tuple[FinetuneClassifier, list[str], dict, dict, object | None]:
+    """(model in float32, eval mode, on CPU; labels; config.json; manifest.json; the VocabWide of a
+    ``wide_features="vocab"`` model, else None) of an artifact folder."""
     d = Path(path)
     config, manifest, index = _read_json(d / "config.json"), _read_json(d / "manifest.json"), _read_json(d / INDEX)
     if config.get("kind") != FORMAT_KIND or manifest.get("kind") != FORMAT_KIND:
@@ -265,13 +276,21 @@ def load_finetune(path) -> tuple[FinetuneClassifier, list[str], dict, dict]:
         model = FinetuneClassifier(cfg, len(labels))
     expect = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = {_current_name(k): v for k, v in _read_tensors(d, index).items()}
+    vocab_wide = None
+    if model.wide_input:
+        from tiergate.models.wide import VocabWide
+
+        if "wide.json" not in manifest["files"]:
+            raise ModelError(f"{d / 'wide.json'}: missing from manifest.json (the config has a vocabulary wide path)")
+        parts = {k[len("vocab_"):]: state.pop(k).float().numpy() for k in list(state) if k.startswith("vocab_wide.")}
+        vocab_wide = VocabWide.from_parts(_read_json(d / "wide.json"), parts)
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expect:
         bad = sorted(set(got) ^ set(expect)) or sorted(k for k in got if got[k] != expect[k])
         raise ModelError(f"{d / INDEX}: tensors do not match config.json (first: {bad[0]!r}, "
                          f"{got.get(bad[0])} vs {expect.get(bad[0])}); retrain the model")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
-    return model.eval(), labels, config, manifest
+    return model.eval(), labels, config, manifest, vocab_wide
 
 
 # --------------------------------------------------------------------------------------------- serving
@@ -289,7 +308,7 @@ class FinetuneTier(Tier):
     capabilities = Capabilities()
 
     def __init__(self, model: FinetuneClassifier, labels: list[str], tokenizer: WordPiece, manifest: dict,
-                 device: torch.device | str = "cpu", batch_size: int = 16):
+                 device: torch.device | str = "cpu", batch_size: int = 16, vocab_wide=None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.labels = list(labels)
@@ -297,6 +316,9 @@ class FinetuneTier(Tier):
         self.manifest = manifest
         self.batch_size = batch_size
         self.bag = None
+        self.vocab_wide = vocab_wide
+        if self.model.wide_input and vocab_wide is None:
+            raise ModelError("a wide_features='vocab' model needs its VocabWide to serve")
         if self.model.wide is not None:
             self.bag = bag_featurizer(self.model.cfg, self.model.wide.idf.cpu().numpy())
 
@@ -305,9 +327,9 @@ class FinetuneTier(Tier):
         from tiergate.models.threads import configure_torch
 
         configure_torch()  # serving threads: see tiergate.models.threads
-        model, labels, _, manifest = load_finetune(path)
+        model, labels, _, manifest, vocab_wide = load_finetune(path)
         tok = WordPiece(Path(path) / "tokenizer.json", model.cfg.max_tokens)
-        return cls(model, labels, tok, manifest, device=device, batch_size=batch_size)
+        return cls(model, labels, tok, manifest, device=device, batch_size=batch_size, vocab_wide=vocab_wide)
 
     def version(self) -> str:
         return str(self.manifest.get("files", {}).get("model.safetensors.index.json", ""))[:16]
@@ -316,7 +338,7 @@ class FinetuneTier(Tier):
         return self.tokenizer.encode([item_text(it, self.model.cfg.read_headers) for it in items])
 
     def unload(self) -> None:
-        self.model = self.bag = None
+        self.model = self.bag = self.vocab_wide = None
 
     @torch.inference_mode()
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
@@ -327,7 +349,8 @@ class FinetuneTier(Tier):
         if not items:
             return np.zeros((0, len(self.labels)), np.float32)
         bag = self.bag.table(list(items)).bag if self.bag is not None else None
-        table = TokenTable.from_lists(self.encode(items), np.zeros(len(items), np.int64), bag)
+        wide = self.vocab_wide.logits([it.model_text for it in items]) if self.vocab_wide is not None else None
+        table = TokenTable.from_lists(self.encode(items), np.zeros(len(items), np.int64), bag, wide)
         order = np.argsort(-table.lengths, kind="stable")  # similar lengths together: little padding
         proba_NC = np.zeros((len(items), len(self.labels)), np.float32)
         for s in range(0, len(order), self.batch_size):

@@ -50,6 +50,8 @@ class Prepared:
     data_fingerprint: str
     tokenize_seconds: float
     idf: np.ndarray | None = None  # (n_buckets,) the bag's idf, learnt on the fit rows (wide path only)
+    vocab_wide: object | None = None  # the fitted tiergate.models.wide.VocabWide (wide_features="vocab")
+    wide_info: dict | None = None     # what VocabWide.fit chose
 
 
 def pretrained_files() -> tuple[Path, Path]:
@@ -72,12 +74,18 @@ def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0) -
     items = [make_item(e.text) for e in examples]
     rows = tok.encode([item_text(it, cfg.read_headers) for it in items])
     fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
-    bag = idf = None
-    if cfg.wide:
+    bag = idf = vocab = info = logits = None
+    if cfg.wide and cfg.wide_features == "vocab":
+        from tiergate.models.wide import VocabWide
+
+        # fit once, here: the rows' logits travel in the table (to every process of a --nproc N run)
+        vocab, info, logits = VocabWide.fit([it.model_text for it in items], y, len(labels), fit_idx, hold_idx,
+                                            cfg.wide_C, cfg.vocab)
+    elif cfg.wide:
         feat = bag_featurizer(cfg)
         bag, idf = feat.table(items, y, fit_rows=fit_idx).bag, feat.bag.idf_
-    return Prepared(TokenTable.from_lists(rows, y, bag), fit_idx, hold_idx, labels, dataset.fingerprint(),
-                    time.perf_counter() - t0, idf)
+    return Prepared(TokenTable.from_lists(rows, y, bag, logits), fit_idx, hold_idx, labels, dataset.fingerprint(),
+                    time.perf_counter() - t0, idf, vocab, info)
 
 
 def fit_wide_lr(cfg: FinetuneConfig, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict] | None:
@@ -86,7 +94,7 @@ def fit_wide_lr(cfg: FinetuneConfig, prep: Prepared) -> tuple[np.ndarray, np.nda
     Fitted by the large tier's :func:`tiergate.models.large.fit_wide` on the fit rows' bags, each ``wide_C``
     tried and the lowest held-out log loss kept: lbfgs, deterministic, and run once (in the parent of a
     ``--nproc N`` run), so every process starts from the same LR."""
-    if not cfg.wide:
+    if not cfg.wide or cfg.wide_features == "vocab":  # vocab: fit in prepare, its logits in the table
         return None
     from tiergate.models.large import LargeConfig, fit_wide
     from tiergate.models.large import Prepared as LargePrepared
@@ -167,11 +175,11 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
     metrics = {"holdout_acc": best.get("val_acc"), "holdout_loss": best.get("val_loss"),
                "best_step": best.get("step"), "steps": steps, "n_train": len(prep.fit_idx),
                "n_holdout": len(prep.hold_idx), "tokenize_seconds": round(prep.tokenize_seconds, 2),
-               **(wide[3] if wide is not None else {}),
+               **(wide[3] if wide is not None else {}), **(prep.wide_info or {}),
                "train_seconds": round(seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2)}
     runtime["pretrained"] = str(weights) if weights else None
     return save_finetune(out, model, prep.labels, tokenizer_json, metrics=metrics, runtime=runtime,
-                         data_fingerprint=prep.data_fingerprint, history=history)
+                         data_fingerprint=prep.data_fingerprint, history=history, vocab_wide=prep.vocab_wide)
 
 
 # ------------------------------------------------------------------------------------------ N processes

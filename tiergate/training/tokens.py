@@ -31,9 +31,11 @@ class TokenTable:
     offsets: np.ndarray   # (N + 1,) int64: row i is ids[offsets[i]:offsets[i + 1]]
     y: np.ndarray         # (N,) int64 label ids
     bag: sp.csr_matrix | None = None  # (N, n_buckets) TF-IDF weights of hashed n-grams, or None
+    wide: np.ndarray | None = None    # (N, C) float32 logits of a fitted vocabulary wide path, or None
 
     @classmethod
-    def from_lists(cls, rows: Sequence[Sequence[int]], y: np.ndarray, bag: sp.csr_matrix | None = None) -> TokenTable:
+    def from_lists(cls, rows: Sequence[Sequence[int]], y: np.ndarray, bag: sp.csr_matrix | None = None,
+                   wide: np.ndarray | None = None) -> TokenTable:
         lengths = np.array([len(r) for r in rows], np.int64)
         if len(rows) != len(y):
             raise ValueError(f"{len(rows)} token rows for {len(y)} labels")
@@ -42,7 +44,8 @@ class TokenTable:
         if (lengths == 0).any():
             raise ValueError("a token row is empty: every row needs at least [CLS] and [SEP]")
         flat = np.fromiter((t for r in rows for t in r), np.int32, count=int(lengths.sum()))
-        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.asarray(y, np.int64), bag)
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.asarray(y, np.int64), bag,
+                   None if wide is None else np.asarray(wide, np.float32))
 
     def __len__(self) -> int:
         return len(self.y)
@@ -56,7 +59,8 @@ class TokenTable:
 
     def subset(self, idx: np.ndarray) -> TokenTable:
         idx = np.asarray(idx, np.int64)
-        return TokenTable.from_lists([self.row(i) for i in idx], self.y[idx], None if self.bag is None else self.bag[idx])
+        return TokenTable.from_lists([self.row(i) for i in idx], self.y[idx], None if self.bag is None else self.bag[idx],
+                                     None if self.wide is None else self.wide[idx])
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """``ids`` and ``attn`` (B, T) int64, T the longest row of the batch; ``y`` (B,); with a bag, its rows
@@ -73,12 +77,15 @@ class TokenTable:
                "y": torch.from_numpy(self.y[idx]).to(device)}
         if self.bag is not None:
             out.update({k: v for k, v in FeatureTable(None, self.bag, self.y).batch(idx, device).items() if k != "y"})
+        if self.wide is not None:
+            out["wide_logits"] = torch.from_numpy(self.wide[idx]).to(device)
         return out
 
     def save(self, path: Path) -> None:
         bag = {} if self.bag is None else {"bag_data": self.bag.data, "bag_indices": self.bag.indices,
                                            "bag_indptr": self.bag.indptr, "bag_shape": np.array(self.bag.shape)}
-        np.savez(path, ids=self.ids, offsets=self.offsets, y=self.y, **bag)
+        wide = {} if self.wide is None else {"wide": self.wide}
+        np.savez(path, ids=self.ids, offsets=self.offsets, y=self.y, **bag, **wide)
 
     @classmethod
     def load(cls, path: Path) -> TokenTable:
@@ -86,4 +93,4 @@ class TokenTable:
         bag = None
         if "bag_data" in z:
             bag = sp.csr_matrix((z["bag_data"], z["bag_indices"], z["bag_indptr"]), shape=tuple(z["bag_shape"]))
-        return cls(z["ids"], z["offsets"], z["y"], bag)
+        return cls(z["ids"], z["offsets"], z["y"], bag, z["wide"] if "wide" in z else None)
