@@ -319,3 +319,12 @@ def test_the_quick_preset_reads_a_vocab_wide_path_and_checks_its_file(trained, t
     (bad / "wide.json").unlink()
     with pytest.raises(ModelError, match="wide.json: missing"):
         LargeTier.load(bad)
+
+
+def test_a_finished_run_leaves_no_checkpoint_behind(spam, tmp_path):
+    """The checkpoint is for resuming an interrupted run; once the artifact is saved it goes (so one process
+    and --nproc N write the same files, and a rerun into the folder does not resume a finished run)."""
+    cfg = _tiny_cfg("hashed")
+    cfg.train = TrainConfig(lr=3e-3, batch_size=32, epochs=2)
+    train_large(spam, tmp_path, preset=cfg, progress=False, checkpoint_every=2)
+    assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "checkpoint.pt").exists()

@@ -420,6 +420,8 @@ def train_large(dataset, out_dir, *, preset: str | LargeConfig = "quick", select
                           history=res.history)
     manifest["metrics"]["total_seconds"] = round(time.perf_counter() - t0, 2)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if ckpt is not None:  # the run finished and its artifact is saved: nothing is left to resume
+        ckpt.path.unlink(missing_ok=True)
     return manifest
 
 
