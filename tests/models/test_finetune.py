@@ -290,11 +290,15 @@ def _wide_shard(d) -> str:
     return next(f for k, f in index["weight_map"].items() if k.startswith("wide.bag.weight"))
 
 
+def _two_steps(spam, tmp_path_factory, tag: str, cfg: FinetuneConfig):
+    """A two-step training run of ``cfg`` written to a fresh folder: (folder, manifest)."""
+    out = tmp_path_factory.mktemp(tag) / "one"
+    return out, train_finetune(spam, out, cfg=cfg, max_steps=2, progress=False)
+
+
 @pytest.fixture(scope="module")
 def trained_wide(spam, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ftw") / "one"
-    manifest = train_finetune(spam, out, cfg=wide_cfg(), max_steps=2, progress=False)
-    return out, manifest
+    return _two_steps(spam, tmp_path_factory, "ftw", wide_cfg())
 
 
 def test_wide_artifact_records_the_lr(trained_wide):
@@ -344,9 +348,7 @@ def vocab_cfg(**kw) -> FinetuneConfig:
 
 @pytest.fixture(scope="module")
 def trained_vocab(spam, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ftv") / "one"
-    manifest = train_finetune(spam, out, cfg=vocab_cfg(), max_steps=2, progress=False)
-    return out, manifest
+    return _two_steps(spam, tmp_path_factory, "ftv", vocab_cfg())
 
 
 def test_vocab_wide_model_starts_at_the_fitted_lr(spam):

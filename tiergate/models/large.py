@@ -56,7 +56,7 @@ from tiergate.models.encoder import HashedNgramConfig, HashedNgrams, MiniLMEncod
 from tiergate.models.layers import GhostBatchNorm1d
 from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
 from tiergate.models.threads import configure_torch
-from tiergate.models.wide import VocabWide, VocabWideConfig
+from tiergate.models.wide import VocabWide, VocabWideConfig, logit_weights
 from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba, unloaded
 from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout
 from tiergate.training.loop import TrainConfig, train
@@ -342,15 +342,10 @@ def fit_wide(prep: Prepared) -> tuple[np.ndarray, np.ndarray, dict] | None:
         score = log_loss(hold.y, lr.predict_proba(hold.bag), labels=lr.classes_) if hold is not None else 0.0
         tried[c] = round(float(score), 5)
         if best is None or score < best[0]:
-            best = (score, c, lr.coef_.copy(), lr.intercept_.copy(), lr.classes_.astype(int))
-    _, c_best, coef, intercept, cols = best
-    C = len(prep.labels)
-    w_FC = np.zeros((cfg.bag.n_buckets, C), np.float32)
-    b_C = np.zeros(C, np.float32)
-    if C == 2 and coef.shape[0] == 1:  # binary: one row of log-odds for class 1
-        w_FC[:, 1], b_C[1] = coef[0], intercept[0]
-    else:
-        w_FC[:, cols], b_C[cols] = coef.T, intercept
+            best = (score, c, lr)
+    _, c_best, lr = best
+    W_CF, b_C = logit_weights(lr, len(prep.labels), absent=0.0)
+    w_FC = np.ascontiguousarray(W_CF.T)
     prep.wide_info = {"wide_C": c_best, "wide_holdout_log_loss": tried}
     return w_FC, b_C, prep.wide_info
 

@@ -37,6 +37,20 @@ class VocabWideConfig:
     max_iter: int = 300             # lbfgs iterations (100 when there are more than 10 classes)
 
 
+def logit_weights(lr, n_classes: int, absent: float = -30.0) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted scikit-learn LogisticRegression (classes = label ids) as one logit per class: ``(W (C, F),
+    b (C,))``, so softmax(x W^T + b) is its predict_proba. Binary: its one row of log-odds goes to the second
+    class. A class absent from the fit rows gets zero weights and the intercept ``absent``."""
+    coef = np.zeros((n_classes, lr.coef_.shape[1]), np.float32)
+    icpt = np.full(n_classes, absent, np.float32)
+    cols = lr.classes_.astype(int)
+    if len(cols) == 2 and lr.coef_.shape[0] == 1:
+        coef[cols[1]], icpt[cols[0]], icpt[cols[1]] = lr.coef_[0], 0.0, lr.intercept_[0]
+    else:
+        coef[cols], icpt[cols] = lr.coef_, lr.intercept_
+    return coef, icpt
+
+
 class VocabWide:
     """Fitted word + char TF-IDF features and a linear model: ``logits(texts) -> (N, C)``."""
 
@@ -92,13 +106,7 @@ class VocabWide:
             if best is None or score < best[0]:
                 best = (score, c, lr)
         _, c_best, lr = best
-        coef = np.zeros((n_classes, X.shape[1]), np.float32)
-        icpt = np.full(n_classes, -30.0, np.float32)
-        cols = lr.classes_.astype(int)
-        if len(cols) == 2 and lr.coef_.shape[0] == 1:  # binary: one row of log-odds for the second class
-            coef[cols[1]], icpt[cols[0]], icpt[cols[1]] = lr.coef_[0], 0.0, lr.intercept_[0]
-        else:
-            coef[cols], icpt[cols] = lr.coef_, lr.intercept_
+        coef, icpt = logit_weights(lr, n_classes)
         info = {"wide_features": "vocab", "wide_C": c_best, "wide_holdout_log_loss": tried,
                 "wide_n_features": int(X.shape[1]), "wide_featurize_seconds": round(featurize_s, 2),
                 "wide_fit_seconds": round(time.perf_counter() - t0 - featurize_s, 2)}
