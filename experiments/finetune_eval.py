@@ -8,7 +8,13 @@ writes ``OUT/NAME-VARIANT.json`` with the test accuracy, each test item's predic
 (for the side-by-side with the small tier, by item id), training seconds and serving milliseconds per item.
 ``--small`` also fits the small tier (TF-IDF + logistic regression, quickstart's recipe) and writes
 ``OUT/NAME-small.json`` the same way. A ``-wide`` variant also writes ``OUT/NAME-VARIANT-lr.json``: the same
-artifact's wide path alone (the fitted LR, before the encoder's correction). ``experiments/finetune_table.py`` turns the files into the table.
+artifact's wide path alone (the fitted LR, before the encoder's correction). ``experiments/finetune_table.py``
+turns the files into the table.
+
+The seed's techniques on this model: ``--optimizer lamb --batch-size 256 --warmup-frac 0.3`` (large batch),
+``--keep 0.5`` (data pruning: the cross-fitted small-tier uncertainty, keep-hard; ``--prune-mode random`` for
+its control), ``--top-k 1`` (upcycled experts at the dense model's active parameters per token).
+``--cpu-threads N`` also serves the saved artifact on CPU and records how many labels differ from the GPU's.
 
     python experiments/finetune_eval.py --data spamassassin --name spamassassin --variants upcycled,upcycled-wide --out OUT
 """
@@ -45,7 +51,30 @@ def variant_cfg(variant: str, args):
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
     cfg.train.max_steps = args.max_steps
+    if args.optimizer:
+        cfg.train.optimizer = args.optimizer
+    if args.warmup_frac is not None:
+        cfg.train.warmup_frac = args.warmup_frac
+    if args.top_k:
+        cfg.top_k = args.top_k
     return cfg
+
+
+def pruned_selection(ds, args) -> list[str] | None:
+    """``--keep F``: the training ids kept by data pruning, with the metric that won on the head-only model
+    (the cross-fitted small-tier uncertainty, keep-hard, per class; docs/benchmarks.md, "Pruning"), or at
+    random (``--prune-mode random``)."""
+    if args.keep is None:
+        return None
+    from tiergate.training.pruning import score_uncertainty, select
+
+    train = ds.split("train")
+    labels = sorted({e.label for e in train})
+    y = np.array([labels.index(e.label) for e in train])
+    scores = (np.zeros(len(train)) if args.prune_mode == "random"
+              else score_uncertainty([make_item(e.text).model_text for e in train], y, seed=args.seed))
+    return select([e.id for e in train], [e.label for e in train], scores, args.keep, mode=args.prune_mode,
+                  seed=args.seed)
 
 
 def serve_ms(tier, items, device: str) -> float:
@@ -74,7 +103,11 @@ def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
     from tiergate.training.finetune_run import train_finetune
 
     model_dir = Path(args.models) / f"{name}-{variant}"
-    manifest = train_finetune(ds, model_dir, cfg=variant_cfg(variant, args), seed=args.seed, progress=False)
+    t0 = time.perf_counter()
+    selection = pruned_selection(ds, args)
+    prune_s = time.perf_counter() - t0
+    manifest = train_finetune(ds, model_dir, cfg=variant_cfg(variant, args), seed=args.seed, selection=selection,
+                              progress=False)
     test = ds.split("test")
     items = [make_item(e.text) for e in test]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,6 +122,9 @@ def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
         "steps": manifest["metrics"]["steps"], "n_params": manifest["n_params"],
         "active_params_per_token": manifest["active_params_per_token"],
         "config": json.loads((model_dir / "config.json").read_text())["model"],
+        "keep": args.keep, "prune_mode": args.prune_mode if args.keep else None,
+        "prune_seconds": round(prune_s, 2) if args.keep else None,
+        **(cpu_check(model_dir, items, proba, args.cpu_threads) if args.cpu_threads else {}),
         **{k: v for k, v in manifest["metrics"].items() if k.startswith("wide_")}})
     (out / f"{name}-{variant}.json").write_text(json.dumps(rec))
     if tier.model.wide is not None or tier.vocab_wide is not None:
@@ -96,6 +132,26 @@ def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
         (out / f"{name}-{variant}-lr.json").write_text(json.dumps(lr))
         print(f"{name} {variant} wide path alone: acc {lr['accuracy']:.4f} ({lr['errors']} errors)", flush=True)
     return rec
+
+
+def cpu_check(model_dir: Path, items, gpu_proba, threads: int) -> dict:
+    """The artifact served on CPU (``threads`` torch threads, the gateway's batch of 16): the labels that
+    differ from the GPU's, the largest confidence difference, and ms per item."""
+    from tiergate.models.finetune_io import FinetuneTier
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tier = FinetuneTier.load(model_dir, device="cpu", batch_size=16)
+        tier.predict_proba(items[:16])
+        t0 = time.perf_counter()
+        proba = tier.predict_proba(items)
+        ms = 1000 * (time.perf_counter() - t0) / max(len(items), 1)
+    finally:
+        torch.set_num_threads(before)
+    return {"cpu_threads": threads, "cpu_ms_per_item": round(ms, 2),
+            "cpu_labels_differ": int((proba.argmax(1) != gpu_proba.argmax(1)).sum()),
+            "cpu_max_conf_diff": round(float(np.abs(proba - gpu_proba).max()), 5)}
 
 
 @torch.inference_mode()
@@ -141,6 +197,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--serve-batch", type=int, default=64)
+    ap.add_argument("--optimizer", default=None, help="adamw | lamb | lars | sgd (large-batch runs)")
+    ap.add_argument("--warmup-frac", type=float, default=None)
+    ap.add_argument("--top-k", type=int, default=None, help="experts per token (1: equal active params to dense)")
+    ap.add_argument("--keep", type=float, default=None, help="data pruning: share of the train rows kept")
+    ap.add_argument("--prune-mode", default="hard", choices=("hard", "random"))
+    ap.add_argument("--cpu-threads", type=int, default=0, help="also serve the artifact on CPU with N threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="/tmp/models")
     ap.add_argument("--out", required=True)
@@ -154,8 +216,11 @@ def main() -> None:
         print(f"{args.name} small: acc {r['accuracy']:.4f} ({r['errors']} errors), {r['train_seconds']} s", flush=True)
     for v in [v for v in args.variants.split(",") if v]:
         r = run_variant(ds, args.name, v, args, out)
+        cpu = (f", CPU {r['cpu_ms_per_item']} ms/item at {r['cpu_threads']} threads, {r['cpu_labels_differ']} labels "
+               "differ" if args.cpu_threads else "")
         print(f"{args.name} {v}: acc {r['accuracy']:.4f} ({r['errors']} errors), train {r['train_seconds']} s, "
-              f"serve {r['serve_ms_per_item']} ms/item, holdout {r['holdout_acc']}", flush=True)
+              f"serve {r['serve_ms_per_item']} ms/item, holdout {r['holdout_acc']}, steps {r['steps']}{cpu}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -228,6 +228,19 @@ def test_cli_max_steps(tmp_path, spam, monkeypatch):
     assert list((tmp_path / "cli").glob("*.safetensors"))
 
 
+def test_selection_restricts_the_training_rows(spam, trained, tmp_path):
+    """Data pruning on the finetune preset: only the selected train rows are read, and the artifact says so."""
+    train_ids = [e.id for e in spam.split("train")]
+    keep = train_ids[::2]
+    manifest = train_finetune(spam, tmp_path / "pruned", cfg=trained[2], max_steps=1, selection=keep,
+                              progress=False)
+    m = manifest["metrics"]
+    assert m["n_train"] + m["n_holdout"] == len(keep) < len(train_ids)
+    assert manifest["training_data_fingerprint"].startswith(trained[1]["training_data_fingerprint"] + ":")
+    with pytest.raises(ConfigError, match="keeps no training example"):
+        train_finetune(spam, tmp_path / "none", cfg=trained[2], max_steps=1, selection=["not-an-id"], progress=False)
+
+
 def test_presets_have_the_wide_path():
     from tiergate.models.finetune import finetune_preset
 

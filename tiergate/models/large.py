@@ -36,7 +36,6 @@ only safetensors and JSON and checks the hash, the config and every tensor's nam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -58,7 +57,7 @@ from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
 from tiergate.models.threads import configure_torch
 from tiergate.models.wide import VocabWide, VocabWideConfig, logit_weights
 from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba, unloaded
-from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout
+from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout, train_examples
 from tiergate.training.loop import TrainConfig, train
 
 FORMAT_VERSION = 2  # 2: no linear member (a copy of the small tier); the wide path is fit as an LR
@@ -272,17 +271,7 @@ class Prepared:
 def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0, progress: bool = False) -> Prepared:
     """Featurize ``dataset.split("train")`` (restricted to ``selection`` ids) and hold out a stratified slice.
     Calibration and test rows are never read."""
-    examples = dataset.split("train")
-    if selection is not None:
-        keep = set(selection)
-        examples = [e for e in examples if e.id in keep]
-        if not examples:
-            raise ConfigError("the selection keeps no training example: check that it was made on this data set")
-    labels = sorted({e.label for e in examples})
-    if len(labels) < 2:
-        raise ConfigError(f"training needs at least two labels; the training rows have {labels}")
-    lab_id = {lab: i for i, lab in enumerate(labels)}
-    y = np.array([lab_id[e.label] for e in examples], np.int64)
+    examples, y, labels, fp = train_examples(dataset, selection)
     fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
     items = [make_item(e.text) for e in examples]
     t0 = time.perf_counter()
@@ -295,9 +284,6 @@ def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0
         # fit once, here (every process of a --nproc N run reads the same logits from the table)
         feat.wide, wide_info, table.wide = VocabWide.fit([texts_for(it)[1] for it in items], y, len(labels),
                                                          fit_idx, hold_idx, cfg.wide_C, cfg.vocab)
-    fp = dataset.fingerprint()
-    if selection is not None:
-        fp += ":" + hashlib.sha256("\n".join(sorted({e.id for e in examples})).encode()).hexdigest()[:16]
     return Prepared(cfg, feat, table, fit_idx, hold_idx, labels, fp, time.perf_counter() - t0, wide_info)
 
 

@@ -6,6 +6,7 @@ once; a training step only slices rows. A batch is a dict of tensors that :class
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,29 @@ class FeatureTable:
 def bag_to_csr(ids: np.ndarray, offsets: np.ndarray, weights: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
     indptr = np.append(offsets, len(ids)).astype(np.int64)
     return sp.csr_matrix((weights, ids, indptr), shape=(n_rows, n_cols))
+
+
+def train_examples(dataset, selection=None) -> tuple[list, np.ndarray, list[str], str]:
+    """The training rows of ``dataset`` (restricted to the ``selection`` ids when given: data pruning), as
+    ``(examples, y, labels, fingerprint)``; the fingerprint names the selection too, so a model trained on a
+    pruned set never passes for one trained on the whole. Calibration and test rows are never read."""
+    from tiergate.errors import ConfigError
+
+    examples = dataset.split("train")
+    if selection is not None:
+        keep = set(selection)
+        examples = [e for e in examples if e.id in keep]
+        if not examples:
+            raise ConfigError("the selection keeps no training example: check that it was made on this data set")
+    labels = sorted({e.label for e in examples})
+    if len(labels) < 2:
+        raise ConfigError(f"training needs at least two labels; the training rows have {labels}")
+    lab_id = {lab: i for i, lab in enumerate(labels)}
+    y = np.array([lab_id[e.label] for e in examples], np.int64)
+    fp = dataset.fingerprint()
+    if selection is not None:
+        fp += ":" + hashlib.sha256("\n".join(sorted({e.id for e in examples})).encode()).hexdigest()[:16]
+    return examples, y, labels, fp
 
 
 def stratified_holdout(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ from tiergate.models.finetune import (
     item_text,
 )
 from tiergate.models.finetune_io import WordPiece, bag_featurizer, save_finetune
-from tiergate.training.data import stratified_holdout
+from tiergate.training.data import stratified_holdout, train_examples
 from tiergate.training.tokens import TokenTable
 
 
@@ -62,14 +62,9 @@ def pretrained_files() -> tuple[Path, Path]:
     return d / "model.safetensors", d / "tokenizer.json"
 
 
-def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0) -> Prepared:
+def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0, selection=None) -> Prepared:
     t0 = time.perf_counter()
-    examples = dataset.split("train")
-    labels = sorted({e.label for e in examples})
-    if len(labels) < 2:
-        raise ConfigError(f"training needs at least two labels; the training rows have {labels}")
-    lab_id = {lab: i for i, lab in enumerate(labels)}
-    y = np.array([lab_id[e.label] for e in examples], np.int64)
+    examples, y, labels, fingerprint = train_examples(dataset, selection)
     tok = WordPiece(tokenizer_json, cfg.max_tokens)
     items = [make_item(e.text) for e in examples]
     rows = tok.encode([item_text(it, cfg.read_headers) for it in items])
@@ -84,7 +79,7 @@ def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0) -
     elif cfg.wide:
         feat = bag_featurizer(cfg)
         bag, idf = feat.table(items, y, fit_rows=fit_idx).bag, feat.bag.idf_
-    return Prepared(TokenTable.from_lists(rows, y, bag, logits), fit_idx, hold_idx, labels, dataset.fingerprint(),
+    return Prepared(TokenTable.from_lists(rows, y, bag, logits), fit_idx, hold_idx, labels, fingerprint,
                     time.perf_counter() - t0, idf, vocab, info)
 
 
@@ -144,8 +139,9 @@ def runtime_here(**kw):
 
 
 def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", nproc: int = 1, seed: int = 0,
-                   max_steps: int | None = None, progress: bool = True) -> dict:
-    """Fine-tune on ``dataset.split("train")``, save the artifact to ``out_dir``, return its manifest."""
+                   max_steps: int | None = None, selection=None, progress: bool = True) -> dict:
+    """Fine-tune on ``dataset.split("train")`` (restricted to the ``selection`` ids when given), save the
+    artifact to ``out_dir``, return its manifest."""
     t0 = time.perf_counter()
     cfg = finetune_preset(cfg) if isinstance(cfg, str) else config_from_dict(config_to_dict(cfg))
     cfg.train.seed = seed
@@ -157,7 +153,7 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
     weights = weights if cfg.pretrained else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prep = prepare(dataset, cfg, tokenizer_json, seed)
+    prep = prepare(dataset, cfg, tokenizer_json, seed, selection)
     n_classes = len(prep.labels)
     wide = fit_wide_lr(cfg, prep)
     if nproc <= 1:

@@ -29,17 +29,16 @@ def run_training(data: str, out, *, preset: str = "quick", nproc: int = 1, selec
     from tiergate.training.pruning import read_selection
 
     ds = load_dataset(data)
+    sel = read_selection(selection) if selection is not None else None
     if preset.startswith("finetune"):
         from tiergate.training.finetune_run import train_finetune
 
-        if selection is not None:
-            raise ConfigError("--selection is not supported with --preset finetune yet")
-        return train_finetune(ds, out, cfg=preset, nproc=nproc, seed=seed, max_steps=max_steps, progress=progress)
+        return train_finetune(ds, out, cfg=preset, nproc=nproc, seed=seed, max_steps=max_steps, selection=sel,
+                              progress=progress)
     if max_steps is not None:
         cfg = large_preset(preset)
         cfg.train.max_steps = max_steps
         preset = cfg
-    sel = read_selection(selection) if selection is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if nproc <= 1:
