@@ -183,6 +183,13 @@ class ServerConfig(_Strict):
     # answered 429 at once (the loop is the bottleneck: see tiergate.gateway.protocol); the limit adapts
     # (halved while refusals go on), and the wait counts against the request's deadline.
     max_loop_wait_ms: float = Field(default=50.0, gt=0)
+    # Requests this worker has read and not yet answered; a classify request beyond it is answered 429 as
+    # soon as its headers are read, by the HTTP protocol itself (no handler, no body parse: the cheapest
+    # refusal there is, for floods of cheap traffic; tiergate.gateway.protocol). 0 turns it off.
+    max_open_requests: int = Field(default=0, ge=0)
+    # ... and no request is refused for its wait on the loop while at most this many are open: a closed-loop
+    # client with that many connections waits behind its own requests, which is not overload.
+    min_open_requests: int = Field(default=32, ge=0)
     keepalive_timeout_s: float = Field(default=5.0, gt=0)  # idle keep-alive connections are closed after it
     shutdown_grace_s: float = Field(default=20.0, ge=0)  # in-flight requests get this long to finish
     on_final_tier_failure: Literal["answer_cheaper", "fail"] = "answer_cheaper"

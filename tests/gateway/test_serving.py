@@ -141,7 +141,7 @@ def test_an_item_still_queued_at_its_deadline_is_shed_with_429(serving_dir, tiny
 
 
 def test_a_request_that_waited_too_long_on_the_event_loop_is_refused_at_the_door(serving_dir, tiny_workdir):
-    p = write_config(serving_dir, tiny_workdir, "loopwait", {"max_loop_wait_ms": 0.001})
+    p = write_config(serving_dir, tiny_workdir, "loopwait", {"max_loop_wait_ms": 0.001, "min_open_requests": 0})
     with running_server(create_app(p)) as base:
         r = post(base, {"text": LOTTERY})
         assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
@@ -180,6 +180,46 @@ def test_the_event_loop_limit_halves_while_requests_are_refused_and_recovers(ser
     assert sched._loop_limit() == pytest.approx(0.040)
     sched.door_check(waited_s=0.030)
     cascade.close()
+
+
+def test_a_wait_behind_few_open_requests_is_never_refused(serving_dir, tiny_workdir):
+    """A closed-loop client with 32 connections waits behind its own requests: not a flood. Refusing it would
+    lock the limit low (each refusal brings its next request at once: measured, 94% 429s at 32 connections
+    after one stall), so the loop-wait check applies only beyond ``server.min_open_requests`` open."""
+    from tiergate.cascade import Cascade
+    from tiergate.errors import OverloadedError
+    from tiergate.gateway.scheduler import Scheduler
+
+    cascade = Cascade.from_config(write_config(serving_dir, tiny_workdir, "minopen", {"max_loop_wait_ms": 10}))
+    sched = Scheduler(cascade, cascade.config.server)
+    assert cascade.config.server.min_open_requests == 32
+    for _ in range(20):
+        sched.door_check(waited_s=0.5, open_n=31)  # admitted, however long it waited
+    with pytest.raises(OverloadedError, match="event loop"):
+        sched.door_check(waited_s=0.5, open_n=32)
+    cascade.close()
+
+
+def test_requests_over_the_open_cap_are_refused_by_the_protocol(serving_dir, tiny_workdir):
+    """``server.max_open_requests``: a classify request read while that many are unanswered is refused at
+    once (429, Retry-After, the usual error body) by the HTTP protocol; probes are not; the count returns to 0."""
+    from tiergate.gateway.protocol import StampedHttpToolsProtocol as proto
+
+    p = write_config(serving_dir, tiny_workdir, "opencap", {**OPEN, "max_open_requests": 1})
+    with running_server(create_app(p)) as base:
+        assert proto.max_open == 1
+        fault(base, tier="final", delay_ms=800)
+        with cf.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(post, base, {"text": HAM, "final_only": True})  # stays open for 0.8 s
+            time.sleep(0.3)
+            r = post(base, {"text": HAM})
+            assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
+            assert "max_open_requests" in r.json()["detail"] and r.json()["error"] == "OverloadedError"
+            assert httpx.get(base + "/healthz").status_code == 200
+            assert first.result().status_code == 200
+        assert proto.open_now == 0
+        assert post(base, {"text": HAM}).status_code == 200
+        assert scrape(base)['tiergate_rejected_total{tier="open_requests"}'] == 1
 
 
 def test_a_tier_in_its_own_process_is_not_held_twice(serving_dir, tiny_workdir):

@@ -17,7 +17,7 @@ import time
 from tiergate.errors import BodyTimeoutError, PayloadTooLargeError, TiergateError, UnavailableError
 from tiergate.gateway import metrics as m
 from tiergate.gateway.errors import error_response
-from tiergate.gateway.protocol import READ_AT
+from tiergate.gateway.protocol import OPEN, READ_AT
 
 _OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 ADMIN_UPLOAD_BYTES = 2_000_000  # a rule file may be larger than a classify request
@@ -89,7 +89,7 @@ class LimitsMiddleware:
             raise UnavailableError("the gateway is shutting down; retry on another instance")
         sched = self.state.scheduler
         if sched is not None and path == "/v1/classify" and scope.get("method") == "POST":
-            sched.door_check(waited, _header_deadline_s(scope))
+            sched.door_check(waited, _header_deadline_s(scope), scope.get(OPEN))
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLargeError:

@@ -127,16 +127,19 @@ class Scheduler:
         """The share of items entering at ``entry`` that reach tier ``j`` (from the traffic so far)."""
         return min(1.0, self.arrived[j] / max(self.arrived[entry], 1e-9))
 
-    def door_check(self, waited_s: float = 0.0, deadline_s: float | None = None) -> None:
+    def door_check(self, waited_s: float = 0.0, deadline_s: float | None = None, open_n: int | None = None) -> None:
         """The check made before a body is read: refuse at once when a tier is already full (admit() would refuse
         the request whatever its size), or when the request already waited ``waited_s`` on the event loop past
         ``server.max_loop_wait_ms`` (adaptive), so a flood of requests costs 429s, not body parsing
-        (raises OverloadedError)."""
+        (raises OverloadedError). ``open_n``: the requests open on this worker when this one was read (the
+        protocol's count); at most ``server.min_open_requests`` of them, the wait is never refused, so a
+        closed-loop client waiting behind its own requests is not taken for a flood and the limit cannot
+        lock itself low (each refusal of such a client brings its next request at once)."""
         self._require_open()
         # Not capped by the request's deadline: a short deadline on an idle server must not be refused here;
         # the wait is taken off the deadline instead (routes/classify.py).
         limit = self._loop_limit()
-        if waited_s > limit:
+        if waited_s > limit and (open_n is None or open_n >= self.server.min_open_requests):
             self._loop_over = True
             m.REJECTED.labels("event_loop").inc()
             raise OverloadedError(f"the gateway's event loop is saturated: this request waited {waited_s * 1000:.0f} ms "

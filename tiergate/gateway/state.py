@@ -22,6 +22,7 @@ from tiergate.decisionlog.store import DecisionStore, log_path
 from tiergate.decisionlog.writer import LogWriter
 from tiergate.errors import ModelError, TiergateError, UnavailableError
 from tiergate.gateway import metrics as m
+from tiergate.gateway import protocol
 from tiergate.gateway.auth import TOKEN_ENV
 from tiergate.gateway.history import History
 from tiergate.gateway.scheduler import Scheduler
@@ -73,6 +74,7 @@ class GatewayState:
         try:
             cfg, base = load_config(self.config_path)
             self.server = cfg.server
+            protocol.set_max_open(cfg.server.max_open_requests)
             if cfg.log.enabled:  # first: a gateway that cannot keep its record does not serve
                 writer = LogWriter(log_path(cfg, base), cfg.log)
                 await anyio.to_thread.run_sync(writer.start)
@@ -156,6 +158,7 @@ class GatewayState:
             await self._attach(sched)
             await sched.start()
             self.scheduler, self.server = sched, cascade.config.server
+            protocol.set_max_open(self.server.max_open_requests)
             _publish(cascade, old.cascade)
             task = asyncio.get_running_loop().create_task(self._retire(old, cascade))
             self._retired.add(task)
