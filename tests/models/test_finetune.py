@@ -245,6 +245,7 @@ def test_presets_have_the_wide_path():
     from tiergate.models.finetune import finetune_preset
 
     assert finetune_preset("finetune").wide and finetune_preset("finetune-dense").wide
+    assert finetune_preset("finetune").wide_features == "vocab" == finetune_preset("finetune-dense").wide_features
     assert not finetune_preset("finetune-nowide").wide and finetune_preset("finetune-dense-nowide").n_upcycled == 0
     with pytest.raises(ConfigError, match="unknown finetune preset"):
         finetune_preset("finetune-wide")
