@@ -70,7 +70,7 @@ def pruned_selection(ds, args) -> list[str] | None:
     train = ds.split("train")
     labels = sorted({e.label for e in train})
     y = np.array([labels.index(e.label) for e in train])
-    items = [make_item(e.text) for e in train]
+    items = [] if args.prune_mode == "random" else [make_item(e.text) for e in train]
     if args.prune_mode == "random":
         scores = np.zeros(len(train))
     elif len(labels) <= 10:

@@ -217,6 +217,14 @@ def test_requests_over_the_open_cap_are_refused_by_the_protocol(serving_dir, tin
             assert "max_open_requests" in r.json()["detail"] and r.json()["error"] == "OverloadedError"
             assert httpx.get(base + "/healthz").status_code == 200
             assert first.result().status_code == 200
+        import socket
+
+        body = json.dumps({"text": HAM, "final_only": True}).encode()
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as sock:  # goes away mid-request
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.2)
+        time.sleep(1.0)
         assert proto.open_now == 0
         assert post(base, {"text": HAM}).status_code == 200
         assert scrape(base)['tiergate_rejected_total{tier="open_requests"}'] == 1

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import time
 
+from tiergate.errors import OverloadedError
+from tiergate.gateway import metrics as m
+from tiergate.gateway.errors import error_response
+
 READ_AT = "tiergate.read_at"
 OPEN = "tiergate.open"  # requests of this worker open when this one was read (itself not counted)
 
@@ -32,10 +36,6 @@ except ImportError:  # httptools is not installed: uvicorn's default protocol, u
 
 async def refuse_open(scope, receive, send) -> None:
     """The 429 for a request over ``server.max_open_requests`` (the gateway's error body, counted there)."""
-    from tiergate.errors import OverloadedError
-    from tiergate.gateway import metrics as m
-    from tiergate.gateway.errors import error_response
-
     m.REJECTED.labels("open_requests").inc()
     err = OverloadedError(f"this worker has {scope[OPEN]} requests open (server.max_open_requests); "
                           "retry in 1 s", retry_after_s=1)
@@ -50,7 +50,9 @@ if HttpToolsProtocol is not None:
             super().on_message_begin()
             self.scope[READ_AT] = time.perf_counter()  # type: ignore[typeddict-unknown-key]
 
-        open_now = 0    # requests read by this worker whose response is not complete (all connections)
+        # requests read by this worker whose response is not complete (all connections): one up when a
+        # request's handler starts, one down when its response is complete or its connection is lost
+        open_now = 0
 
         def _start_asgi_task(self, cycle, app) -> None:
             scope = cycle.scope
@@ -61,23 +63,20 @@ if HttpToolsProtocol is not None:
                 app = refuse_open
             cls.open_now += 1
             cycle.tiergate_open = True
-            inner = app
-
-            async def counted(scope, receive, send):  # a client that went away never completes its response
-                try:
-                    await inner(scope, receive, send)
-                finally:
-                    _close(cycle, cls)
-            super()._start_asgi_task(cycle, counted)
+            super()._start_asgi_task(cycle, app)
 
         def on_response_complete(self) -> None:
-            _close(self.cycle, StampedHttpToolsProtocol)
+            _close(self.cycle)
             super().on_response_complete()
 
-    def _close(cycle, cls) -> None:
+        def connection_lost(self, exc) -> None:  # a client that went away never completes its response
+            _close(self.cycle)  # (pipelined requests still queued were never counted)
+            super().connection_lost(exc)
+
+    def _close(cycle) -> None:
         if cycle is not None and getattr(cycle, "tiergate_open", False):
             cycle.tiergate_open = False
-            cls.open_now -= 1
+            StampedHttpToolsProtocol.open_now -= 1
 
 
 def set_max_open(n: int) -> None:
