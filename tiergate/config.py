@@ -84,6 +84,8 @@ class TierConfig(_Strict):
     threshold: Thresholds = Field(default_factory=Thresholds)
     cost: CostConfig = Field(default_factory=CostConfig)
     remote: RemoteConfig | None = None     # kind: remote (its keys may also be given on the tier itself)
+    runtime: Literal["auto", "torch", "onnx"] = "auto"  # kind torch, a fine-tuned artifact: onnxruntime over
+                                           # the graph exported at load, or eager torch (auto: onnx on CPU)
 
     @model_validator(mode="before")
     @classmethod

@@ -132,7 +132,7 @@ def _build_torch(tc: TierConfig, path: Path) -> Tier:
     from tiergate.models.large import LargeTier
 
     if is_finetune_artifact(path):  # config.json's kind says which torch model the folder holds
-        return FinetuneTier.load(path)
+        return FinetuneTier.load(path, runtime=tc.runtime)
     return LargeTier.load(path)
 
 

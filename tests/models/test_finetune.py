@@ -365,6 +365,16 @@ def trained_vocab(spam, tmp_path_factory):
     return _two_steps(spam, tmp_path_factory, "ftv", vocab_cfg())
 
 
+def test_onnx_and_torch_runtimes_serve_the_same_probabilities(trained_vocab, spam):
+    out, _ = trained_vocab
+    items = [make_item(e.text) for e in spam.split("test")[:10]] + [make_item(""), make_item("\x00\ud800 ok")]
+    eager, graph = FinetuneTier.load(out, runtime="torch"), FinetuneTier.load(out, runtime="onnx")
+    assert (eager.runtime, graph.runtime) == ("torch", "onnx") and graph.model is None  # weights let go
+    a, b = eager.predict_proba(items), graph.predict_proba(items)
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    assert (a.argmax(1) == b.argmax(1)).all()
+
+
 def test_vocab_wide_model_starts_at_the_fitted_lr(spam):
     cfg = vocab_cfg()
     prep = prepare(spam, cfg, pretrained_files()[1])
@@ -386,7 +396,7 @@ def test_vocab_wide_round_trip_and_its_file_is_checked(trained_vocab, spam, tmp_
     items = [make_item(e.text) for e in spam.split("test")[:8]]
     proba = tier.predict_proba(items)
     np.testing.assert_array_equal(FinetuneTier.load(out).predict_proba(items), proba)
-    assert tier.vocab_wide is not None and tier.model.wide_input
+    assert tier.vocab_wide is not None and tier.runtime == "onnx"  # auto: the graph covers the vocab path
     d = _copy(out, tmp_path)
     doc = json.loads((d / "wide.json").read_text())
     doc["char"]["idf"][0] += 1.0
