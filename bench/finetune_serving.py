@@ -1,0 +1,152 @@
+"""What one item costs the fine-tuned large tier on CPU, eager torch against onnxruntime, side by side.
+
+    python bench/finetune_serving.py                                   # the finetune preset's shapes, random weights
+    python bench/finetune_serving.py --artifact runs/large --data spamassassin   # a trained tier on real texts
+
+Without ``--artifact`` the model is the ``--preset``'s architecture (MiniLM, its top blocks upcycled into 8
+experts, top-2) with random weights and random routers, fed full-length items of ``--tokens`` WordPiece
+tokens: the cost of an item does not depend on the weights' values (the routers only decide which expert a
+token visits, and every expert has the same shape), so this measures the shipped model's serving cost without
+its 80 MB of weights. With ``--artifact`` the tier is loaded both ways from the artifact (``FinetuneTier.load(...,
+runtime=...)``), fed ``--items`` texts of ``--data``'s test split, and the two runtimes' probabilities are
+compared (max |dp|, labels that differ).
+
+For each runtime and each thread count in ``--threads`` (torch intra-op threads; onnxruntime intra-op threads
+of a fresh session), items are served in batches of each size in ``--batches``; a configuration warms up on
+one batch, then runs for at least ``--min-s`` seconds. The table gives ms per item and onnx/torch time.
+Results go to ``bench/reports/finetune_serving.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tiergate.models.finetune import FinetuneClassifier, finetune_preset
+from tiergate.models.finetune_onnx import OnnxRunner
+
+REPORT = Path(__file__).resolve().parent / "reports" / "finetune_serving.json"
+
+
+def random_model(preset: str, n_classes: int) -> FinetuneClassifier:
+    torch.manual_seed(0)
+    cfg = finetune_preset(preset)
+    model = FinetuneClassifier(cfg, n_classes)
+    with torch.no_grad():
+        for b in model.upcycled():
+            b.moe.router.weight.normal_(std=0.5)
+    return model.eval()
+
+
+def token_batches(n_items: int, tokens: int, batch: int, wide: bool, n_classes: int) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for s in range(0, n_items, batch):
+        b = min(batch, n_items - s)
+        ids = torch.randint(1000, 30000, (b, tokens), generator=g)
+        ids[:, 0], ids[:, -1] = 101, 102
+        d = {"ids": ids, "attn": torch.ones(b, tokens, dtype=torch.long)}
+        if wide:
+            d["wide_logits"] = torch.randn(b, n_classes, generator=g)
+        out.append(d)
+    return out
+
+
+def timed(fn, units: int, min_s: float) -> float:
+    """Seconds per unit of ``fn`` (which serves ``units`` items), after one warm-up call."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        if time.perf_counter() - t0 >= min_s:
+            return (time.perf_counter() - t0) / (n * units)
+
+
+def bench_random(args) -> list[dict]:
+    model = random_model(args.preset, 2)
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        runner = OnnxRunner(model, threads=threads)
+        for bs in args.batches:
+            batches = token_batches(bs, args.tokens, bs, model.wide_input, 2)
+            with torch.inference_mode():
+                t_torch = timed(lambda b=batches[0]: model(b), bs, args.min_s)
+            t_onnx = timed(lambda r=runner, b=batches[0]: r(b), bs, args.min_s)
+            rows.append({"threads": threads, "batch": bs, "tokens": args.tokens,
+                         "torch_ms": 1e3 * t_torch, "onnx_ms": 1e3 * t_onnx})
+            print(f"threads {threads} batch {bs:3d}: torch {1e3 * t_torch:7.1f} ms/item  onnx {1e3 * t_onnx:7.1f}"
+                  f"  onnx/torch {t_onnx / t_torch:.2f}", flush=True)
+    return rows
+
+
+def bench_artifact(args) -> tuple[list[dict], dict]:
+    from tiergate.data import load_dataset, make_item
+    from tiergate.models.finetune_io import FinetuneTier
+
+    items = [make_item(e.text) for e in load_dataset(args.data).split("test")[: args.items]]
+    rows, parity = [], {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        tiers = {}
+        for rt in ("torch", "onnx"):
+            os.environ["TIERGATE_ORT_THREADS"] = str(threads)
+            tiers[rt] = FinetuneTier.load(args.artifact, runtime=rt)
+            torch.set_num_threads(threads)  # load() applies the serving policy; the bench sets its own
+        if not parity:
+            a, b = (tiers[rt].predict_proba(items) for rt in ("torch", "onnx"))
+            parity = {"items": len(items), "max_abs_dp": float(np.abs(a - b).max()),
+                      "labels_differ": int((a.argmax(1) != b.argmax(1)).sum())}
+            print(f"parity over {len(items)} items: max |dp| {parity['max_abs_dp']:.2e}, "
+                  f"{parity['labels_differ']} labels differ", flush=True)
+        for bs in args.batches:
+            per = {}
+            for rt, tier in tiers.items():
+                tier.batch_size = bs
+                chunks = [items[s: s + bs] for s in range(0, len(items), bs)]
+                per[rt] = timed(lambda t=tier, cs=chunks: [t.predict_proba(c) for c in cs], len(items), args.min_s)
+            rows.append({"threads": threads, "batch": bs, "tokens": tiers["torch"].cfg.max_tokens,
+                         "torch_ms": 1e3 * per["torch"], "onnx_ms": 1e3 * per["onnx"]})
+            print(f"threads {threads} batch {bs:3d}: torch {1e3 * per['torch']:7.1f} ms/item  "
+                  f"onnx {1e3 * per['onnx']:7.1f}  onnx/torch {per['onnx'] / per['torch']:.2f}", flush=True)
+    return rows, parity
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--artifact", help="a trained finetune artifact folder (else random weights)")
+    ap.add_argument("--data", default="spamassassin", help="with --artifact: the data set whose test texts to serve")
+    ap.add_argument("--items", type=int, default=48)
+    ap.add_argument("--preset", default="finetune")
+    ap.add_argument("--tokens", type=int, default=256, help="without --artifact: tokens per item")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--min-s", type=float, default=3.0)
+    ap.add_argument("--out", default=str(REPORT))
+    args = ap.parse_args()
+    args.threads = [int(x) for x in args.threads.split(",")]
+    args.batches = [int(x) for x in args.batches.split(",")]
+    parity = None
+    rows = bench_random(args) if not args.artifact else None
+    if args.artifact:
+        rows, parity = bench_artifact(args)
+    print("\n| threads | batch | tokens | torch ms/item | onnx ms/item | onnx / torch |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['threads']} | {r['batch']} | {r['tokens']} | {r['torch_ms']:.1f} | {r['onnx_ms']:.1f} | "
+              f"{r['onnx_ms'] / r['torch_ms']:.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"artifact": args.artifact, "preset": args.preset, "rows": rows, "parity": parity,
+                               "torch": torch.__version__, "cpus": torch.get_num_threads()}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
