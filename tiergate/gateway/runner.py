@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import gc
 import logging
 import multiprocessing
@@ -127,6 +128,15 @@ class BatchResult:
     error: BaseException | None = None
 
 
+def trim_heap() -> None:
+    """Hand the heap pages freed by an unloaded model back to the OS: glibc's malloc keeps them in the process
+    otherwise (measured on the spamassassin quickstart: see docs/gateway.md, "Where each tier runs")."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back this way
+        pass
+
+
 class TierRunner:
     """Queue, batcher and executor of one tier. ``on_batch(runner, result)`` is called on the event loop."""
 
@@ -177,6 +187,7 @@ class TierRunner:
             await asyncio.wrap_future(self._proc.submit(worker.ready))
             self.tier.unload()
             gc.collect()
+            trim_heap()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"runner-{self.name}")
 
     def put(self, items: Sequence[Pending]) -> None:
