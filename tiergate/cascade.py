@@ -128,9 +128,21 @@ class Cascade:
         self.base = base
 
     @classmethod
-    def from_config(cls, path: str | Path) -> Cascade:
+    def from_config(cls, path: str | Path, build: Callable[..., Tier] | None = None) -> Cascade:
+        """The cascade ``path`` describes. ``build(tc, base, model_dirs=..., server=...)`` makes each tier
+        (default: the registry's, in this process; the gateway's puts model tiers in processes of their own,
+        tiergate.gateway.worker.build). A tier that fails to build closes the ones built before it."""
         cfg, base = load_config(path)
-        cascade = cls(cfg, [build_tier(tc, base, model_dirs=cfg.model_dirs) for tc in cfg.tiers], base)
+        make = build or (lambda tc, base, model_dirs, server: build_tier(tc, base, model_dirs=model_dirs))
+        tiers: list[Tier] = []
+        try:
+            for tc in cfg.tiers:
+                tiers.append(make(tc, base, model_dirs=cfg.model_dirs, server=cfg.server))
+        except BaseException:
+            for t in tiers:
+                t.close()
+            raise
+        cascade = cls(cfg, tiers, base)
         if (cfg.calibration or {}).get("shadow_rules"):  # rules calibration put in shadow mode
             from tiergate.calibration.shadow import apply_shadow_rules
 

@@ -140,6 +140,28 @@ def test_readyz_is_503_while_the_models_load(config, tmp_path):
         assert httpx.get(s.base + "/healthz").status_code == 200
 
 
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+            for c in (t / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
+def test_the_gateway_process_never_loads_a_model_runtime(config, tmp_path):
+    """The model tiers are built in their own processes only: the gateway's process never maps onnxruntime's
+    library (nor holds the sessions), while a child of it does, and the child answers."""
+    with serve(config, tmp_path / "serve.log") as s:
+        readiness(s)
+        assert "onnxruntime" not in _maps(s.proc.pid)
+        kids = _children(s.proc.pid)
+        assert any("onnxruntime" in _maps(k) for k in kids), kids
+        r = httpx.post(s.base + "/v1/classify", json={"text": HAM, "final_only": True}, timeout=30)
+        assert r.status_code == 200 and r.json()["tier"] == "final" and not r.json()["degraded"]
+
+
 # --------------------------------------------------------------------------------------------- workers
 def per_worker(mp_dir: Path, name: str) -> dict[str, float]:
     """Each process's own value of the samples named ``name`` (summed over labels), read from its files in

@@ -230,14 +230,19 @@ def test_requests_over_the_open_cap_are_refused_by_the_protocol(serving_dir, tin
         assert scrape(base)['tiergate_rejected_total{tier="open_requests"}'] == 1
 
 
-def test_a_tier_in_its_own_process_is_not_held_twice(serving_dir, tiny_workdir):
-    """Once a model tier's process has loaded it, the gateway's process drops its own copy (and still answers)."""
+def test_a_model_tier_lives_in_its_own_process_only(serving_dir, tiny_workdir):
+    """A model tier is built in its own process and never in the gateway's: the gateway holds its name, labels,
+    version and capabilities, and its answers come from the child (tests/gateway/test_lifecycle.py checks that
+    the gateway's process never maps onnxruntime)."""
+    from tiergate.gateway.worker import ProcessTier
+
     p = write_config(serving_dir, tiny_workdir, "unload", OPEN)
     app = create_app(p)
     with running_server(app) as base:
         sched = app.state.gateway.require_scheduler()
         procs = [r for r in sched.runners if r.process]
-        assert procs and all(r.tier.session is None for r in procs)  # the ONNX sessions live in the children
+        assert procs and all(isinstance(r.tier, ProcessTier) and not hasattr(r.tier, "session") for r in procs)
+        assert all(r.tier.labels == ["ham", "spam"] and r.tier.version() for r in procs)
         r = post(base, {"text": HAM, "final_only": True})
         assert r.status_code == 200 and r.json()["tier"] == "final" and not r.json()["degraded"]
 

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import gc
 import logging
-import multiprocessing
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tiergate.config import BreakerConfig, TierConfig, TierServing
 from tiergate.data.items import Item, make_item
 from tiergate.gateway import metrics as m
-from tiergate.gateway import worker
 from tiergate.tiers import Capabilities, Tier, TierOutput
 
 log = logging.getLogger("tiergate.gateway.runner")
@@ -128,21 +124,12 @@ class BatchResult:
     error: BaseException | None = None
 
 
-def trim_heap() -> None:
-    """Hand the heap pages freed by an unloaded model back to the OS: glibc's malloc keeps them in the process
-    otherwise (measured on the spamassassin quickstart: see docs/gateway.md, "Where each tier runs")."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back this way
-        pass
-
-
 class TierRunner:
     """Queue, batcher and executor of one tier. ``on_batch(runner, result)`` is called on the event loop."""
 
     def __init__(self, index: int, tier: Tier, tc: TierConfig, serving: TierServing, breaker: BreakerConfig,
                  capabilities: Capabilities, on_batch: Callable[[TierRunner, BatchResult], None],
-                 max_text_chars: int, process_spec: tuple | None = None):
+                 max_text_chars: int):
         self.index = index
         self.tier = tier
         self.tc = tc
@@ -153,12 +140,9 @@ class TierRunner:
         self.breaker = Breaker(breaker)
         self.fault = Fault()
         self.inline = serving.executor == "inline" or (serving.executor == "auto" and capabilities.light)
-        # A model tier runs in a child process (see tiergate.gateway.worker) unless told otherwise or unless
-        # there is no artifact to rebuild it from (a tier handed over in code, such as a test double).
-        self.process = (not self.inline and process_spec is not None
-                        and (serving.executor == "process" or (serving.executor == "auto" and not capabilities.remote)))
-        self._proc: ProcessPoolExecutor | None = None
-        self._process_spec = process_spec
+        # A model tier in a process of its own (tiergate.gateway.worker.ProcessTier) takes texts: the child
+        # parses them, so this process does not.
+        self.process = bool(getattr(tier, "takes_text", False))
         self.on_batch = on_batch
         self.max_text_chars = max_text_chars
         self.queue: collections.deque[Pending] = collections.deque()
@@ -177,17 +161,6 @@ class TierRunner:
 
     # -------------------------------------------------------------------------------------------- queueing
     async def start(self) -> None:
-        if self.process:
-            tc_json, base, model_dirs = self._process_spec  # type: ignore[misc]
-            ctx = multiprocessing.get_context("spawn")  # fork after torch/onnxruntime threads start is unsafe
-            self._proc = ProcessPoolExecutor(max_workers=self.serving.threads, mp_context=ctx,
-                                             initializer=worker.init,
-                                             initargs=(tc_json, base, model_dirs, self.max_text_chars))
-            # Load the model in the child now, not on the first request; then this process's copy goes.
-            await asyncio.wrap_future(self._proc.submit(worker.ready))
-            self.tier.unload()
-            gc.collect()
-            trim_heap()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"runner-{self.name}")
 
     def put(self, items: Sequence[Pending]) -> None:
@@ -357,8 +330,8 @@ class TierRunner:
         fault = self._current_fault()
         t0 = time.perf_counter()
         fault.apply()
-        if self._proc is not None:  # the thread waits (without the GIL) for the tier's process, which parses
-            outs = self._proc.submit(worker.predict, [p.text for p in batch]).result()
+        if self.process:  # the thread waits (without the GIL) for the tier's process, which parses
+            outs = self.tier.predict_texts([p.text for p in batch])  # type: ignore[attr-defined]
         else:
             outs = self.tier.predict(self._parsed(batch))
         return self._counted(outs, batch), time.perf_counter() - t0
@@ -388,5 +361,3 @@ class TierRunner:
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._proc is not None:
-            self._proc.shutdown(wait=False, cancel_futures=True)

@@ -70,13 +70,8 @@ class Scheduler:
         self.cfgs = cascade.config.tiers
         self.last = len(self.cfgs) - 1
         self.caps = [capabilities_of(tc) for tc in self.cfgs]
-        base = cascade.base
-
-        def spec(tc: TierConfig) -> tuple | None:  # what a tier's own process rebuilds it from
-            return None if base is None else (tc.model_dump(mode="json"), str(base), list(cascade.config.model_dirs))
-
         self.runners = [TierRunner(i, tier, tc, server.serving_of(tc.name), server.breaker, self.caps[i],
-                                   self._on_batch, server.max_text_chars, process_spec=spec(tc))
+                                   self._on_batch, server.max_text_chars)
                         for i, (tier, tc) in enumerate(zip(cascade.tiers, self.cfgs, strict=True))]
         self.cost = [tc.cost.usd_per_item for tc in self.cfgs]
         self.cost_by_name = {tc.name: c for tc, c in zip(self.cfgs, self.cost, strict=True)}  # for metrics

@@ -22,11 +22,11 @@ from tiergate.decisionlog.store import DecisionStore, log_path
 from tiergate.decisionlog.writer import LogWriter
 from tiergate.errors import ModelError, TiergateError, UnavailableError
 from tiergate.gateway import metrics as m
-from tiergate.gateway import protocol
+from tiergate.gateway import protocol, worker
 from tiergate.gateway.auth import TOKEN_ENV
 from tiergate.gateway.history import History
 from tiergate.gateway.scheduler import Scheduler
-from tiergate.registry import build_tier, capabilities_of
+from tiergate.registry import capabilities_of
 from tiergate.tiers import Tier
 
 log = logging.getLogger("tiergate.gateway")
@@ -79,7 +79,7 @@ class GatewayState:
                 writer = LogWriter(log_path(cfg, base), cfg.log)
                 await anyio.to_thread.run_sync(writer.start)
                 self.log = writer
-            cascade = await anyio.to_thread.run_sync(Cascade.from_config, self.config_path)
+            cascade = await anyio.to_thread.run_sync(Cascade.from_config, self.config_path, worker.build)
             await anyio.to_thread.run_sync(_smoke, list(cascade.tiers))
         except Exception as e:  # the process stays up and says why on /readyz; the log has the trace
             self.load_error = f"models failed to load: {type(e).__name__}: {e}"
@@ -182,7 +182,7 @@ class GatewayState:
                 tiers.append(reuse[tc.name])
                 continue
             try:
-                tiers.append(build_tier(tc, base, model_dirs=cfg.model_dirs))
+                tiers.append(worker.build(tc, base, model_dirs=cfg.model_dirs, server=cfg.server))
             except Exception as e:  # every tier is tried, so the answer lists every problem
                 problems.append(f"tier {tc.name} ({tc.path}): {type(e).__name__}: {e}")
         if not problems:
