@@ -18,7 +18,8 @@ c. batches of 64 items: HTTP time against the in-process cascade on the same ite
 d. overload, per traffic type: capacity (closed loop), then an open-loop arrival rate of 3x capacity; status
    codes (only 200 and 429 allowed), goodput / capacity, 429 p99, accepted p99 against p99 at capacity,
    accepted answers past their ``X-Tiergate-Deadline-Ms``, and /healthz probed every 100 ms.
-e. memory: the server's RSS under a bounded mixed load for ``--soak-seconds``: growth from start to end.
+e. memory: the server's RSS under a bounded mixed load for ``--soak-seconds`` after ``--soak-warmup-seconds`` of
+   it: growth from start to end, and the tree's (gateway and tier processes) PSS and its late slope.
 g. the decision log's cost: rules- and small-decided single items with the log off, on (no text) and on with every
    text kept, alternating runs (issue 13: rules-decided throughput loses <= 10% with the log on).
 f. faults during load, on a copy of the workdir: the final tier failing, then slow (``POST /admin/faults``), a
@@ -107,6 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--overload-factor", type=float, help="arrival rate / capacity (d; default 3)")
     ap.add_argument("--deadline-ms", type=float, help="X-Tiergate-Deadline-Ms sent in d (default: 3x p99 at capacity)")
     ap.add_argument("--soak-seconds", type=float, help="memory soak (e; default 600, 5 with --quick)")
+    ap.add_argument("--soak-warmup-seconds", type=float, help="the soak's load before it starts measuring (e; default 120)")
     ap.add_argument("--phase-seconds", type=float, help="each fault phase (f)")
     ap.add_argument("--fault-delay-ms", type=float, help="the slow final tier's delay (f; default 1000)")
     ap.add_argument("--pool", type=int, default=0, help="test messages to search for texts per tier (0: all 769)")
@@ -121,7 +123,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
     s = quick_settings() if args.quick else Settings()
     for flag, name in (("seconds", "run_s"), ("repeats", "repeats"), ("conns", "conns"),
                        ("overload_seconds", "overload_s"), ("overload_factor", "overload_factor"),
-                       ("deadline_ms", "deadline_ms"), ("soak_seconds", "soak_s"), ("phase_seconds", "phase_s"),
+                       ("deadline_ms", "deadline_ms"), ("soak_seconds", "soak_s"), ("soak_warmup_seconds", "soak_warmup_s"), ("phase_seconds", "phase_s"),
                        ("fault_delay_ms", "fault_delay_ms")):
         value = getattr(args, flag)
         if value is not None:

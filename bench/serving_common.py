@@ -47,6 +47,7 @@ class Settings:
     overload_factor: float = 3.0   # arrival rate / capacity (d)
     max_conns: int = 0             # connections the open-loop client may open (d); 0: above the server's limit
     soak_s: float = 600.0          # memory soak (e)
+    soak_warmup_s: float = 120.0   # the soak's load before its 'start' (the models' buffers reach their high-water mark)
     soak_conns: int = 8            # a bounded load: fewer connections than the throughput runs
     phase_s: float = 10.0          # each fault phase (f)
     fault_conns: int = 16
@@ -57,7 +58,7 @@ class Settings:
 
 def quick_settings() -> Settings:
     return Settings(run_s=2.0, warmup_s=0.5, repeats=1, texts_per_tier=16, batch_repeats=3, capacity_s=2.0,
-                    overload_s=3.0, soak_s=5.0, phase_s=3.0)
+                    overload_s=3.0, soak_s=5.0, soak_warmup_s=2.0, phase_s=3.0)
 
 
 def median(values) -> float:

@@ -285,7 +285,8 @@ def scenario_e(b: Bench) -> dict:
     samples: list[tuple[float, int]] = []
     with b.tiergate(b.config, "e-tiergate") as tg:
         rss_ready = tg.rss_bytes()
-        load(tg, bodies, s, seconds=max(s.warmup_s, 2.0), conns=s.soak_conns)
+        tree_ready = tg.tree_pss_bytes()
+        load(tg, bodies, s, seconds=max(s.soak_warmup_s, 2.0), conns=s.soak_conns)
         t0 = time.perf_counter()
 
         async def sample() -> None:
@@ -302,15 +303,21 @@ def scenario_e(b: Bench) -> dict:
     peak = max(v for _, v in samples)
     # a leak rate needs minutes: over a few seconds the slope is allocator noise
     slope = _slope_mb_per_min(samples[len(samples) // 2:]) if s.soak_s >= 60 else float("nan")
+    tree_t = [(t, v) for (t, _), v in zip(samples, tree, strict=True)]
+    tree_slope = _slope_mb_per_min(tree_t[len(tree_t) // 2:]) if s.soak_s >= 60 else float("nan")
     rows = [{"seconds": s.soak_s, "requests": run["requests"], "failures": failures(run),
              "rss_ready_mb": rss_ready / 2**20, "rss_start_mb": start / 2**20, "rss_end_mb": end / 2**20,
              "rss_max_mb": peak / 2**20, "growth_pct": 100 * (end - start) / start if start else float("nan"),
              "late_slope_mb_min": slope, "rps": run["goodput_rps"],
+             "tree_pss_ready_mb": tree_ready / 2**20,
              "tree_pss_start_mb": tree[0] / 2**20, "tree_pss_end_mb": tree[-1] / 2**20,
              "tree_pss_max_mb": max(tree) / 2**20,
-             "tree_growth_pct": 100 * (tree[-1] - tree[0]) / tree[0] if tree[0] else float("nan")}]
+             "tree_growth_pct": 100 * (tree[-1] - tree[0]) / tree[0] if tree[0] else float("nan"),
+             "tree_late_slope_mb_min": tree_slope}]
     notes = [f"{s.soak_conns} connections, the test split's natural mix (first 256 messages); RSS from /proc every "
-             "second; 'start' is after a warm-up (models allocate on first use), 'ready' right after start-up; 'tree PSS': "
+             f"second; 'start' is after {s.soak_warmup_s:.0f} s of the same load (a model tier's buffers grow to the high-water "
+             "mark of the batch shapes the traffic makes, then stay: the large tier +130 MB over its first ~100 "
+             "batches), 'ready' right after start-up; 'tree PSS': "
              "the server and its tiers' processes, shared pages counted once; "
              "slope: least squares over the second half of the run."]
     return {"rows": rows, "notes": notes, "samples": [(round(t, 1), v) for t, v in samples]}

@@ -79,14 +79,6 @@ class Tier(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (threads, sessions)."""
 
-    def unload(self) -> None:  # noqa: B027 - optional hook
-        """Drop what ``predict`` needs (weights, sessions) and keep the rest (name, labels, version,
-        capabilities). The gateway calls it on a tier that runs in a process of its own once that process has
-        loaded its copy, so the gateway's process does not hold the model twice; ``predict`` then raises."""
-
-
-def unloaded(tier: Tier) -> RuntimeError:
-    return RuntimeError(f"tier {tier.name} is unloaded in this process: it runs in a process of its own")
 
 
 def outputs_from_proba(proba_NC: np.ndarray, labels: Sequence[str], reason: str = "") -> list[TierOutput]:

@@ -37,9 +37,8 @@ _last_trim = 0.0
 
 
 def trim_heap() -> None:
-    """Hand freed heap pages back to the OS. glibc's malloc keeps them in the process otherwise: a model that
-    unloads leaves its pages behind, and a tier fed texts of every length keeps the high-water mark of each
-    size class (docs/gateway.md, "Where each tier runs", has the measurements). A no-op off glibc."""
+    """Hand freed heap pages back to the OS (glibc's malloc keeps them otherwise: a batch of long texts leaves
+    its buffers' pages behind when it is done). Cheap; a no-op off glibc."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

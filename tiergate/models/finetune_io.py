@@ -44,7 +44,7 @@ from tiergate.models.finetune import (
     config_to_dict,
     item_text,
 )
-from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba, unloaded
+from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
 
 SHARD_BYTES = 16 * 2 ** 20 - 2 ** 16   # 16 MiB less room for each shard's JSON header
 INDEX = "model.safetensors.index.json"
@@ -372,15 +372,10 @@ class FinetuneTier(Tier):
     def encode(self, items: Sequence[Item]) -> list[list[int]]:
         return self.tokenizer.encode([item_text(it, self.cfg.read_headers) for it in items])
 
-    def unload(self) -> None:
-        self.model = self._forward = self.bag = self.vocab_wide = None
-
     @torch.inference_mode()
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
         from tiergate.training.tokens import TokenTable
 
-        if self._forward is None:
-            raise unloaded(self)
         if not items:
             return np.zeros((0, len(self.labels)), np.float32)
         bag = self.bag.table(list(items)).bag if self.bag is not None else None

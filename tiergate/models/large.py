@@ -56,7 +56,7 @@ from tiergate.models.layers import GhostBatchNorm1d
 from tiergate.models.moe import DenseFFN, MoEConfig, MoEFFN
 from tiergate.models.threads import configure_torch
 from tiergate.models.wide import VocabWide, VocabWideConfig, logit_weights
-from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba, unloaded
+from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
 from tiergate.training.data import FeatureTable, bag_to_csr, stratified_holdout, train_examples
 from tiergate.training.loop import TrainConfig, train
 
@@ -548,13 +548,8 @@ class LargeTier(Tier):
         return str(self.manifest.get("weights_sha256", ""))[:16]
 
 
-    def unload(self) -> None:
-        self.model = self.featurizer = None  # the MiniLM encoder goes with the featurizer
-
     @torch.inference_mode()
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
-        if self.model is None:
-            raise unloaded(self)
         if not items:
             return np.zeros((0, len(self.labels)), np.float32)
         table = self.featurizer.table(list(items))

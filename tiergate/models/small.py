@@ -35,7 +35,7 @@ from tiergate.data.items import Item
 from tiergate.errors import ModelError
 from tiergate.models.artifacts import sha256_file
 from tiergate.models.threads import policy
-from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba, unloaded
+from tiergate.tiers import Capabilities, Tier, TierOutput, outputs_from_proba
 
 FORMAT_VERSION = 1
 
@@ -437,12 +437,7 @@ class OnnxTier(Tier):
             out.append(self._run(X[i : i + self.batch_size].toarray()))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
-    def unload(self) -> None:
-        self.session = None
-
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
-        if self.session is None:
-            raise unloaded(self)
         texts = [it.model_text for it in items]
         if not self._text_input:
             return self.proba_from_features(self.features_of(texts))
