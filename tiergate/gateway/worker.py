@@ -36,13 +36,21 @@ _MAX_CHARS = 200_000
 _last_trim = 0.0
 
 
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back this way
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
 def trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc's malloc keeps them otherwise: a batch of long texts leaves
     its buffers' pages behind when it is done). Cheap; a no-op off glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 # ------------------------------------------------------------------------------------------ the child's side

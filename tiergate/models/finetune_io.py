@@ -299,8 +299,9 @@ RUNTIMES = ("auto", "torch", "onnx")
 
 def resolve_runtime(runtime: str, model: FinetuneClassifier, device: torch.device) -> str:
     """``torch`` or ``onnx`` for ``runtime`` (one of :data:`RUNTIMES`). ``auto`` picks onnx on CPU for a model
-    the graph covers (no hashed wide path): measured 15-35% less time per batch than torch at equal outputs
-    (docs/benchmarks.md, "Serving the fine-tuned tier"). An explicit ``onnx`` it cannot honour is a ModelError."""
+    the graph covers (no hashed wide path): on the 2-core dev machine 0.62-0.69x torch's time per item one at a
+    time and 0.91-1.00x in batches of 16, level on the H200 host's Xeon, at equal labels (docs/benchmarks.md,
+    "Serving the fine-tuned tier on CPU"). An explicit ``onnx`` it cannot honour is a ModelError."""
     if runtime not in RUNTIMES:
         raise ModelError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     exportable = model.wide is None

@@ -126,7 +126,7 @@ class OnnxRunner:
                                             providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        feed = {"ids": batch["ids"].cpu().numpy().astype(np.int64), "attn": batch["attn"].cpu().numpy().astype(np.int64)}
+        feed = {k: batch[k].cpu().numpy().astype(np.int64, copy=False) for k in ("ids", "attn")}
         if self.wide_input:
-            feed["wide_logits"] = batch["wide_logits"].cpu().numpy().astype(np.float32)
+            feed["wide_logits"] = batch["wide_logits"].cpu().numpy().astype(np.float32, copy=False)
         return torch.from_numpy(self.session.run(["logits"], feed)[0])
