@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serving_common import Bench, NotAvailable, Settings, quick_settings  # noqa: E402
+from bench.serving_common import ROLES, Bench, NotAvailable, Settings, quick_settings  # noqa: E402
 from bench.serving_faults import run_fault_phases  # noqa: E402
 from bench.serving_procs import ServerError, copy_workdir  # noqa: E402
 from bench.serving_report import markdown_report, scenario_markdown  # noqa: E402
@@ -111,6 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--soak-warmup-seconds", type=float, help="the soak's load before it starts measuring (e; default 120)")
     ap.add_argument("--phase-seconds", type=float, help="each fault phase (f)")
     ap.add_argument("--fault-delay-ms", type=float, help="the slow final tier's delay (f; default 1000)")
+    ap.add_argument("--traffic", help="traffic types for a and d, comma-separated (default: rules,small,large)")
     ap.add_argument("--pool", type=int, default=0, help="test messages to search for texts per tier (0: all 769)")
     ap.add_argument("--server-log-level", default="warning",
                     help="--log-level for both servers (warning: no access log on either side; '' for the default)")
@@ -128,6 +129,11 @@ def settings_of(args: argparse.Namespace) -> Settings:
         value = getattr(args, flag)
         if value is not None:
             setattr(s, name, value)
+    if args.traffic:
+        s.traffic = tuple(t.strip() for t in args.traffic.split(",") if t.strip())
+        unknown = set(s.traffic) - set(ROLES)
+        if unknown:
+            sys.exit(f"unknown traffic type(s) {sorted(unknown)}: choose from {', '.join(ROLES)}")
     return s
 
 

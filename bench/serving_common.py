@@ -54,6 +54,7 @@ class Settings:
     fault_delay_ms: float = 1000.0  # the slow final tier's added delay (f)
     deadline_ms: float = 0.0       # X-Tiergate-Deadline-Ms in d; 0: 3x the p99 at capacity, at least 100 ms
     timeout_s: float = 60.0        # a request without an answer by then counts as a timeout
+    traffic: tuple[str, ...] = ROLES  # the traffic types that a, d and the soak's mix run (rules, small, large)
 
 
 def quick_settings() -> Settings:

@@ -338,7 +338,7 @@ def probe(url: str, interval_s: float, stop: threading.Event, timeout_s: float =
     until ``stop`` is set: latencies in ms and failures."""
     u = urlsplit(url)
     lat, failures = [], Counter()
-    nxt = time.perf_counter()
+    nxt = t_start = time.perf_counter()
     while not stop.is_set():
         t = time.perf_counter()
         try:
@@ -354,8 +354,9 @@ def probe(url: str, interval_s: float, stop: threading.Event, timeout_s: float =
         lat.append((time.perf_counter() - t) * 1000)
         nxt += interval_s
         stop.wait(max(0.0, nxt - time.perf_counter()))
+    slow = [(round(i * interval_s, 1), round(ms)) for i, ms in enumerate(lat) if ms > 50][:20]
     return {"probes": len(lat), "max_ms": max(lat, default=float("nan")), "p99_ms": pct(lat, 99),
-            "p50_ms": pct(lat, 50), "failures": dict(failures)}
+            "p50_ms": pct(lat, 50), "failures": dict(failures), "slow": slow, "seconds": time.perf_counter() - t_start}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -35,7 +35,7 @@ def traffic_types(b: Bench, server: ServerProcess, rows: list[dict]) -> Iterator
     """(role, tier name, request bodies) for each traffic type (rules-, small-, large-decided) that has texts;
     a row saying n/a goes to ``rows`` for each one that has none."""
     texts = b.by_role(server)
-    for role in ROLES:
+    for role in (r for r in ROLES if r in b.s.traffic):
         tier = b.roles[role]
         if not tier or not texts.get(role):
             rows.append({"traffic": role, "tier": tier or NA, "note": "n/a: no test text is decided there"})
@@ -217,6 +217,24 @@ def wait_recovered(server: ServerProcess, bodies: list[bytes], limit_s: float = 
     return float("nan")
 
 
+def server_counts(server: ServerProcess) -> dict[str, float]:
+    """The gateway's refusals by reason and its loop-lag histogram, from /metrics (cumulative)."""
+    status, _, text = asyncio.run(call(server.url + "/metrics", timeout_s=10))
+    out: dict[str, float] = {}
+    if status != 200:
+        return out
+    for line in text.decode().splitlines():
+        if line.startswith(("tiergate_rejected_total{", "tiergate_loop_lag_seconds_bucket{",
+                            "tiergate_loop_lag_seconds_count")):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def counts_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
 def overload_conns(b: Bench) -> int:
     """Connections for the open loop: more than the server admits at once (``server.max_inflight``, 2x with
     a margin), so that its admission control, not the client, is what meets the excess; within the fd limit."""
@@ -242,6 +260,7 @@ def scenario_d(b: Bench) -> dict:
             deadline = s.deadline_ms or max(100.0, 3 * cap["p99_ms"])
             rate = s.overload_factor * capacity
             probe = start_probe(tg.url + "/healthz")
+            counts0 = server_counts(tg)
             cpu0 = tg.cpu_seconds()
             rec = asyncio.run(open_loop(tg.url + "/v1/classify", bodies, rate=rate, seconds=s.overload_s,
                                         max_conns=max_conns, timeout_s=s.timeout_s, deadline_ms=deadline,
@@ -249,6 +268,7 @@ def scenario_d(b: Bench) -> dict:
             over = rec.summary()
             over["server_cpu_pct"] = 100 * (tg.cpu_seconds() - cpu0) / rec.seconds
             health = finish_probe(probe)
+            over["server_counts"] = counts_delta(counts0, server_counts(tg))
             recovered = wait_recovered(tg, bodies)
             others = {k: v for k, v in over["status"].items() if k not in ("200", "429")}
             n200 = over["status"].get("200", 0)
@@ -260,6 +280,7 @@ def scenario_d(b: Bench) -> dict:
                          "late_share": over["late"] / n200 if n200 else float("nan"),
                          "retry_after_missing": over["retry_after_missing"], "health_max_ms": health["max_ms"],
                          "health_failures": health.get("failures", {}), "health_probes": health.get("probes", 0),
+                         "health_slow": health.get("slow", []),
                          "send_lag_p99_ms": over["send_lag_p99_ms"], "sched_lag_p99_ms": over["sched_lag_p99_ms"],
                          "max_backlog": over["max_backlog"], "connections": over["connections"],
                          "recovered_s": recovered,

@@ -68,11 +68,12 @@ def running_server(app, timeout: float = 60.0, ready_path: str = "/readyz"):
     import uvicorn
 
     port = free_port()
+    from tiergate.config import ServerConfig
     from tiergate.gateway.protocol import http_protocol
 
-    # The HTTP protocol `tiergate serve` runs (it stamps when each request was read, for admission).
+    # The HTTP protocol and event loop `tiergate serve` runs (it stamps when each request was read, for admission).
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           http=http_protocol()))
+                                           http=http_protocol(), loop=ServerConfig().event_loop))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -189,6 +189,19 @@ class ServerConfig(_Strict):
     # soon as its headers are read, by the HTTP protocol itself (no handler, no body parse: the cheapest
     # refusal there is, for floods of cheap traffic; tiergate.gateway.protocol). 0 turns it off.
     max_open_requests: int = Field(default=0, ge=0)
+    # The event loop's time that the classify requests admitted in one turn may take (measured per request
+    # while the loop is busy); beyond it, and once min_open_requests are open, a request is answered 429 by
+    # the HTTP protocol as soon as its headers are read, so a flood of cheap traffic costs header parses and
+    # every turn stays short (tiergate.gateway.protocol.LoopBudget). 0 turns it off.
+    loop_budget_ms: float = Field(default=5.0, ge=0)
+    # ... applied once this many requests of the worker are open (fewer: always admitted). Lower than
+    # min_open_requests on purpose: measured at 3x capacity, a floor of 32 let 32 requests' work into every
+    # turn (45 ms turns, 429s answered in 200 ms); with 8, turns of 5-25 ms (docs/benchmarks.md).
+    loop_budget_min_open: int = Field(default=8, ge=0)
+    # asyncio's own loop, not uvloop: under load uvloop accepted about one new connection per turn of the loop
+    # (measured: 1,000 connections waited 5-18 s to be accepted while the gateway served 1,800 req/s, so
+    # health checks on new connections took seconds), where asyncio's accepts every waiting one at once.
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     # ... and no request is refused for its wait on the loop while at most this many are open: a closed-loop
     # client with that many connections waits behind its own requests, which is not overload.
     min_open_requests: int = Field(default=32, ge=0)
@@ -386,5 +399,6 @@ def save_config(cfg: TiergateConfig, path: str | Path) -> None:
     """Write atomically (a crash never leaves half a config)."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False),
+                   encoding="utf-8")
     os.replace(tmp, path)

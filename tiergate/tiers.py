@@ -24,7 +24,7 @@ class Capabilities:
     on what kind of tier it is (a kind declares them once, in :mod:`tiergate.registry`).
 
     >>> Capabilities(distribution=False)
-    Capabilities(distribution=False, batch_invariant=True, max_batch=None, light=False, remote=False)
+    Capabilities(distribution=False, batch_invariant=True, max_batch=None, light=False, remote=False, takes_text=False)
     """
 
     distribution: bool = True      # answers carry class probabilities whose confidence thresholds and
@@ -37,6 +37,8 @@ class Capabilities:
                                    # which would only contend for the GIL
     remote: bool = False           # calls another server: its batches wait on the network, not the GIL, so a
                                    # thread of the gateway runs them (a process of their own would gain nothing)
+    takes_text: bool = False       # has predict_texts(texts) and parses the texts itself (a tier in a process
+                                   # of its own), so the gateway's process need not parse them for it
 
 
 @dataclass(slots=True)

@@ -205,29 +205,83 @@ def test_requests_over_the_open_cap_are_refused_by_the_protocol(serving_dir, tin
     once (429, Retry-After, the usual error body) by the HTTP protocol; probes are not; the count returns to 0."""
     from tiergate.gateway.protocol import StampedHttpToolsProtocol as proto
 
+    import socket
+
+    def raw(body: dict) -> bytes:
+        b = json.dumps(body).encode()
+        return (b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(b), b))
+
+    def answer(sock) -> tuple[int, bytes]:
+        """One response off a keep-alive socket: (status, body)."""
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        assert len(rest) == length, "bytes after the response: the connection is out of step"
+        return int(head.split(b" ")[1]), rest
+
     p = write_config(serving_dir, tiny_workdir, "opencap", {**OPEN, "max_open_requests": 1})
     with running_server(create_app(p)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        overloaded0 = scrape(base).get('tiergate_requests_total{outcome="overloaded"}', 0)
         assert proto.max_open == 1
         fault(base, tier="final", delay_ms=800)
-        with cf.ThreadPoolExecutor(1) as ex:
+        with cf.ThreadPoolExecutor(1) as ex, socket.create_connection(("127.0.0.1", port)) as keep:
             first = ex.submit(post, base, {"text": HAM, "final_only": True})  # stays open for 0.8 s
             time.sleep(0.3)
             r = post(base, {"text": HAM})
             assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
             assert "max_open_requests" in r.json()["detail"] and r.json()["error"] == "OverloadedError"
+            # refused with its body still arriving: the body is skipped, and the connection stays usable
+            big = raw({"text": HAM * 200})
+            keep.sendall(big[:200])
+            status, body = answer(keep)
+            assert status == 429 and json.loads(body)["retry_after_s"] == 1
+            keep.sendall(big[200:])
             assert httpx.get(base + "/healthz").status_code == 200
             assert first.result().status_code == 200
-        import socket
+            keep.sendall(raw({"text": HAM}))  # the cap is free again: the same connection is answered
+            status, body = answer(keep)
+            assert status == 200 and json.loads(body)["label"], body
 
-        body = json.dumps({"text": HAM, "final_only": True}).encode()
-        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as sock:  # goes away mid-request
-            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # goes away mid-request
+            sock.sendall(raw({"text": HAM, "final_only": True}))
             time.sleep(0.2)
         time.sleep(1.0)
         assert proto.open_now == 0
         assert post(base, {"text": HAM}).status_code == 200
-        assert scrape(base)['tiergate_rejected_total{tier="open_requests"}'] == 1
+        got = scrape(base)
+        assert got['tiergate_rejected_total{tier="open_requests"}'] == 2
+        assert got['tiergate_requests_total{outcome="overloaded"}'] - overloaded0 == 2
+
+
+def test_a_flood_beyond_the_loop_budget_is_refused_by_the_protocol(serving_dir, tiny_workdir):
+    """``server.loop_budget_ms``: once the loop's cost per request is measured, classify requests beyond the
+    budget of one turn get their 429 from the protocol (Retry-After, the usual body); nothing else fails,
+    and the loop's lag is in /metrics."""
+    from collections import Counter
+
+    p = write_config(serving_dir, tiny_workdir, "budget", {**OPEN, "loop_budget_ms": 0.001,
+                                                           "loop_budget_min_open": 0})
+    with running_server(create_app(p)) as base:
+        seen: Counter = Counter()
+        by_budget = []
+        for _ in range(6):
+            for r, retry, _ in fire(base, 48, {"text": HAM}):
+                seen[r.status_code] += 1
+                if r.status_code == 429 and "loop_budget_ms" in r.json()["detail"]:
+                    assert retry == "1" and r.json()["error"] == "OverloadedError"
+                    by_budget.append(r)
+        assert set(seen) <= {200, 429}, seen
+        assert by_budget and seen[200], seen
+        got = scrape(base)
+        assert got["tiergate_loop_lag_seconds_count"] > 0
+        assert got['tiergate_rejected_total{tier="event_loop"}'] >= len(by_budget)
+        assert post(base, {"text": HAM}).status_code == 200  # one request alone is admitted
 
 
 def test_a_model_tier_lives_in_its_own_process_only(serving_dir, tiny_workdir):

@@ -52,6 +52,9 @@ REJECTED = Counter("tiergate_rejected_total", "Requests refused with 429, by the
                    "(event_loop: the gateway's own event loop, see server.max_loop_wait_ms)", ["tier"])
 LOOP_WAIT = Histogram("tiergate_loop_wait_seconds", "Time a request waited on the gateway's event loop between "
                       "being read off its connection and being handled", buckets=_FAST_BUCKETS)
+LOOP_LAG = Histogram("tiergate_loop_lag_seconds", "How late the gateway's event loop ran a timer it sets every "
+                     "5 ms: about how long its turns take (server.max_loop_lag_ms)",
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 BREAKER = Gauge("tiergate_breaker_state", "Circuit breaker per tier: 0 closed, 1 open, 2 half-open", ["tier"],
                 multiprocess_mode="max")
 PRIVILEGED = Counter("tiergate_privileged_requests_total", "Requests using final_only or epsilon, by outcome",

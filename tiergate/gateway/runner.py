@@ -142,7 +142,7 @@ class TierRunner:
         self.inline = serving.executor == "inline" or (serving.executor == "auto" and capabilities.light)
         # A model tier in a process of its own (tiergate.gateway.worker.ProcessTier) takes texts: the child
         # parses them, so this process does not.
-        self.process = bool(getattr(tier, "takes_text", False))
+        self.process = tier.capabilities.takes_text  # how it is hosted, which its kind does not say
         self.on_batch = on_batch
         self.max_text_chars = max_text_chars
         self.queue: collections.deque[Pending] = collections.deque()

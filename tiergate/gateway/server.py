@@ -43,7 +43,7 @@ def run(config_path: str | Path, *, host: str = "127.0.0.1", port: int = 8080, w
     srv = load_config(config_path)[0].server
     common = dict(host=host, port=port, log_level=log_level, access_log=access_log, timeout_keep_alive=int(max(1, srv.keepalive_timeout_s)),
                   timeout_graceful_shutdown=int(srv.shutdown_grace_s) or None, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-                  server_header=False, http=http_protocol())
+                  server_header=False, http=http_protocol(), loop=srv.event_loop)
     if tier is not None:
         from tiergate.gateway.kserve_app import create_kserve_app
 

@@ -74,7 +74,8 @@ class GatewayState:
         try:
             cfg, base = load_config(self.config_path)
             self.server = cfg.server
-            protocol.set_max_open(cfg.server.max_open_requests)
+            protocol.set_limits(cfg.server.max_open_requests, cfg.server.loop_budget_ms,
+                                cfg.server.loop_budget_min_open)
             if cfg.log.enabled:  # first: a gateway that cannot keep its record does not serve
                 writer = LogWriter(log_path(cfg, base), cfg.log)
                 await anyio.to_thread.run_sync(writer.start)
@@ -158,7 +159,8 @@ class GatewayState:
             await self._attach(sched)
             await sched.start()
             self.scheduler, self.server = sched, cascade.config.server
-            protocol.set_max_open(self.server.max_open_requests)
+            protocol.set_limits(self.server.max_open_requests, self.server.loop_budget_ms,
+                                self.server.loop_budget_min_open)
             _publish(cascade, old.cascade)
             task = asyncio.get_running_loop().create_task(self._retire(old, cascade))
             self._retired.add(task)

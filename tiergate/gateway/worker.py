@@ -14,6 +14,7 @@ this saves).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -114,8 +115,6 @@ class ProcessTier(Tier):
     ``predict`` sends the items' texts (an Item does not cross processes; the child parses them again) and
     waits, without the GIL, for the answer."""
 
-    takes_text = True
-
     def __init__(self, tc: TierConfig, base: Path, *, model_dirs: Sequence[str] = (), max_text_chars: int = 200_000,
                  processes: int = 1):
         tier_path(tc, base, model_dirs)  # a path outside the allowed folders fails here, before any process
@@ -137,7 +136,7 @@ class ProcessTier(Tier):
             raise cls(msg)
         self.labels = desc["labels"]
         self._version = desc["version"]
-        self.capabilities = desc["capabilities"]
+        self.capabilities = dataclasses.replace(desc["capabilities"], takes_text=True)
 
     def version(self) -> str:
         return self._version
