@@ -217,9 +217,9 @@ def config_variant(config: Path, out: Path, server_tiers: dict[str, dict] | None
     merged in (``{"large": {"max_batch": 1}}``) and top-level ``sections`` replaced (``{"log": {...}}``)."""
     base = Path(config).resolve().parent
     raw = _absolute_paths(read_config(config), base)
-    if "model_dirs" in raw:  # a server that reads tiers only from allowed folders: allow the original's
-        dirs = [str(Path(d) if Path(d).is_absolute() else (base / d).resolve()) for d in raw["model_dirs"] or []]
-        raw["model_dirs"] = [*dirs, str(base)]
+    # tiers are read only from the config's folder and model_dirs: allow the original's folder, and its own
+    dirs = [str(Path(d) if Path(d).is_absolute() else (base / d).resolve()) for d in raw.get("model_dirs") or []]
+    raw["model_dirs"] = [*dirs, str(base)]
     for name, settings in (server_tiers or {}).items():
         tiers = raw.setdefault("server", {}).setdefault("tiers", {})
         tiers[name] = {**(tiers.get(name) or {}), **settings}
