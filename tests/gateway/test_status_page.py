@@ -51,14 +51,16 @@ def test_the_status_page_has_plots_and_renders_in_a_real_browser(calibrated_conf
 
         t = threading.Thread(target=traffic)
         t.start()
-        time.sleep(4)  # a dozen points per plot
-        page = httpx.get(base + "/status", timeout=30)
-        shot = tmp_path / "status.png"
-        r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                            f"--screenshot={shot}", "--window-size=1280,1400", base + "/status"],
-                           capture_output=True, text=True, timeout=120)
-        stop.set()
-        t.join(30)
+        try:  # the traffic stops before the server does, whatever happens here
+            time.sleep(4)  # a dozen points per plot
+            page = httpx.get(base + "/status", timeout=30)
+            shot = tmp_path / "status.png"
+            r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                                f"--screenshot={shot}", "--window-size=1280,1400", base + "/status"],
+                               capture_output=True, text=True, timeout=120)
+        finally:
+            stop.set()
+            t.join(30)
     assert page.status_code == 200
     html = page.text
     assert html.count("<svg") == 3 and html.count("<polyline") >= 4, "money, tier mix (live and calibrated), latency"
