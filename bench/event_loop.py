@@ -117,7 +117,8 @@ def accept_rate(args, work: Path, script: Path) -> list[dict]:
         port = free_port()
         with ServerProcess(loop, tiergate_command(cfg, port, "warning"), port, work / f"loop-{loop}.log") as s:
             load: dict = {}
-            t = threading.Thread(target=lambda: load.update(run_wrk(s.url + "/v1/classify", script, args.load_seconds)))
+            t = threading.Thread(target=lambda out=load, url=s.url: out.update(
+                run_wrk(url + "/v1/classify", script, args.load_seconds)))
             t.start()
             time.sleep(1.5)  # the load is running
             socks = []

@@ -190,13 +190,14 @@ class ServerConfig(_Strict):
     # refusal there is, for floods of cheap traffic; tiergate.gateway.protocol). 0 turns it off.
     max_open_requests: int = Field(default=0, ge=0)
     # The event loop's time that the classify requests admitted in one turn may take (measured per request
-    # while the loop is busy); beyond it, and once min_open_requests are open, a request is answered 429 by
+    # while the loop is busy); beyond it, and once loop_budget_min_open are open, a request is answered 429 by
     # the HTTP protocol as soon as its headers are read, so a flood of cheap traffic costs header parses and
     # every turn stays short (tiergate.gateway.protocol.LoopBudget). 0 turns it off.
     loop_budget_ms: float = Field(default=5.0, ge=0)
     # ... applied once this many requests of the worker are open (fewer: always admitted). Lower than
-    # min_open_requests on purpose: measured at 3x capacity, a floor of 32 let 32 requests' work into every
-    # turn (45 ms turns, 429s answered in 200 ms); with 8, turns of 5-25 ms (docs/benchmarks.md).
+    # min_open_requests on purpose: at 3x capacity a floor of 32 let 32 requests' work into every turn
+    # (40-50 ms turns, 429s in 0.2-0.5 s); with 8, turns of 5-25 ms and 429s in about 0.1 s. The price: a client that keeps more than 8 requests open and ignores
+    # Retry-After gets 429s at capacity, most of its requests if it resends at once (docs/benchmarks.md).
     loop_budget_min_open: int = Field(default=8, ge=0)
     # asyncio's own loop, not uvloop: under load uvloop accepted about one new connection per turn of the loop
     # (measured: 1,000 connections waited 5-18 s to be accepted while the gateway served 1,800 req/s, so

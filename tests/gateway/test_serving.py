@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import json
 import shutil
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -203,9 +204,9 @@ def test_a_wait_behind_few_open_requests_is_never_refused(serving_dir, tiny_work
 def test_requests_over_the_open_cap_are_refused_by_the_protocol(serving_dir, tiny_workdir):
     """``server.max_open_requests``: a classify request read while that many are unanswered is refused at
     once (429, Retry-After, the usual error body) by the HTTP protocol; probes are not; the count returns to 0."""
-    from tiergate.gateway.protocol import StampedHttpToolsProtocol as proto
-
     import socket
+
+    from tiergate.gateway.protocol import StampedHttpToolsProtocol as proto
 
     def raw(body: dict) -> bytes:
         b = json.dumps(body).encode()
@@ -263,8 +264,6 @@ def test_a_flood_beyond_the_loop_budget_is_refused_by_the_protocol(serving_dir, 
     """``server.loop_budget_ms``: once the loop's cost per request is measured, classify requests beyond the
     budget of one turn get their 429 from the protocol (Retry-After, the usual body); nothing else fails,
     and the loop's lag is in /metrics."""
-    from collections import Counter
-
     p = write_config(serving_dir, tiny_workdir, "budget", {**OPEN, "loop_budget_ms": 0.001,
                                                            "loop_budget_min_open": 0})
     with running_server(create_app(p)) as base:
@@ -282,6 +281,25 @@ def test_a_flood_beyond_the_loop_budget_is_refused_by_the_protocol(serving_dir, 
         assert got["tiergate_loop_lag_seconds_count"] > 0
         assert got['tiergate_rejected_total{tier="event_loop"}'] >= len(by_budget)
         assert post(base, {"text": HAM}).status_code == 200  # one request alone is admitted
+
+
+def test_shadow_audits_on_a_slow_final_tier_never_turn_traffic_away(serving_dir, tiny_workdir, tmp_path):
+    """Audit batches run on the final tier only when it is idle, and admission leaves them out: with every
+    decision audited and each audit batch taking 1.5 s (far past the final tier's max_queue_ms of 0.3 s),
+    traffic that the rules decide is still admitted."""
+    p = write_config(serving_dir, tiny_workdir, "audits-slow", {**OPEN, "tiers": {"final": {"max_queue_ms": 300}}},
+                     log={"path": str(tmp_path / "d.db")},
+                     shadow_audit={"share": 1.0, "max_per_s": 1000, "max_queue": 1000, "max_batch": 8})
+    with running_server(create_app(p)) as base:
+        fault(base, tier="final", delay_ms=1500)
+        statuses = []
+        t_end = time.perf_counter() + 5
+        while time.perf_counter() < t_end:  # each answer queues an audit; the final tier is busy with them
+            statuses.append(post(base, {"text": LOTTERY}).status_code)
+            time.sleep(0.02)
+        got = scrape(base)
+        assert sum(v for k, v in got.items() if k.startswith("tiergate_shadow_audits_total")) >= 8, "audits ran"
+        assert statuses and set(statuses) == {200}, Counter(statuses)
 
 
 def test_a_model_tier_lives_in_its_own_process_only(serving_dir, tiny_workdir):

@@ -199,7 +199,8 @@ class ShadowAuditor:
             elif len(self.queue) >= self.cfg.max_queue:
                 SHADOW_DROPPED.labels("queue_full").inc()
             else:
-                self.queue.append(Pending(AuditJob(d.request_id, d.tier, d.label, versions), 0, text))
+                self.queue.append(Pending(AuditJob(d.request_id, d.tier, d.label, versions), 0, text,
+                                          background=True))
                 SHADOW_QUEUE.inc()
                 self._wake.set()
 

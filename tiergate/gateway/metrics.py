@@ -52,6 +52,8 @@ REJECTED = Counter("tiergate_rejected_total", "Requests refused with 429, by the
                    "(event_loop: the gateway's own event loop, see server.max_loop_wait_ms)", ["tier"])
 LOOP_WAIT = Histogram("tiergate_loop_wait_seconds", "Time a request waited on the gateway's event loop between "
                       "being read off its connection and being handled", buckets=_FAST_BUCKETS)
+SHED = Counter("tiergate_shed_total", "Items a tier did not start because their deadline would pass before its "
+               "batch could finish (their requests are answered 429)", ["tier"])
 LOOP_LAG = Histogram("tiergate_loop_lag_seconds", "How late the gateway's event loop ran a timer it sets every "
                      "5 ms: about how long its turns take (server.max_loop_lag_ms)",
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
@@ -116,6 +118,7 @@ def init_labels(tiers: Sequence[tuple[str, str, str, float, float]], labels: Seq
         QUEUE_ITEMS.labels(name)
         TIER_BATCHES.labels(name)
         REJECTED.labels(name)
+        SHED.labels(name)
         BREAKER.labels(name)
         FAULTS.labels(name)
         for r in FAILURE_REASONS:

@@ -141,8 +141,8 @@ class Scheduler:
                                   f"before it could be read (limit {limit * 1000:.0f} ms, server.max_loop_wait_ms); "
                                   "retry in 1 s", retry_after_s=1)
         for j, r in enumerate(self.runners):  # a tier already past its limits refuses any request in admit():
-            if r.load:                         # say so before the body is read and parsed, not after
-                self._check(r, r.load, j)
+            if r.request_load:                 # say so before the body is read and parsed, not after
+                self._check(r, r.request_load, j)
 
     def _loop_limit(self) -> float:
         """How long a request may have waited on the event loop: ``server.max_loop_wait_ms``, halved every
@@ -180,17 +180,18 @@ class Scheduler:
         answered = False
         for j in range(entry, len(self.runners)):
             r = self.runners[j]
-            expected = r.load + (n if j == entry else self.share(j, entry) * (upstream + n))
-            if r.load:
+            load = r.request_load  # shadow audits left out (they yield to traffic)
+            expected = load + (n if j == entry else self.share(j, entry) * (upstream + n))
+            if load:
                 self._check(r, expected, j)
             if not answered:
                 to_first_answer += expected * r.seconds_per_item / r.serving.threads
                 answered = self.caps[j].distribution
-                if to_first_answer > deadline_s and r.load:
+                if to_first_answer > deadline_s and load:
                     self._refuse(r, to_first_answer - deadline_s,
                                  f"its items could not be answered within the deadline ({deadline_s * 1000:.0f} ms; "
                                  f"about {to_first_answer * 1000:.0f} ms of work is ahead of them)")
-            upstream += r.load
+            upstream += load
 
     def _require_open(self) -> None:
         if not self.accepting:
@@ -202,8 +203,8 @@ class Scheduler:
         over_time = expected * r.seconds_per_item / s.threads - s.max_queue_ms / 1000
         if over_items > 0 or over_time > 0:
             self._refuse(r, max(over_items * r.seconds_per_item / s.threads, over_time),
-                         f"tier {r.name} is saturated ({r.load} items waiting or running, about "
-                         f"{r.load * r.seconds_per_item / s.threads:.2f} s of work; limits "
+                         f"tier {r.name} is saturated ({r.request_load} items waiting or running, about "
+                         f"{r.request_load * r.seconds_per_item / s.threads:.2f} s of work; limits "
                          f"server.tiers.{r.name}.max_queue_items={s.queue_limit}, max_queue_ms={s.max_queue_ms:g})")
 
     def _refuse(self, r: TierRunner, excess_s: float, why: str) -> None:
