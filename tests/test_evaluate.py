@@ -67,7 +67,8 @@ def test_calibrate_measures_costs_and_sets_thresholds(tiny_copy):
     assert r.exit_code == 0, r.output
     cfg = yaml.safe_load((work / "tiergate.yaml").read_text())
     for t in cfg["tiers"]:
-        assert t["cost"]["seconds_per_item"] > 0 and t["cost"]["batch_size"] == 32
+        # batch_size 32 is the default, so the file leaves it out; the note says what was measured
+        assert t["cost"]["seconds_per_item"] > 0 and t["cost"].get("batch_size", 32) == 32
         assert "batches of 32" in t["cost"]["measured"] and "cores" in t["cost"]["measured"]
     assert cfg["tiers"][0]["threshold"]["default"] <= 1.0  # the plain search found a threshold
     assert cfg["calibration"]["method"] == "plain" and cfg["calibration"]["disagreement"] <= 0.02

@@ -225,9 +225,10 @@ class TierRunner:
 
     def _take(self) -> list[Pending]:
         """The next batch. An item whose request is answered already (its deadline passed) is dropped, and so
-        is one whose deadline comes before this batch could be done (from the measured speed): work that
-        cannot finish in time is not started, so its request is answered as shed (429 with Retry-After), not
-        as a tier too slow (504), and the tier's time goes to items that can still make it."""
+        is one that waited in the queue longer than a batch takes and whose deadline now comes before this
+        batch could be done (from the measured speed): work that the load made late is not started, so its
+        request is answered as shed (429 with Retry-After), not as a tier too slow (504), and the tier's time
+        goes to items that can still make it. (A deadline too short for an idle tier is still tried: 504.)"""
         batch: list[Pending] = []
         now = time.perf_counter()
         need = self.seconds_per_item * min(len(self.queue), self.max_batch)
@@ -236,8 +237,8 @@ class TierRunner:
             self._bg_queued -= p.background
             if p.request.done:  # type: ignore[attr-defined]
                 continue
-            if getattr(p.request, "deadline", _NEVER) - now < need:
-                m.SHED.labels(self.name).inc()
+            if getattr(p.request, "deadline", _NEVER) - now < need and now - p.enqueued > need:
+                m.SHED.labels(self.name).inc()  # it waited behind other work: shed, not tried
                 continue
             p.started = True
             batch.append(p)
