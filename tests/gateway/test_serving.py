@@ -279,7 +279,7 @@ def test_a_flood_beyond_the_loop_budget_is_refused_by_the_protocol(serving_dir, 
         assert by_budget and seen[200], seen
         got = scrape(base)
         assert got["tiergate_loop_lag_seconds_count"] > 0
-        assert got['tiergate_rejected_total{tier="event_loop"}'] >= len(by_budget)
+        assert got['tiergate_rejected_total{tier="loop_budget"}'] >= len(by_budget)
         assert post(base, {"text": HAM}).status_code == 200  # one request alone is admitted
 
 

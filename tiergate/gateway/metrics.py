@@ -49,7 +49,8 @@ ESCALATION_REASONS = Counter("tiergate_escalation_reasons_total", "Items passed 
 TIER_BATCHES = Counter("tiergate_tier_batches_total", "Batches each tier was asked to run (attempts)", ["tier"])
 TIER_FAILURES = Counter("tiergate_tier_failures_total", "Batches that failed, by tier and why", ["tier", "reason"])
 REJECTED = Counter("tiergate_rejected_total", "Requests refused with 429, by the tier that was saturated "
-                   "(event_loop: the gateway's own event loop, see server.max_loop_wait_ms)", ["tier"])
+                   "(event_loop: the gateway's own event loop, see server.max_loop_wait_ms; loop_budget: "
+                   "server.loop_budget_ms; open_requests: server.max_open_requests)", ["tier"])
 LOOP_WAIT = Histogram("tiergate_loop_wait_seconds", "Time a request waited on the gateway's event loop between "
                       "being read off its connection and being handled", buckets=_FAST_BUCKETS)
 SHED = Counter("tiergate_shed_total", "Items a tier did not start because their deadline would pass before its "

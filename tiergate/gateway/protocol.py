@@ -70,7 +70,7 @@ if HttpToolsProtocol is not None:
                 budget = LoopBudget
                 budget.ensure(self.loop)
                 if n >= budget.min_open and budget.admitted >= budget.limit:
-                    return self._refuse(cycle, "event_loop")
+                    return self._refuse(cycle, "loop_budget")
                 budget.admitted += 1
             cls.open_now += 1
             cycle.tiergate_open = True
@@ -150,7 +150,7 @@ class LoopBudget:
         cls._schedule(loop)
 
 
-_REFUSED = {why: m.REJECTED.labels(why) for why in ("open_requests", "event_loop")}
+_REFUSED = {why: m.REJECTED.labels(why) for why in ("open_requests", "loop_budget")}
 _REFUSED_OUTCOME = m.REQUESTS.labels("overloaded")  # as error_response counts a classify 429
 
 
@@ -164,7 +164,7 @@ def set_limits(max_open: int, budget_ms: float, budget_min_open: int) -> None:
     cls.max_open, LoopBudget.budget_s, LoopBudget.min_open = max_open, budget_ms / 1000, budget_min_open
     details = {"open_requests": f"this worker has {max_open} or more requests open (server.max_open_requests); "
                                 "retry in 1 s",
-               "event_loop": "the gateway's event loop is saturated: it has taken on all the work it can in this "
+               "loop_budget": "the gateway's event loop is saturated: it has taken on all the work it can in this "
                              f"turn (server.loop_budget_ms={budget_ms:g}); retry in 1 s"}
     cls.refusal = {(why, keep): refusal_bytes(d, keep) for why, d in details.items() for keep in (True, False)}
 
