@@ -291,8 +291,16 @@ def ft5() -> Preset:
                   fine=True)
 
 
+def ft6() -> Preset:
+    jobs = [finetune(f"spamU{s}", "spamassassin", 480, *MAIL, "--variants", "upcycled-vocab", "--seed", s)
+            for s in (2, 3, 4)]
+    jobs += [finetune(f"spamD{s}", "spamassassin", 480, *MAIL, "--variants", "dense-vocab", "--seed", s) for s in (1, 2)]
+    return Preset("spamassassin with the shipped recipe at more seeds (upcycled-vocab 2-4, dense-vocab 1-2): how wide "
+                  "the spread of test errors is around the small tier's 11", ("spamassassin",), jobs, fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
-                                                                     call8, ft1, ft2, ft3, ft4, ft5)}
+                                                                     call8, ft1, ft2, ft3, ft4, ft5, ft6)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
