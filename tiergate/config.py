@@ -196,8 +196,9 @@ class ServerConfig(_Strict):
     loop_budget_ms: float = Field(default=5.0, ge=0)
     # ... applied once this many requests of the worker are open (fewer: always admitted). Lower than
     # min_open_requests on purpose: at 3x capacity a floor of 32 let 32 requests' work into every turn
-    # (40-50 ms turns, 429s in 0.2-0.5 s); with 8, turns of 5-25 ms and 429s in about 0.1 s. The price: a client that keeps more than 8 requests open and ignores
-    # Retry-After gets 429s at capacity, most of its requests if it resends at once (docs/benchmarks.md).
+    # (40-50 ms turns, 429s in 0.2-0.5 s); with 8, turns of 5-25 ms and 429s in about 0.1 s. The price: a
+    # client that keeps more than 8 requests open and ignores Retry-After gets 429s at capacity, most of its
+    # requests if it resends at once (docs/benchmarks.md).
     loop_budget_min_open: int = Field(default=8, ge=0)
     # asyncio's own loop, not uvloop: under load uvloop accepted about one new connection per turn of the loop
     # (measured: 1,000 connections waited 5-18 s to be accepted while the gateway served 1,800 req/s, so

@@ -56,7 +56,7 @@ LOOP_WAIT = Histogram("tiergate_loop_wait_seconds", "Time a request waited on th
 SHED = Counter("tiergate_shed_total", "Items a tier did not start because their deadline would pass before its "
                "batch could finish (their requests are answered 429)", ["tier"])
 LOOP_LAG = Histogram("tiergate_loop_lag_seconds", "How late the gateway's event loop ran a timer it sets every "
-                     "5 ms: about how long its turns take (server.max_loop_lag_ms)",
+                     "5 ms: about how long its turns take (server.loop_budget_ms)",
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 BREAKER = Gauge("tiergate_breaker_state", "Circuit breaker per tier: 0 closed, 1 open, 2 half-open", ["tier"],
                 multiprocess_mode="max")

@@ -114,7 +114,6 @@ class LoopBudget:
     Started by the first classify request on each loop."""
 
     TICK_S = 0.005
-    lag = 0.0
     cost = 0.0                # loop seconds per admitted request while busy; 0 until measured
     admitted = 0              # classify requests admitted since the last tick
     limit = float("inf")      # requests admitted per tick before refusing
@@ -126,7 +125,7 @@ class LoopBudget:
     @classmethod
     def ensure(cls, loop) -> None:
         if cls._loop is not loop:
-            cls._loop, cls.lag, cls.cost, cls.admitted, cls.limit = loop, 0.0, 0.0, 0, float("inf")
+            cls._loop, cls.cost, cls.admitted, cls.limit = loop, 0.0, 0, float("inf")
             cls._last = loop.time()
             cls._schedule(loop)
 
@@ -140,7 +139,7 @@ class LoopBudget:
         if cls._loop is not loop:  # a later server's loop took over: this one's ticks stop
             return
         now = loop.time()
-        cls.lag = lag = now - due
+        lag = now - due
         m.LOOP_LAG.observe(lag)
         if cls.admitted and lag > 0.001:  # busy since the last tick: that time went to these requests (or more)
             per = (now - cls._last) / cls.admitted

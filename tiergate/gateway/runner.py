@@ -153,6 +153,7 @@ class TierRunner:
         # Seconds per item, smoothed over batches: admission and deadline routing read it. Starts from the
         # calibrated cost measurement when there is one.
         self.seconds_per_item = tc.cost.seconds_per_item or 0.001
+        self._shed = m.SHED.labels(tc.name)
         self.items_done = 0
         self._pool = ThreadPoolExecutor(max_workers=serving.threads, thread_name_prefix=f"tier-{tc.name}")
         self._wake = asyncio.Event()
@@ -188,6 +189,11 @@ class TierRunner:
         make the door refuse traffic that would never reach it (measured: 8 audits at ~150 ms each under load
         made every rules-decided request a 429)."""
         return self.load - self._bg_queued - self._bg_running
+
+    @property
+    def requests_running(self) -> int:
+        """Items of requests in batches being computed (shadow audits left out, as in :attr:`request_load`)."""
+        return self.running - self._bg_running
 
     def expected_wait_s(self, extra: int = 0) -> float:
         """How long an item put now would wait until its batch is done, from the measured speed."""
@@ -238,7 +244,7 @@ class TierRunner:
             if p.request.done:  # type: ignore[attr-defined]
                 continue
             if getattr(p.request, "deadline", _NEVER) - now < need and now - p.enqueued > need:
-                m.SHED.labels(self.name).inc()  # it waited behind other work: shed, not tried
+                self._shed.inc()  # it waited behind other work: shed, not tried
                 continue
             p.started = True
             batch.append(p)

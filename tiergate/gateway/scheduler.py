@@ -199,7 +199,7 @@ class Scheduler:
 
     def _check(self, r: TierRunner, expected: float, j: int) -> None:
         s = r.serving
-        over_items = expected - s.queue_limit - r.running
+        over_items = expected - s.queue_limit - r.requests_running
         over_time = expected * r.seconds_per_item / s.threads - s.max_queue_ms / 1000
         if over_items > 0 or over_time > 0:
             self._refuse(r, max(over_items * r.seconds_per_item / s.threads, over_time),
