@@ -403,7 +403,35 @@ def test_privileges_and_api_keys(serving_dir, tiny_workdir):
         for outcome in ("denied", "allowed"):
             key = f'tiergate_privileged_requests_total{{outcome="{outcome}",privilege="final_only"}}'
             assert m[key] - before.get(key, 0) == 1
+        unauthorized = 'tiergate_requests_total{outcome="unauthorized"}'
+        assert m[unauthorized] - before.get(unauthorized, 0) == 2  # each 401 counted once
         assert httpx.get(base + "/healthz").status_code == 200  # probes need no key
+
+
+def test_classify_fast_path_maps_errors_like_the_router(plain_server, monkeypatch):
+    """POST /v1/classify bypasses FastAPI's router (routes.classify.ClassifyFastPath): an unexpected failure is
+    still a logged, generic 500 counted once, other methods still get the router's 405 in the same body shape,
+    and the server goes on answering."""
+    import tiergate.gateway.routes.classify as route
+
+    base = plain_server
+    before = scrape(base)
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(route, "new_request_id", broken)
+    r = post(base, {"text": HAM})
+    assert r.status_code == 500
+    assert r.json() == {"error": "InternalError",
+                        "detail": "the gateway failed on this request; the log has the details"}
+    monkeypatch.undo()
+    error = 'tiergate_requests_total{outcome="error"}'
+    assert scrape(base)[error] - before.get(error, 0) == 1
+    r = httpx.get(base + "/v1/classify")
+    assert r.status_code == 405 and r.json()["error"] == "MethodNotAllowed"
+    r = post(base, {"text": HAM})
+    assert r.status_code == 200 and r.headers["X-Tiergate-Overhead-Ms"]
 
 
 BAD_BODIES = {

@@ -58,6 +58,8 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True, several_wor
     app.include_router(admin.router)
     app.include_router(make_rules_admin_router(state.rules_tier))
     install_offline_docs(app)
+    # The last added is the outermost: limits first, then the classify fast path, then FastAPI's own stack.
+    app.add_middleware(classify.ClassifyFastPath, fastapi_app=app)
     app.add_middleware(LimitsMiddleware, state=state)
     return app
 

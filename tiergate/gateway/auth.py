@@ -54,7 +54,6 @@ def authenticate(request: Request, server: ServerConfig) -> Client:
             match = hmac.compare_digest(digest, k.sha256)
             if match:
                 return Client(k.name, frozenset(k.privileges) | frozenset(server.anonymous_privileges))
-    m.REQUESTS.labels("unauthorized").inc()
     raise AuthError("this gateway needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
 
 

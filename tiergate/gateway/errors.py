@@ -112,11 +112,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        if request.url.path == CLASSIFY_PATH:
-            m.REQUESTS.labels("error").inc()
-        return JSONResponse(error_body("InternalError", "the gateway failed on this request; the log has the "
-                                       "details"), status_code=500)
+        return unexpected_response(request.method, request.url.path)
+
+
+def unexpected_response(method: str, path: str) -> JSONResponse:
+    """A 500 for an exception tiergate did not expect (logged with its traceback; the client sees no internals).
+    Call from inside the ``except`` block."""
+    log.exception("unexpected error on %s %s", method, path)
+    if path == CLASSIFY_PATH:
+        m.REQUESTS.labels("error").inc()
+    return JSONResponse(error_body("InternalError", "the gateway failed on this request; the log has the "
+                                   "details"), status_code=500)
 
 
 def invalid_body(errors: list[dict]) -> InputError:

@@ -4,6 +4,12 @@ The body is read under the size limit (:mod:`tiergate.gateway.limits`) and parse
 from bytes (a strict schema: unknown keys, wrong types, empty batches, malformed JSON, invalid UTF-8 and
 runaway nesting are 422, never 500). The response carries ``X-Tiergate-Overhead-Ms``: the request's time in
 the gateway less the compute of the tier batches it took part in.
+
+The route is declared on the router (for the OpenAPI schema, ``/docs`` and the 405 of other methods), but a
+``POST /v1/classify`` reaches :func:`classify` through :class:`ClassifyFastPath`, an ASGI layer inside the
+limits that calls it directly: FastAPI's router, dependency solving and exception middleware cost about as
+much loop time as the rules tier's whole answer (docs/benchmarks.md, "The classify fast path"). Errors still
+become HTTP in :mod:`tiergate.gateway.errors`, the same functions FastAPI's handlers call.
 """
 
 from __future__ import annotations
@@ -12,19 +18,46 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import Request as StarletteRequest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tiergate.calibration.ltt import thresholds_for_epsilon
 from tiergate.cascade import Cascade, new_request_id
-from tiergate.errors import InputError
+from tiergate.errors import InputError, TiergateError
 from tiergate.gateway import metrics as m
 from tiergate.gateway.auth import authenticate, require_privilege
-from tiergate.gateway.errors import invalid_body
+from tiergate.gateway.errors import CLASSIFY_PATH, error_response, invalid_body, unexpected_response
 from tiergate.gateway.protocol import READ_AT
 
 router = APIRouter(tags=["classify"])
 
 DEADLINE_HEADER = "x-tiergate-deadline-ms"
+
+
+class ClassifyFastPath:
+    """ASGI middleware: ``POST /v1/classify`` straight to :func:`classify`, everything else on to ``app``.
+
+    Sits inside :class:`~tiergate.gateway.limits.LimitsMiddleware` (the door, body limit and body timeout
+    still apply) and outside FastAPI's router. A :class:`~tiergate.errors.TiergateError` becomes its response
+    through :func:`~tiergate.gateway.errors.error_response`, anything else a logged 500, as FastAPI's handlers
+    would answer them."""
+
+    def __init__(self, app, fastapi_app):
+        self.app = app
+        self.fastapi_app = fastapi_app  # what ``request.app`` is inside the route
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != CLASSIFY_PATH or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        scope["app"] = self.fastapi_app
+        request = StarletteRequest(scope, receive)
+        try:
+            response = await classify(request)
+        except TiergateError as e:
+            response = error_response(e, CLASSIFY_PATH)
+        except Exception:
+            response = unexpected_response("POST", CLASSIFY_PATH)
+        await response(scope, receive, send)
 
 
 class ClassifyRequest(BaseModel):
