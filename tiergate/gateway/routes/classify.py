@@ -18,8 +18,8 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.requests import Request as StarletteRequest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.requests import Request as StarletteRequest
 
 from tiergate.calibration.ltt import thresholds_for_epsilon
 from tiergate.cascade import Cascade, new_request_id
