@@ -92,6 +92,32 @@ def test_audits_and_deletes_apply_in_order(tmp_path):
     w.close()
 
 
+def test_one_commit_of_interleaved_operations_keeps_their_order(tmp_path):
+    """Requests queued one after another share one INSERT; an audit or a delete between them still applies
+    to the rows queued before it, and a repeated request id keeps its first row."""
+    w = LogWriter(tmp_path / "d.db", LogConfig(commit_interval_ms=200))
+    w.start()
+
+    async def go():
+        before = commits()
+        w.record([decision("a")], ["t"], V)
+        w.record([decision("b")], ["t"], V)
+        w.audit("a", "spam")
+        w.record([decision("c"), decision("a", label="spam")], ["t", "t"], V)
+        w.audit("c", "ham")
+        deleted = asyncio.ensure_future(w.delete("b"))
+        w.record([decision("d")], ["t"], V)
+        await deleted
+        await w.flush()
+        return commits() - before
+
+    assert asyncio.run(go()) <= 2  # all of it within one or two group commits
+    with sqlite3.connect(tmp_path / "d.db") as c:
+        got = c.execute("SELECT request_id, label, audit_label FROM decisions ORDER BY request_id").fetchall()
+    assert got == [("a", "ham", "spam"), ("c", "ham", "ham"), ("d", "ham", None)]
+    w.close()
+
+
 def test_a_failing_batch_fails_its_waiters_and_the_writer_lives_on(tmp_path):
     w = LogWriter(tmp_path / "d.db", LogConfig(commit_interval_ms=50))
     w.start()

@@ -184,15 +184,18 @@ class LogWriter:
         try:
             store.begin()
             audits: list[tuple[str, float, str]] = []
+            rows: list[tuple] = []  # of consecutive requests: one INSERT for them all (a third of the cost per row)
             for op in ops:
                 kind = op[0]
                 if kind != "audit" and audits:  # keep the order: audits refer to rows queued before them
                     store.set_audits(audits)
                     audits = []
-                if kind == "decisions":
-                    rows = self._rows(store, op)
+                if kind != "decisions" and rows:
                     store.insert_decisions(rows)
                     written += len(rows)
+                    rows = []
+                if kind == "decisions":
+                    rows.extend(self._rows(store, op))
                 elif kind == "audit":
                     audits.append((op[2], op[3], op[1]))
                 elif kind == "feedback":
@@ -209,6 +212,9 @@ class LogWriter:
                 else:  # flush, stop
                     answers.append((op[-1], True))
                     stop = stop or kind == "stop"
+            if rows:
+                store.insert_decisions(rows)
+                written += len(rows)
             if audits:
                 store.set_audits(audits)
             store.commit()
