@@ -292,11 +292,14 @@ def ft5() -> Preset:
 
 
 def ft6() -> Preset:
-    jobs = [finetune(f"spamU{s}", "spamassassin", 480, *MAIL, "--variants", "upcycled-vocab", "--seed", s)
+    jobs = [finetune(f"spamU{s}", "spamassassin", 520, *MAIL, "--variants", "upcycled-vocab", "--seed", s)
             for s in (2, 3, 4)]
-    jobs += [finetune(f"spamD{s}", "spamassassin", 480, *MAIL, "--variants", "dense-vocab", "--seed", s) for s in (1, 2)]
-    return Preset("spamassassin with the shipped recipe at more seeds (upcycled-vocab 2-4, dense-vocab 1-2): how wide "
-                  "the spread of test errors is around the small tier's 11", ("spamassassin",), jobs, fine=True)
+    jobs += [finetune(f"spamD{s}", "spamassassin", 520, *MAIL, "--variants", "dense-vocab", "--seed", s) for s in (1, 2)]
+    jobs += [finetune(f"spamH{s}", "spamassassin", 520, *MAIL, "--variants", "upcycled-wide", "--seed", s)
+             for s in (1, 2)]
+    return Preset("spamassassin with the shipped recipe at more seeds (upcycled-vocab 2-4, dense-vocab 1-2) and the "
+                  "hashed wide path at seeds 1-2: how wide the spread of test errors is around the small tier's 11",
+                  ("spamassassin",), jobs, fine=True)
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
