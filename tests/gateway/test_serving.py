@@ -141,6 +141,17 @@ def test_an_item_still_queued_at_its_deadline_is_shed_with_429(serving_dir, tiny
             assert first.result().status_code == 200
 
 
+def test_a_deadline_shorter_than_an_idle_tiers_batch_is_a_504_not_a_429(serving_dir, tiny_workdir):
+    """Nothing was ahead of the item: a retry with the same deadline would fail again, so no Retry-After."""
+    p = write_config(serving_dir, tiny_workdir, "tooshort", OPEN, final_threshold_small=1.01)
+    with running_server(create_app(p)) as base:
+        fault(base, tier="small", delay_ms=200)
+        r = post(base, {"text": HAM, "deadline_ms": 1e-6})
+        assert r.status_code == 504 and r.json()["error"] == "DeadlineError", r.text
+        assert "retry-after" not in r.headers
+        assert post(base, {"text": HAM}).status_code == 200  # the idle gateway still answers a sane deadline
+
+
 def test_a_request_that_waited_too_long_on_the_event_loop_is_refused_at_the_door(serving_dir, tiny_workdir):
     p = write_config(serving_dir, tiny_workdir, "loopwait", {"max_loop_wait_ms": 0.001, "min_open_requests": 0})
     with running_server(create_app(p)) as base:

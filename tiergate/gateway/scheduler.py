@@ -388,10 +388,11 @@ class Scheduler:
                 missing += 1
                 if not p.started:
                     queued.append(p)
-        if missing and len(queued) == missing:
-            # None of them was started: the work was shed, not failed, so the answer is the overload one (429
-            # with a Retry-After), which a client retries, rather than a 504, which says a tier was too slow.
-            r = self.runners[queued[0].tier]
+        r = self.runners[queued[0].tier] if queued else None
+        if missing and len(queued) == missing and r is not None and r.load > missing:
+            # None of them was started and other work was ahead of them: the work was shed, not failed, so the
+            # answer is the overload one (429 with a Retry-After), which a client retries, rather than a 504,
+            # which says a tier was too slow. With nothing ahead the deadline was too short for an idle tier: 504.
             m.REJECTED.labels(r.name).inc()
             retry = min(60, max(1, math.ceil(r.load * r.seconds_per_item / r.serving.threads)))
             req.error = OverloadedError(
