@@ -5,6 +5,10 @@ The second table is the wide path's (issue 16's lead: a frozen LR over the hashe
 fine-tuned encoder corrects; ``*-wide`` runs): the LR alone (``*-wide-lr``) and the whole model, upcycled and
 dense, each against the small tier fitted in the same device call.
 
+``--seeds`` prints the seed-spread table of the vocabulary-path recipe (headers + 512 tokens, 8 epochs, lr 1e-4):
+every run of a variant found under its name pattern (``spamU<seed>-upcycled-vocab``, ``spamD<seed>-dense-vocab``,
+...), its test errors, their mean and range, and accuracy on the items the small tier escalates.
+
 ``--average`` first writes ``NAME-avg-char.json``: the fine-tuned tier's probabilities averaged with the
 independent character n-gram member's (both files must hold ``proba``), then drops ``proba`` from files over
 1 MB so the results stay small in git. Without it, prints the markdown table of docs/benchmarks.md.
@@ -103,10 +107,56 @@ def run_line(p: Path) -> str:
             f"{d['active_params_per_token'] / 1e6:.1f}M |")
 
 
+# the seed-spread rows: (data, small tier's run, [(variant label, glob of its runs)])
+SEED_ROWS = [
+    ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab"),
+                                            ("dense + vocab", "spamD*-dense-vocab"),
+                                            ("upcycled + hashed", "spamH[0-9]*-upcycled-wide")]),
+    ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab"),
+                                              ("dense + vocab", "groupsD*-dense-vocab")]),
+    ("debian-packages", "debian-small", [("upcycled + vocab", "debianV*-upcycled-vocab"),
+                                         ("dense + vocab", "debianV*-dense-vocab")]),
+]
+
+
+def seed_rows() -> None:
+    print("| data | variant | runs | test errors per run [seed] | mean (× small) | range | escalated: mean acc "
+          "(small) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, small, variants in SEED_ROWS:
+        s = load(small)
+        if s is None:
+            continue
+        labels, ids = s["labels"], s["ids"]
+        y = np.array(s["y"])
+        esc = np.array(s["conf"]) < ESCALATE_BELOW
+        small_err = int((aligned(s, ids, labels) != y).sum())
+        small_esc = (aligned(s, ids, labels)[esc] == y[esc]).mean()
+        for name, pattern in variants:
+            runs = sorted(p.stem for p in R.glob(f"{pattern}.json") if not p.stem.endswith("-lr"))
+            errs, accs, cells_ = [], [], []
+            for r in runs:
+                pred = aligned(load(r), ids, labels)
+                errs.append(int((pred != y).sum()))
+                accs.append((pred[esc] == y[esc]).mean())
+                seed = load(r).get("seed", r.split("-")[0])
+                cells_.append(f"{errs[-1]} [{seed}]")
+            if not runs:
+                continue
+            mean = float(np.mean(errs))
+            print(f"| {label} | {name} | {len(runs)} | {', '.join(cells_)} | {mean:.1f} ({mean / max(small_err, 1):.2f}×; "
+                  f"small {small_err}) | {min(errs)}-{max(errs)} | {np.mean(accs):.1%} ({small_esc:.1%}, "
+                  f"{esc.sum()} items) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--average", action="store_true")
+    ap.add_argument("--seeds", action="store_true")
     args = ap.parse_args()
+    if args.seeds:
+        seed_rows()
+        return
     if args.average:
         for _, char, ft in SETS:
             average(f"{ft}-upcycled", f"{char}-char", f"{ft}-avg-char")

@@ -317,8 +317,19 @@ def ft7() -> Preset:
                   ("spamassassin",), jobs, fine=True)
 
 
+def ft8() -> Preset:
+    t = _env_num("T", 530)
+    jobs = [finetune(f"debianV{v[0]}{s}", "debian-packages", t, "--variants", f"{v}-vocab", "--seed", s)
+            for v in ("dense", "upcycled") for s in (0, 1, 2)]
+    jobs += [finetune(f"groupsU{s}", GROUPS, t, *MAIL, "--variants", "upcycled-vocab", "--seed", s) for s in (1, 2)]
+    return Preset("debian-packages with the vocabulary path at three seeds each, dense and upcycled (ft2's single "
+                  "runs did not come back as files), and the five groups upcycled at seeds 1-2 again, for the "
+                  "seed-spread table (experiments/finetune_table.py --seeds)", (GROUPS, "debian-packages"), jobs,
+                  fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
-                                                                     call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7)}
+                                                                     call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
