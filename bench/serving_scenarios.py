@@ -218,14 +218,15 @@ def wait_recovered(server: ServerProcess, bodies: list[bytes], limit_s: float = 
 
 
 def server_counts(server: ServerProcess) -> dict[str, float]:
-    """The gateway's refusals by reason and its loop-lag histogram, from /metrics (cumulative)."""
+    """The gateway's refusals by reason, its loop-lag histogram and its collector pauses, from /metrics
+    (cumulative)."""
     status, _, text = asyncio.run(call(server.url + "/metrics", timeout_s=10))
     out: dict[str, float] = {}
     if status != 200:
         return out
     for line in text.decode().splitlines():
         if line.startswith(("tiergate_rejected_total{", "tiergate_loop_lag_seconds_bucket{",
-                            "tiergate_loop_lag_seconds_count")):
+                            "tiergate_loop_lag_seconds_count", "tiergate_gc_pause_seconds_")):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out

@@ -204,6 +204,10 @@ class ServerConfig(_Strict):
     # (measured: 1,000 connections waited 5-18 s to be accepted while the gateway served 1,800 req/s, so
     # health checks on new connections took seconds), where asyncio's accepts every waiting one at once.
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    # Once the models and rules are loaded, move every object alive then out of the collector's reach
+    # (gc.freeze): the oldest generation's collections then walk only what requests allocate, not the whole
+    # heap of tokenizers, rule tables and configuration (tiergate_gc_pause_seconds shows the pauses).
+    gc_freeze: bool = True
     # ... and no request is refused for its wait on the loop while at most this many are open: a closed-loop
     # client with that many connections waits behind its own requests, which is not overload.
     min_open_requests: int = Field(default=32, ge=0)

@@ -185,6 +185,8 @@ def test_any_deadline_header_is_not_a_server_error(fuzz_base, value):
         ms = float("nan")
     if r.status_code == 504:  # documented for a deadline too short for any model tier
         assert r.json()["error"] == "DeadlineError" and 0 < ms < 1000, (value, r.text)
+    elif r.status_code == 429:  # a short deadline passed while the item still waited in a batch: shed
+        assert r.json()["error"] == "OverloadedError" and "retry-after" in r.headers and 0 < ms < 1000, (value, r.text)
     else:
         assert r.status_code == (200 if ms > 0 else 422), (value, r.status_code, r.text[:300])
 

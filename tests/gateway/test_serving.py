@@ -544,3 +544,22 @@ def test_models_hot_swap_keeps_the_old_models_on_a_corrupt_file(serving_dir, tin
         assert httpx.get(base + "/readyz").json()["tiers"][1]["version"] != v0
         assert post(base, {"text": HAM}).status_code == 200
         assert scrape(base)['tiergate_model_reloads_total{outcome="rejected"}'] == 1
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_heap_is_frozen_once_loaded_and_collector_pauses_are_measured(serving_dir, tiny_workdir, freeze):
+    import gc
+
+    p = write_config(serving_dir, tiny_workdir, f"gc{freeze}", {"gc_freeze": freeze})
+    gc.unfreeze()
+    try:
+        with running_server(create_app(p)) as base:
+            assert (gc.get_freeze_count() > 0) is freeze
+            for _ in range(5):
+                assert post(base, {"text": HAM}).status_code == 200
+            gc.collect(0)  # explicit collections are timed as well
+            m = scrape(base)
+            assert m['tiergate_gc_pause_seconds_count{generation="0"}'] >= 1
+            assert m['tiergate_gc_pause_seconds_sum{generation="0"}'] > 0
+    finally:
+        gc.unfreeze()

@@ -3,6 +3,8 @@ sets initialised up front, histograms rather than summaries, attempts beside fai
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -151,3 +153,24 @@ def record(decisions: Sequence[Decision], cost_per_item: dict[str, float]) -> No
             COST.labels(t).inc(cost_per_item.get(t, 0.0))
         BASELINE.inc(d.baseline_cost_usd)
         SAVED.inc(d.baseline_cost_usd - d.cost_usd)  # may be negative: an escalated item costs more
+
+
+# The collector's pauses: every request of the process waits while one runs, so they set the floor of the tail.
+GC_PAUSE = Histogram("tiergate_gc_pause_seconds", "Time the process stood still in one garbage collection, by "
+                     "generation", ["generation"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                           0.025, 0.05, 0.1, 0.25))
+_GC_PAUSES = [GC_PAUSE.labels(str(g)) for g in range(3)]
+_gc_start = [0.0]
+
+
+def _on_gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_start[0] = time.perf_counter()
+    elif _gc_start[0]:
+        _GC_PAUSES[info["generation"]].observe(time.perf_counter() - _gc_start[0])
+
+
+def watch_gc() -> None:
+    """Time every collection into ``tiergate_gc_pause_seconds`` (idempotent)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)

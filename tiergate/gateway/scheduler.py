@@ -47,13 +47,15 @@ _LOOP_FLOOR_S = 0.002
 
 
 class _Request:
-    __slots__ = ("decisions", "left", "future", "deadline", "cfgs", "compute_s", "done", "error", "items")
+    __slots__ = ("decisions", "left", "future", "deadline", "budget_s", "cfgs", "compute_s", "done", "error",
+                 "items")
 
-    def __init__(self, n: int, cfgs: Sequence[TierConfig], deadline: float, future: asyncio.Future):
+    def __init__(self, n: int, cfgs: Sequence[TierConfig], deadline_s: float, future: asyncio.Future):
         self.decisions: list[Decision | None] = [None] * n
         self.left = n
         self.future = future
-        self.deadline = deadline           # time.perf_counter() by which the answer is due
+        self.budget_s = deadline_s         # the whole deadline, as asked
+        self.deadline = time.perf_counter() + deadline_s  # time.perf_counter() by which the answer is due
         self.cfgs = cfgs                   # thresholds of this request (a stricter epsilon replaces them)
         self.compute_s = 0.0               # wall time of the batches this request took part in, each once
         self.done = False
@@ -225,7 +227,7 @@ class Scheduler:
         if final_only and self.last:
             m.ESCALATION_REASONS.labels(self.cfgs[0].name, "override").inc(len(texts))
         loop = asyncio.get_running_loop()
-        req = _Request(len(texts), cfgs or self.cfgs, time.perf_counter() + deadline_s, loop.create_future())
+        req = _Request(len(texts), cfgs or self.cfgs, deadline_s, loop.create_future())
         self.inflight += 1
         self._idle.clear()
         m.INFLIGHT.inc()
@@ -389,10 +391,10 @@ class Scheduler:
                 if not p.started:
                     queued.append(p)
         r = self.runners[queued[0].tier] if queued else None
-        if missing and len(queued) == missing and r is not None and r.load > missing:
-            # None of them was started and other work was ahead of them: the work was shed, not failed, so the
-            # answer is the overload one (429 with a Retry-After), which a client retries, rather than a 504,
-            # which says a tier was too slow. With nothing ahead the deadline was too short for an idle tier: 504.
+        if missing and len(queued) == missing and r is not None and req.budget_s >= r.seconds_per_item:
+            # None of them was started: the work was shed, not failed, so the answer is the overload one (429
+            # with a Retry-After), which a client retries, rather than a 504, which says a tier was too slow.
+            # A deadline shorter than the tier's time for one item would fail again on an idle gateway: 504.
             m.REJECTED.labels(r.name).inc()
             retry = min(60, max(1, math.ceil(r.load * r.seconds_per_item / r.serving.threads)))
             req.error = OverloadedError(

@@ -4,6 +4,7 @@ life cycle around it (loading in the background, hot swap of models, draining at
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -93,6 +94,9 @@ class GatewayState:
         _publish(cascade)
         self.history.interval_s = cascade.config.metrics.status_sample_s
         self.history.start()
+        m.watch_gc()
+        if cascade.config.server.gc_freeze:
+            refreeze()
         m.READY.set(1)
         if not os.environ.get(TOKEN_ENV):
             log.warning("%s is not set: the /admin/* endpoints are disabled", TOKEN_ENV)
@@ -206,6 +210,9 @@ class GatewayState:
         await old.drain(self.server.shutdown_grace_s)
         await old.stop()
         _close_new(old.cascade, new)
+        del old
+        if self.server.gc_freeze:
+            refreeze()
 
     # -------------------------------------------------------------------------------------------- stop
     async def shutdown(self) -> None:
@@ -277,3 +284,11 @@ def _publish(cascade: Cascade, old: Cascade | None = None) -> None:
     labels = m.metric_labels(cfg.labels or cascade.final.labels, cfg.metrics.label_values, cfg.metrics.top_labels)
     m.init_labels([(tc.name, tc.kind, t.version(), tc.threshold.default, tc.cost.usd_per_item)
                    for t, tc in zip(cascade.tiers, cfg.tiers, strict=True)], labels, cfg.metrics.savings_target)
+
+
+def refreeze() -> None:
+    """Thaw the objects frozen at start so the old models' cycles can be collected, then freeze what lives
+    now (one full collection, once per model swap)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
