@@ -111,6 +111,7 @@ class Pending:
     degraded_reason: str = ""
     enqueued: float = 0.0
     started: bool = False                 # its batch on ``tier`` is computing (a deadline still pays for it)
+    started_at: float = 0.0               # when that batch began (time.perf_counter())
     background: bool = False              # a shadow audit: off any request's path, so admission does not count it
 
 
@@ -246,7 +247,7 @@ class TierRunner:
             if getattr(p.request, "deadline", _NEVER) - now < need and now - p.enqueued > need:
                 self._shed.inc()  # it waited behind other work: shed, not tried
                 continue
-            p.started = True
+            p.started, p.started_at = True, now
             batch.append(p)
         return batch
 
@@ -313,7 +314,7 @@ class TierRunner:
         m.TIER_BATCHES.labels(self.name).inc()
         m.QUEUE_WAIT.labels(self.name).observe(0.0)
         for p in items:
-            p.tier, p.enqueued, p.started = self.index, t0, True
+            p.tier, p.enqueued, p.started, p.started_at = self.index, t0, True, t0
         try:
             outs = self._counted(self.tier.predict(self._parsed(items)), items)
         except Exception as e:

@@ -376,8 +376,12 @@ class Scheduler:
             req.future.set_result(None)  # type: ignore[attr-defined]
 
     def _expire(self, req: _Request) -> None:
-        """The deadline passed: answer every undecided item with its best answer so far (degraded)."""
-        missing, queued = 0, []
+        """The deadline passed: answer every undecided item with its best answer so far (degraded). An item
+        with no answer at all makes the request a 504 when a tier is what was slow (it computed the item for
+        more than half the deadline, or its measured time for one item exceeds the whole deadline) and a 429
+        with Retry-After otherwise: the item spent its time waiting (in a queue, or for the busy event loop)."""
+        missing, slow, waited_on = 0, False, None
+        now = time.perf_counter()
         for p in req.items:
             if req.decisions[p.k] is not None:
                 continue
@@ -386,20 +390,20 @@ class Scheduler:
                 p.cost += self.cost[p.tier]
             if p.best is not None:
                 self._decide(p, *p.best, degraded="deadline")
-            else:
-                missing += 1
-                if not p.started:
-                    queued.append(p)
-        r = self.runners[queued[0].tier] if queued else None
-        if missing and len(queued) == missing and r is not None and req.budget_s >= r.seconds_per_item:
-            # None of them was started: the work was shed, not failed, so the answer is the overload one (429
-            # with a Retry-After), which a client retries, rather than a 504, which says a tier was too slow.
-            # A deadline shorter than the tier's time for one item would fail again on an idle gateway: 504.
+                continue
+            missing += 1
+            r = self.runners[p.tier]
+            if req.budget_s < r.seconds_per_item or (p.started and now - p.started_at > req.budget_s / 2):
+                slow = True
+            elif waited_on is None:
+                waited_on = r
+        if missing and not slow and waited_on is not None:
+            r = waited_on
             m.REJECTED.labels(r.name).inc()
             retry = min(60, max(1, math.ceil(r.load * r.seconds_per_item / r.serving.threads)))
             req.error = OverloadedError(
                 f"{missing} of {len(req.decisions)} item(s) were still waiting for tier {r.name} when the deadline "
-                f"passed ({r.load} items ahead); nothing was computed for them: retry in {retry} s",
+                f"passed ({r.load} items ahead); nothing was computed for them in time: retry in {retry} s",
                 retry_after_s=retry)
         elif missing:
             req.error = DeadlineError(f"the deadline passed before any model tier answered {missing} of "
