@@ -563,3 +563,45 @@ def test_the_heap_is_frozen_once_loaded_and_collector_pauses_are_measured(servin
             assert m['tiergate_gc_pause_seconds_sum{generation="0"}'] > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_tier_process_ends_when_its_gateway_is_killed(tiny_workdir, tmp_path):
+    """SIGKILL gives the gateway no chance to shut its pool down: the child notices its parent is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "hold.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        "from pathlib import Path\n"
+        "from tiergate.config import TierConfig\n"
+        "from tiergate.gateway.worker import ProcessTier\n"
+        "if __name__ == '__main__':\n"
+        "    tc = TierConfig(name='small', kind='onnx', path=sys.argv[1])\n"
+        "    t = ProcessTier(tc, Path(sys.argv[1]).parent)\n"
+        "    print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_workdir / "small")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        children = [int(x) for x in proc.stdout.readline().split()]
+        assert children
+        assert all(os.path.exists(f"/proc/{c}") for c in children)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.2)
+        assert not any(_alive(c) for c in children), "a tier process outlived its gateway"
+    finally:
+        proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
