@@ -107,9 +107,46 @@ def record(ds, test, labels, proba_NC, extra: dict) -> dict:
             "proba": np.round(proba_NC, 5).tolist(), **extra}
 
 
+ENSEMBLE = ("upcycled-vocab", "dense-wide")  # the finetune-ensemble preset's members (ENSEMBLE_MEMBERS)
+
+
+def run_ensemble(ds, name: str, args, out: Path) -> dict:
+    """``--variants ensemble``: the finetune-ensemble preset's two recipes, under this run's recipe flags,
+    trained by ``train_ensemble`` into one artifact and served as its ``EnsembleTier``; each member's own
+    test probabilities are written too (``<name>-ensemble-m<k>.json``)."""
+    from tiergate.models.ensemble import EnsembleTier
+    from tiergate.models.finetune_io import FinetuneTier
+    from tiergate.training.finetune_run import train_ensemble
+
+    model_dir = Path(args.models) / f"{name}-ensemble"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    manifest = train_ensemble(ds, model_dir, members=[(variant_cfg(v, args), k) for k, v in enumerate(ENSEMBLE)],
+                              seed=args.seed, progress=False)
+    test = ds.split("test")
+    items = [make_item(e.text) for e in test]
+    tier = EnsembleTier.load(model_dir, lambda d: FinetuneTier.load(d, device=device, batch_size=args.serve_batch))
+    proba = tier.predict_proba(items)
+    ms = serve_ms(tier, items, device)
+    for k, m in enumerate(tier.members):
+        mrec = record(ds, test, m.labels, m.predict_proba(items), {"variant": f"ensemble member {k}: {ENSEMBLE[k]}"})
+        (out / f"{name}-ensemble-m{k}.json").write_text(json.dumps(mrec))
+    rec = record(ds, test, tier.labels, proba, {
+        "variant": "ensemble", "members": list(ENSEMBLE), "model_dir": str(model_dir),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "serve_ms_per_item": round(ms, 3),
+        "train_seconds": sum(mm["metrics"]["train_seconds"] for mm in manifest["member_manifests"]),
+        "total_seconds": manifest["total_seconds"],
+        "holdout_acc": [mm["metrics"]["holdout_acc"] for mm in manifest["member_manifests"]],
+        "steps": [mm["metrics"]["steps"] for mm in manifest["member_manifests"]]})
+    (out / f"{name}-ensemble.json").write_text(json.dumps(rec))
+    return rec
+
+
 def run_variant(ds, name: str, variant: str, args, out: Path) -> dict:
     from tiergate.models.finetune_io import FinetuneTier
     from tiergate.training.finetune_run import train_finetune
+
+    if variant == "ensemble":
+        return run_ensemble(ds, name, args, out)
 
     model_dir = Path(args.models) / f"{name}-{variant}"
     t0 = time.perf_counter()

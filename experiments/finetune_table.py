@@ -9,6 +9,8 @@ dense, each against the small tier fitted in the same device call.
 every run of a variant found under its name pattern (``spamU<seed>-upcycled-vocab``, ``spamD<seed>-dense-vocab``,
 ...), its test errors, their mean and range, and accuracy on the items the small tier escalates.
 
+``--pairs`` prints every two of those runs averaged (what ``--preset finetune-ensemble`` serves).
+
 ``--average`` first writes ``NAME-avg-char.json``: the fine-tuned tier's probabilities averaged with the
 independent character n-gram member's (both files must hold ``proba``), then drops ``proba`` from files over
 1 MB so the results stay small in git. Without it, prints the markdown table of docs/benchmarks.md.
@@ -111,9 +113,11 @@ def run_line(p: Path) -> str:
 SEED_ROWS = [
     ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab"),
                                             ("dense + vocab", "spamD*-dense-vocab"),
-                                            ("upcycled + hashed", "spamH[0-9]*-upcycled-wide")]),
+                                            ("upcycled + hashed", "spamH[0-9]*-upcycled-wide"),
+                                            ("dense + hashed", "spamH[0-9]*d-dense-wide")]),
     ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab"),
-                                              ("dense + vocab", "groupsD*-dense-vocab")]),
+                                              ("dense + vocab", "groupsD*-dense-vocab"),
+                                              ("dense + hashed", "groupsH8d-dense-wide")]),
     ("debian-packages", "debian-small", [("upcycled + vocab", "debianV*-upcycled-vocab"),
                                          ("dense + vocab", "debianV*-dense-vocab")]),
 ]
@@ -149,13 +153,48 @@ def seed_rows() -> None:
                   f"{esc.sum()} items) |")
 
 
+def pair_rows() -> None:
+    """Every two runs of a data set's seed rows averaged (the ``finetune-ensemble`` question): test errors and
+    accuracy on the items the small tier escalates."""
+    import itertools
+
+    print("| data | member A | member B | errors A / B | averaged: errors (× small) | escalated acc (small) |")
+    print("|---|---|---|---|---|---|")
+    for label, small, variants in SEED_ROWS:
+        s = load(small)
+        if s is None:
+            continue
+        y, ids = np.array(s["y"]), s["ids"]
+        esc = np.array(s["conf"]) < ESCALATE_BELOW
+        small_err = int((aligned(s, ids, s["labels"]) != y).sum())
+        small_esc = (aligned(s, ids, s["labels"])[esc] == y[esc]).mean()
+        runs = sorted({p.stem for _, pat in variants for p in R.glob(f"{pat}.json") if not p.stem.endswith("-lr")})
+        proba = {}
+        for r in runs:
+            rec = load(r)
+            if "proba" in rec:
+                cols = [rec["labels"].index(lab) for lab in s["labels"]]
+                by_id = dict(zip(rec["ids"], np.asarray(rec["proba"])[:, cols], strict=True))
+                proba[r] = np.stack([by_id[i] for i in ids])
+        for a, b in itertools.combinations(sorted(proba), 2):
+            ea, eb = (int((proba[r].argmax(1) != y).sum()) for r in (a, b))
+            pred = (proba[a] + proba[b]).argmax(1)
+            err = int((pred != y).sum())
+            print(f"| {label} | {a} | {b} | {ea} / {eb} | {err} ({err / max(small_err, 1):.2f}×; small {small_err}) "
+                  f"| {(pred[esc] == y[esc]).mean():.1%} ({small_esc:.1%}) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--average", action="store_true")
     ap.add_argument("--seeds", action="store_true")
+    ap.add_argument("--pairs", action="store_true")
     args = ap.parse_args()
     if args.seeds:
         seed_rows()
+        return
+    if args.pairs:
+        pair_rows()
         return
     if args.average:
         for _, char, ft in SETS:

@@ -328,8 +328,18 @@ def ft8() -> Preset:
                   fine=True)
 
 
+def ft9() -> Preset:
+    t = _env_num("T", 530)
+    jobs = [finetune(f"spamE{s}", "spamassassin", t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (0, 2)]
+    jobs += [finetune(f"groupsE{s}", GROUPS, t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (0, 2)]
+    jobs += [finetune("debianE0", "debian-packages", t, "--variants", "ensemble")]
+    return Preset("the finetune-ensemble preset trained end to end (upcycled + vocab with dense + hashed, averaged) "
+                  "on spamassassin and the five groups at two seeds, debian-packages at one; each member's own "
+                  "test probabilities kept", (GROUPS, "spamassassin", "debian-packages"), jobs, fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
-                                                                     call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8)}
+                                                                     call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9)}
 
 
 # ------------------------------------------------------------------------------------------------------- run

@@ -128,12 +128,18 @@ def _build_onnx(tc: TierConfig, path: Path) -> Tier:
 
 
 def _build_torch(tc: TierConfig, path: Path) -> Tier:
+    from tiergate.models.ensemble import EnsembleTier, is_ensemble_artifact
     from tiergate.models.finetune_io import FinetuneTier, is_finetune_artifact
     from tiergate.models.large import LargeTier
 
-    if is_finetune_artifact(path):  # config.json's kind says which torch model the folder holds
-        return FinetuneTier.load(path, runtime=tc.runtime)
-    return LargeTier.load(path)
+    def load(d: Path) -> Tier:
+        if is_finetune_artifact(d):  # config.json's kind says which torch model the folder holds
+            return FinetuneTier.load(d, runtime=tc.runtime)
+        return LargeTier.load(d)
+
+    if is_ensemble_artifact(path):  # ensemble.json: members under members/, each loaded as above
+        return EnsembleTier.load(path, load)
+    return load(path)
 
 
 register_tier_kind("rules", _build_rules, Capabilities(distribution=False, light=True))

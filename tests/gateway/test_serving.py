@@ -141,12 +141,13 @@ def test_an_item_still_queued_at_its_deadline_is_shed_with_429(serving_dir, tiny
             assert first.result().status_code == 200
 
 
-def test_a_deadline_shorter_than_an_idle_tiers_batch_is_a_504_not_a_429(serving_dir, tiny_workdir):
-    """Nothing was ahead of the item: a retry with the same deadline would fail again, so no Retry-After."""
+def test_a_deadline_shorter_than_a_tiers_time_for_one_item_is_a_504_not_a_429(serving_dir, tiny_workdir):
+    """The tier is the slow part: a retry with the same deadline would fail again, so no Retry-After."""
     p = write_config(serving_dir, tiny_workdir, "tooshort", OPEN, final_threshold_small=1.01)
     with running_server(create_app(p)) as base:
         fault(base, tier="small", delay_ms=200)
-        r = post(base, {"text": HAM, "deadline_ms": 1e-6})
+        assert post(base, {"text": HAM}).status_code == 200  # the runner learns the small tier's 200 ms
+        r = post(base, {"text": HAM, "deadline_ms": 1e-6})  # served with the 1 ms floor: under one item's time
         assert r.status_code == 504 and r.json()["error"] == "DeadlineError", r.text
         assert "retry-after" not in r.headers
         assert post(base, {"text": HAM}).status_code == 200  # the idle gateway still answers a sane deadline

@@ -85,21 +85,32 @@ class FinetuneConfig:
 def finetune_preset(name: str = "finetune") -> FinetuneConfig:
     """Named presets: ``finetune`` (top 2 blocks upcycled) and ``finetune-dense`` (n_upcycled=0), both with the
     wide path over word + char n-grams of a fitted vocabulary (the quick preset's ``VocabWide``, C = 32); a
-    ``-nowide`` suffix drops it (``finetune-nowide``, ``finetune-dense-nowide``: the ablation).
+    ``-nowide`` suffix drops it (``finetune-nowide``, ``finetune-dense-nowide``: the ablation), a ``-hashed``
+    suffix puts the LR over the hashed n-gram bag in its place. ``finetune-ensemble`` (see
+    :data:`ENSEMBLE_MEMBERS` and tiergate.models.ensemble) is trained by ``train_finetune`` as two of these.
 
     Measured on the H200 (test split, errors of the final tier alone; docs/benchmarks.md, "The fine-tuned large
     tier"): without a wide path -> the hashed LR -> the fitted vocabulary: debian-packages 1025 -> 899 -> 884
     (small tier 1054), five groups at 512 tokens with headers and 8 epochs 21 -> 17 -> mean 14.3 over six runs
     (small tier 17; finetune-dense: mean 12.3 over three). On spamassassin the hashed path made 10 errors and the
     vocabulary path 12 (two runs) against the small tier's 11."""
-    base, wide = (name[: -len("-nowide")], False) if name.endswith("-nowide") else (name, True)
-    extra = {"wide": True, "wide_features": "vocab", "wide_C": [32.0]} if wide else {"wide": False}
+    if name.endswith("-nowide"):
+        base, extra = name[: -len("-nowide")], {"wide": False}
+    elif name.endswith("-hashed"):  # the hashed n-gram bag's LR (C = 16), the ensemble's second member
+        base, extra = name[: -len("-hashed")], {"wide": True, "wide_features": "hashed"}
+    else:
+        base, extra = name, {"wide": True, "wide_features": "vocab", "wide_C": [32.0]}
     if base == "finetune":
         return FinetuneConfig(**extra)
     if base == "finetune-dense":
         return FinetuneConfig(n_upcycled=0, **extra)
-    raise ConfigError(f"unknown finetune preset {name!r}: use finetune, finetune-dense, finetune-nowide or "
-                      "finetune-dense-nowide")
+    raise ConfigError(f"unknown finetune preset {name!r}: use finetune, finetune-dense (each optionally with "
+                      "-nowide or -hashed) or finetune-ensemble")
+
+
+# finetune-ensemble: (member preset, seed offset) per member, averaged with equal weights. Different recipes on
+# purpose: their errors overlap least (docs/benchmarks.md, "The spread across seeds").
+ENSEMBLE_MEMBERS = (("finetune", 0), ("finetune-dense-hashed", 1))
 
 
 def config_to_dict(cfg: FinetuneConfig) -> dict:

@@ -27,6 +27,7 @@ import torch
 from tiergate.data.items import make_item
 from tiergate.errors import ConfigError
 from tiergate.models.finetune import (
+    ENSEMBLE_MEMBERS,
     FinetuneClassifier,
     FinetuneConfig,
     config_from_dict,
@@ -141,7 +142,11 @@ def runtime_here(**kw):
 def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", nproc: int = 1, seed: int = 0,
                    max_steps: int | None = None, selection=None, progress: bool = True) -> dict:
     """Fine-tune on ``dataset.split("train")`` (restricted to the ``selection`` ids when given), save the
-    artifact to ``out_dir``, return its manifest."""
+    artifact to ``out_dir``, return its manifest. ``cfg="finetune-ensemble"`` trains the members of
+    ``ENSEMBLE_MEMBERS`` one after the other, each by this same path, into ``out_dir/members/<k>``."""
+    if cfg == "finetune-ensemble":
+        return train_ensemble(dataset, out_dir, nproc=nproc, seed=seed, max_steps=max_steps, selection=selection,
+                              progress=progress)
     t0 = time.perf_counter()
     cfg = finetune_preset(cfg) if isinstance(cfg, str) else config_from_dict(config_to_dict(cfg))
     cfg.train.seed = seed
@@ -176,6 +181,45 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
     runtime["pretrained"] = str(weights) if weights else None
     return save_finetune(out, model, prep.labels, tokenizer_json, metrics=metrics, runtime=runtime,
                          data_fingerprint=prep.data_fingerprint, history=history, vocab_wide=prep.vocab_wide)
+
+
+def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1, seed: int = 0,
+                   max_steps: int | None = None, selection=None, progress: bool = True) -> dict:
+    """The ``finetune-ensemble`` preset: every ``(preset or FinetuneConfig, seed offset)`` of ``members``
+    (default ``ENSEMBLE_MEMBERS``) trained by :func:`train_finetune` at ``seed`` + its offset, then
+    ``ensemble.json`` (tiergate.models.ensemble). The manifest returned holds the members' manifests. A member
+    left by an earlier run is trained again: the folder is rewritten whole, so a half-written ensemble never
+    mixes two runs."""
+    import shutil
+
+    from tiergate.models.ensemble import MANIFEST, write_manifest
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # no ensemble.json until every member is written
+    t0 = time.perf_counter()
+    names, manifests = [], []
+    for k, (member, offset) in enumerate(members):
+        d = out / "members" / str(k)
+        if d.exists():
+            shutil.rmtree(d)
+        if progress:
+            print(f"ensemble member {k + 1} of {len(members)}: {_preset_name(member)}, seed {seed + offset}",
+                  flush=True)
+        manifests.append(train_finetune(dataset, d, cfg=member, nproc=nproc, seed=seed + offset,
+                                        max_steps=max_steps, selection=selection, progress=progress))
+        names.append(str(k))
+    labels = json.loads((out / "members" / "0" / "config.json").read_text())["labels"]
+    doc = write_manifest(out, names, [1.0] * len(names), labels,
+                         presets=[_preset_name(p) for p, _ in members], seeds=[seed + o for _, o in members],
+                         total_seconds=round(time.perf_counter() - t0, 2))
+    return {**doc, "member_manifests": manifests}
+
+
+def _preset_name(member) -> str:
+    if isinstance(member, str):
+        return member
+    return f"custom (n_upcycled={member.n_upcycled}, wide={member.wide_features if member.wide else 'off'})"
 
 
 # ------------------------------------------------------------------------------------------ N processes
