@@ -104,3 +104,13 @@ def test_members_must_share_their_labels():
     b = FunctionTier("b", ["ham", "eggs"], lambda t: np.tile([0.5, 0.5], (len(t), 1)))
     with pytest.raises(ModelError, match="disagree on the labels"):
         EnsembleTier([a, b], [1, 1])
+
+
+def test_capabilities_are_the_members():
+    from tiergate.tiers import Capabilities, FunctionTier
+
+    f = lambda t: np.tile([0.5, 0.5], (len(t), 1))  # noqa: E731
+    a = FunctionTier("a", ["ham", "spam"], f, Capabilities(max_batch=32))
+    b = FunctionTier("b", ["ham", "spam"], f, Capabilities(batch_invariant=False, max_batch=8))
+    assert EnsembleTier([a, b], [1, 1]).capabilities == Capabilities(batch_invariant=False, max_batch=8)
+    assert EnsembleTier([a], [1]).capabilities == Capabilities(max_batch=32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 import time
@@ -63,7 +64,7 @@ def init(tc_json: dict, base: str, model_dirs: list[str], max_chars: int) -> Non
     # Below the gateway's own priority: when the cores are short, the event loop (probes, 429s, routing) runs
     # first and the models take what is left, instead of the loop waiting behind a batch.
     os.nice(NICE)
-    _watch_parent(os.getppid())
+    _watch_parent()
     _MAX_CHARS = max_chars
     try:
         _TIER = build_tier(TierConfig.model_validate(tc_json), Path(base), model_dirs=model_dirs)
@@ -71,15 +72,19 @@ def init(tc_json: dict, base: str, model_dirs: list[str], max_chars: int) -> Non
         _INIT_ERROR = (type(e).__name__, str(e))
 
 
-def _watch_parent(parent: int, every_s: float = 1.0) -> None:
+def _watch_parent() -> None:
     """End this process when the gateway that started it is gone. A gateway killed with SIGKILL (or one that
     crashed) never shuts its pool down, and the pool's children would wait on their queue for ever, each
     holding a copy of the model (seen: two orphans of 190 MB each after a benchmark's server was killed).
-    Polling the parent id rather than PR_SET_PDEATHSIG: that signal follows the thread that spawned the
-    child, and the gateway builds its tiers in a worker thread that may end long before the gateway does."""
+    multiprocessing's parent sentinel (the pipe the parent spawned us through) becomes ready when the parent
+    exits, however it exits; PR_SET_PDEATHSIG would follow the spawning *thread*, and the gateway builds its
+    tiers in a worker thread that may end long before the gateway does."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every_s)
+        multiprocessing.connection.wait([parent.sentinel])
         os._exit(0)
     threading.Thread(target=watch, name="tiergate-parent-watch", daemon=True).start()
 

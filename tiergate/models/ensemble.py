@@ -82,10 +82,10 @@ def _proba(tier: Tier, items: Sequence) -> np.ndarray:
 class EnsembleTier(Tier):
     """The members' probabilities, averaged with ``weights`` (normalised), in the first member's label order.
 
-    Batch-invariant as far as its members are; each member sees the whole batch."""
+    Its capabilities are its members': batch-invariant only if every member is, and no larger a batch than the
+    smallest ``max_batch``; each member sees the whole batch."""
 
     name = "large"
-    capabilities = Capabilities()
 
     def __init__(self, members: Sequence[Tier], weights: Sequence[float], version: str = ""):
         if not members:
@@ -96,6 +96,10 @@ class EnsembleTier(Tier):
             if sorted(m.labels) != sorted(self.labels):
                 raise ModelError(f"ensemble members disagree on the labels: {self.labels} vs {list(m.labels)}")
         self._cols = [[list(m.labels).index(lab) for lab in self.labels] for m in self.members]
+        caps = [m.capabilities for m in self.members]
+        limits = [c.max_batch for c in caps if c.max_batch is not None]
+        self.capabilities = Capabilities(batch_invariant=all(c.batch_invariant for c in caps),
+                                         max_batch=min(limits) if limits else None)
         w = np.asarray(weights, np.float64)
         self.weights = (w / w.sum()).tolist()
         self._version = version

@@ -209,8 +209,7 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
         manifests.append(train_finetune(dataset, d, cfg=member, nproc=nproc, seed=seed + offset,
                                         max_steps=max_steps, selection=selection, progress=progress))
         names.append(str(k))
-    labels = json.loads((out / "members" / "0" / "config.json").read_text())["labels"]
-    doc = write_manifest(out, names, [1.0] * len(names), labels,
+    doc = write_manifest(out, names, [1.0] * len(names), manifests[0]["labels"],
                          presets=[_preset_name(p) for p, _ in members], seeds=[seed + o for _, o in members],
                          total_seconds=round(time.perf_counter() - t0, 2))
     return {**doc, "member_manifests": manifests}
