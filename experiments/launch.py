@@ -20,7 +20,8 @@ anyway, before the device tool's own 600 s limit would end the call and return n
 
 Held-out targets of baselines run in an earlier call are read from that call's merged results
 (``experiments/results/<dir>/results.json``, the ``target_holdout_acc`` of each seed's baseline run), not pasted.
-``T`` (time limit per job, s) and ``BUDGET`` (training budget per run, s) in the environment override a preset's.
+``T`` (time limit per job, s) and ``BUDGET`` (training budget per run, s) in the environment override a preset's;
+``ONLY`` (comma-separated job names) runs those of a preset's jobs only.
 """
 
 from __future__ import annotations
@@ -328,6 +329,18 @@ def ft8() -> Preset:
                   fine=True)
 
 
+def ft10() -> Preset:
+    t = _env_num("T", 530)
+    jobs = [finetune("debianU0", "debian-packages", t, "--variants", "upcycled-vocab"),
+            finetune("debianH1", "debian-packages", t, "--variants", "dense-wide", "--seed", 1),
+            finetune("debianD0", "debian-packages", t, "--variants", "dense-vocab"),
+            finetune("debianU1", "debian-packages", t, "--variants", "upcycled-vocab", "--seed", 1)]
+    return Preset("debian-packages: the finetune-ensemble pairing as two single runs (upcycled + vocab at seed 0, "
+                  "dense + hashed at seed 1; a whole ensemble run does not fit one call there) and dense + vocab, "
+                  "upcycled + vocab at one more seed each, for finetune_table.py --pairs and --seeds",
+                  ("debian-packages",), jobs, fine=True)
+
+
 def ft9() -> Preset:
     t = _env_num("T", 530)
     jobs = [finetune(f"spamE{s}", "spamassassin", t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (0, 2)]
@@ -339,7 +352,8 @@ def ft9() -> Preset:
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
-                                                                     call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9)}
+                                                                     call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
+                                                                     ft10)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
@@ -423,6 +437,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {f().doc}")
         return
     preset = PRESETS[args.preset]()
+    if only := os.environ.get("ONLY"):
+        names = set(only.split(","))
+        if unknown := names - {j.name for j in preset.jobs}:
+            raise SystemExit(f"ONLY names jobs {args.preset} does not have: {sorted(unknown)}")
+        preset.jobs = [j for j in preset.jobs if j.name in names]
     if args.dry_run:
         for job in preset.jobs:
             env = " ".join(f"{k}={v}" for k, v in job.env.items())
