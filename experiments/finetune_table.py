@@ -9,11 +9,13 @@ dense, each against the small tier fitted in the same device call.
 every run of a variant found under its name pattern (``spamU<seed>-upcycled-vocab``, ``spamD<seed>-dense-vocab``,
 ...), its test errors, their mean and range, and accuracy on the items the small tier escalates.
 
-``--pairs`` prints every two of those runs averaged (what ``--preset finetune-ensemble`` serves).
+``--pairs`` prints every two of those single runs averaged (what ``--preset finetune-ensemble`` serves; the
+ensemble's own runs, ``*E<seed>-ensemble``, are seed rows, and their members ``-m0``/``-m1`` single runs).
 
 ``--average`` first writes ``NAME-avg-char.json``: the fine-tuned tier's probabilities averaged with the
-independent character n-gram member's (both files must hold ``proba``), then drops ``proba`` from files over
-1 MB so the results stay small in git. Without it, prints the markdown table of docs/benchmarks.md.
+independent character n-gram member's (both files must hold ``proba``), then moves ``proba`` out of files over
+1 MB into a compressed fp16 ``NAME.proba.npz`` beside them (``--shrink`` does only that) so the results stay
+small in git. Without it, prints the markdown table of docs/benchmarks.md.
 
     python experiments/finetune_table.py --average && python experiments/finetune_table.py
 """
@@ -49,8 +51,27 @@ LR_ALONE = {"spamassassin": "spamassassin-upcycled-wide-lr", "debianW": "debianW
 
 
 def load(name: str) -> dict | None:
+    """A run's record; test probabilities kept beside a large record (``NAME.proba.npz``, fp16) are put back."""
     p = R / f"{name}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    if "proba" not in rec and (side := R / f"{name}.proba.npz").is_file():
+        rec["proba"] = np.load(side)["proba"].astype(np.float32)
+    return rec
+
+
+def shrink(limit: int = 1_000_000) -> None:
+    """Records over ``limit`` bytes keep their test probabilities as a compressed fp16 sidecar (``--pairs`` reads
+    it), except the wide path alone's (``-lr``), whose probabilities nothing reads."""
+    for p in R.glob("*.json"):
+        if p.stat().st_size <= limit:
+            continue
+        d = json.loads(p.read_text())
+        proba = d.pop("proba", None)
+        if proba is not None and not p.stem.endswith("-lr"):
+            np.savez_compressed(R / f"{p.stem}.proba.npz", proba=np.asarray(proba, dtype=np.float16))
+        p.write_text(json.dumps(d))
 
 
 def aligned(rec: dict, ids: list[str], labels: list[str]) -> np.ndarray:
@@ -111,16 +132,25 @@ def run_line(p: Path) -> str:
 
 # the seed-spread rows: (data, small tier's run, [(variant label, glob of its runs)])
 SEED_ROWS = [
-    ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab"),
+    ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE*-ensemble-m0"),
                                             ("dense + vocab", "spamD*-dense-vocab"),
                                             ("upcycled + hashed", "spamH[0-9]*-upcycled-wide"),
-                                            ("dense + hashed", "spamH[0-9]*d-dense-wide")]),
-    ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab"),
+                                            ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1"),
+                                            ("finetune-ensemble", "spamE*-ensemble")]),
+    ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab|groupsE*-ensemble-m0"),
                                               ("dense + vocab", "groupsD*-dense-vocab"),
-                                              ("dense + hashed", "groupsH8d-dense-wide")]),
-    ("debian-packages", "debian-small", [("upcycled + vocab", "debianV*-upcycled-vocab"),
-                                         ("dense + vocab", "debianV*-dense-vocab")]),
+                                              ("dense + hashed", "groupsH8d-dense-wide|groupsE*-ensemble-m1"),
+                                              ("finetune-ensemble", "groupsE[0-9]*-ensemble")]),
+    ("debian-packages", "debianW-small", [("upcycled + vocab", "debian[UV]*-upcycled-vocab"),
+                                         ("dense + vocab", "debian[DV]*-dense-vocab"),
+                                         ("dense + hashed", "debianH*-dense-wide"),
+                                         ("finetune-ensemble", "debian*-ensemble")]),
 ]
+
+
+def matching(pattern: str) -> list[str]:
+    """The runs whose names match any ``|``-separated glob of ``pattern`` (wide-path-alone ``-lr`` files left out)."""
+    return sorted({p.stem for g in pattern.split("|") for p in R.glob(f"{g}.json") if not p.stem.endswith("-lr")})
 
 
 def seed_rows() -> None:
@@ -137,7 +167,7 @@ def seed_rows() -> None:
         small_err = int((aligned(s, ids, labels) != y).sum())
         small_esc = (aligned(s, ids, labels)[esc] == y[esc]).mean()
         for name, pattern in variants:
-            runs = sorted(p.stem for p in R.glob(f"{pattern}.json") if not p.stem.endswith("-lr"))
+            runs = matching(pattern)
             errs, accs, cells_ = [], [], []
             for r in runs:
                 pred = aligned(load(r), ids, labels)
@@ -168,7 +198,7 @@ def pair_rows() -> None:
         esc = np.array(s["conf"]) < ESCALATE_BELOW
         small_err = int((aligned(s, ids, s["labels"]) != y).sum())
         small_esc = (aligned(s, ids, s["labels"])[esc] == y[esc]).mean()
-        runs = sorted({p.stem for _, pat in variants for p in R.glob(f"{pat}.json") if not p.stem.endswith("-lr")})
+        runs = sorted({r for name, pat in variants if name != "finetune-ensemble" for r in matching(pat)})
         proba = {}
         for r in runs:
             rec = load(r)
@@ -189,6 +219,7 @@ def main() -> None:
     ap.add_argument("--average", action="store_true")
     ap.add_argument("--seeds", action="store_true")
     ap.add_argument("--pairs", action="store_true")
+    ap.add_argument("--shrink", action="store_true", help="move large records' probabilities into .proba.npz")
     args = ap.parse_args()
     if args.seeds:
         seed_rows()
@@ -199,11 +230,10 @@ def main() -> None:
     if args.average:
         for _, char, ft in SETS:
             average(f"{ft}-upcycled", f"{char}-char", f"{ft}-avg-char")
-        for p in R.glob("*.json"):
-            if p.stat().st_size > 1_000_000:
-                d = json.loads(p.read_text())
-                d.pop("proba", None)
-                p.write_text(json.dumps(d))
+        shrink()
+        return
+    if args.shrink:
+        shrink()
         return
     print("| data | escalated (small p < 0.95) | small alone | finetune dense | finetune upcycled | upcycled, tuned "
           "recipe | tuned + char n-grams, averaged |")

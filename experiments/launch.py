@@ -351,9 +351,17 @@ def ft9() -> Preset:
                   "test probabilities kept", (GROUPS, "spamassassin", "debian-packages"), jobs, fine=True)
 
 
+def ft11() -> Preset:
+    t = _env_num("T", 530)
+    jobs = [finetune(f"spamE{s}", "spamassassin", t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (1, 3, 4)]
+    jobs += [finetune(f"groupsE{s}", GROUPS, t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (1, 3)]
+    return Preset("the finetune-ensemble preset end to end at more seeds (spamassassin 1, 3, 4; five groups 1, 3), "
+                  "beside ft9's 0 and 2", (GROUPS, "spamassassin"), jobs, fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
                                                                      call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
-                                                                     ft10)}
+                                                                     ft10, ft11)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
