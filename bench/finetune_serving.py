@@ -2,6 +2,7 @@
 
     python bench/finetune_serving.py                                   # the finetune preset's shapes, random weights
     python bench/finetune_serving.py --artifact runs/large --data spamassassin   # a trained tier on real texts
+    python bench/finetune_serving.py --preset finetune-ensemble        # both members' shapes, their sum
 
 Without ``--artifact`` the model is the ``--preset``'s architecture (MiniLM, its top blocks upcycled into 8
 experts, top-2) with random weights and random routers, fed full-length items of ``--tokens`` WordPiece
@@ -44,7 +45,8 @@ def random_model(preset: str, n_classes: int) -> FinetuneClassifier:
     return model.eval()
 
 
-def token_batches(n_items: int, tokens: int, batch: int, wide: bool, n_classes: int) -> list[dict]:
+def token_batches(n_items: int, tokens: int, batch: int, wide: bool, n_classes: int,
+                  bag: bool = False) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     out = []
     for s in range(0, n_items, batch):
@@ -54,6 +56,10 @@ def token_batches(n_items: int, tokens: int, batch: int, wide: bool, n_classes: 
         d = {"ids": ids, "attn": torch.ones(b, tokens, dtype=torch.long)}
         if wide:
             d["wide_logits"] = torch.randn(b, n_classes, generator=g)
+        if bag:  # the hashed wide path: each item's 2,048 heaviest of 2^17 buckets (the preset's max_per_text)
+            d["bag_ids"] = torch.randint(0, 2 ** 17, (b * 2048,), generator=g)
+            d["bag_offsets"] = torch.arange(0, b * 2048, 2048)
+            d["bag_weights"] = torch.rand(b * 2048, generator=g)
         out.append(d)
     return out
 
@@ -70,20 +76,33 @@ def timed(fn, units: int, min_s: float) -> float:
 
 
 def bench_random(args) -> list[dict]:
-    model = random_model(args.preset, 2)
+    """``--preset finetune-ensemble``: each member's architecture timed in turn; the ensemble's time per item is
+    their sum (it runs every member on every item; averaging two probability rows costs nothing beside them).
+    A member with the hashed wide path does not export to ONNX, so its onnx column is its torch time (what
+    ``runtime: auto`` serves it with)."""
+    from tiergate.models.finetune import ENSEMBLE_MEMBERS
+
+    presets = [p for p, _ in ENSEMBLE_MEMBERS] if args.preset == "finetune-ensemble" else [args.preset]
+    models = {p: random_model(p, 2) for p in presets}
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        runner = OnnxRunner(model, threads=threads)
+        runners = {p: OnnxRunner(m, threads=threads) for p, m in models.items() if m.wide is None}
         for bs in args.batches:
-            batches = token_batches(bs, args.tokens, bs, model.wide_input, 2)
-            with torch.inference_mode():
-                t_torch = timed(lambda b=batches[0]: model(b), bs, args.min_s)
-            t_onnx = timed(lambda r=runner, b=batches[0]: r(b), bs, args.min_s)
+            per = {}
+            for p, model in models.items():
+                batch = token_batches(bs, args.tokens, bs, model.wide_input, 2, bag=model.wide is not None)[0]
+                with torch.inference_mode():
+                    t_torch = timed(lambda m=model, b=batch: m(b), bs, args.min_s)
+                per[p] = (t_torch, timed(lambda r=runners[p], b=batch: r(b), bs, args.min_s) if p in runners
+                          else t_torch)
+            t_torch, t_onnx = (sum(v[k] for v in per.values()) for k in (0, 1))
             rows.append({"threads": threads, "batch": bs, "tokens": args.tokens,
-                         "torch_ms": 1e3 * t_torch, "onnx_ms": 1e3 * t_onnx})
+                         "torch_ms": 1e3 * t_torch, "onnx_ms": 1e3 * t_onnx,
+                         "members": {p: {"torch_ms": 1e3 * a, "onnx_ms": 1e3 * b} for p, (a, b) in per.items()}})
+            parts = "".join(f"  [{p}: {1e3 * a:.1f} / {1e3 * b:.1f}]" for p, (a, b) in per.items()) if len(per) > 1 else ""
             print(f"threads {threads} batch {bs:3d}: torch {1e3 * t_torch:7.1f} ms/item  onnx {1e3 * t_onnx:7.1f}"
-                  f"  onnx/torch {t_onnx / t_torch:.2f}", flush=True)
+                  f"  onnx/torch {t_onnx / t_torch:.2f}{parts}", flush=True)
     return rows
 
 
