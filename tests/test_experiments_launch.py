@@ -41,3 +41,13 @@ def test_targets_are_read_from_the_earlier_call_s_results(launch):
     assert [j.cmd[j.cmd.index("--lb-target") + 1] for j in jobs] == [repr(want[s]) for s in range(10)]
     with pytest.raises(SystemExit, match="seed"):
         launch.baseline_targets("h200_debian_lb10", [42])
+
+
+def test_only_runs_the_named_jobs_and_refuses_unknown_names(launch, capsys, monkeypatch):
+    monkeypatch.setenv("ONLY", "spamE0,groupsE2")
+    launch.main(["ft9", "--dry-run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split("--name ")[1].split()[0] for ln in lines] == ["spamE0", "groupsE2"]
+    monkeypatch.setenv("ONLY", "spamE0,nosuchjob")
+    with pytest.raises(SystemExit, match="nosuchjob"):
+        launch.main(["ft9", "--dry-run"])
