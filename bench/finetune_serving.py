@@ -3,6 +3,7 @@
     python bench/finetune_serving.py                                   # the finetune preset's shapes, random weights
     python bench/finetune_serving.py --artifact runs/large --data spamassassin   # a trained tier on real texts
     python bench/finetune_serving.py --preset finetune-ensemble        # both members' shapes, their sum
+    python bench/finetune_serving.py --artifact runs/ens               # a finetune-ensemble artifact (onnx: auto)
 
 Without ``--artifact`` the model is the ``--preset``'s architecture (MiniLM, its top blocks upcycled into 8
 experts, top-2) with random weights and random routers, fed full-length items of ``--tokens`` WordPiece
@@ -108,16 +109,22 @@ def bench_random(args) -> list[dict]:
 
 def bench_artifact(args) -> tuple[list[dict], dict]:
     from tiergate.data import load_dataset, make_item
+    from tiergate.models.ensemble import EnsembleTier, is_ensemble_artifact
     from tiergate.models.finetune_io import FinetuneTier
 
     items = [make_item(e.text) for e in load_dataset(args.data).split("test")[: args.items]]
+    ensemble = is_ensemble_artifact(Path(args.artifact))
     rows, parity = [], {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         tiers = {}
         for rt in ("torch", "onnx"):
             os.environ["TIERGATE_ORT_THREADS"] = str(threads)
-            tiers[rt] = FinetuneTier.load(args.artifact, runtime=rt)
+            if ensemble:  # "onnx": runtime auto, onnx for each member whose graph exports (the hashed one: torch)
+                tiers[rt] = EnsembleTier.load(
+                    Path(args.artifact), lambda d, r=rt: FinetuneTier.load(d, runtime="auto" if r == "onnx" else r))
+            else:
+                tiers[rt] = FinetuneTier.load(args.artifact, runtime=rt)
             torch.set_num_threads(threads)  # load() applies the serving policy; the bench sets its own
         if not parity:
             a, b = (tiers[rt].predict_proba(items) for rt in ("torch", "onnx"))
@@ -128,10 +135,12 @@ def bench_artifact(args) -> tuple[list[dict], dict]:
         for bs in args.batches:
             per = {}
             for rt, tier in tiers.items():
-                tier.batch_size = bs
+                for t in getattr(tier, "members", [tier]):
+                    t.batch_size = bs
                 chunks = [items[s: s + bs] for s in range(0, len(items), bs)]
                 per[rt] = timed(lambda t=tier, cs=chunks: [t.predict_proba(c) for c in cs], len(items), args.min_s)
-            rows.append({"threads": threads, "batch": bs, "tokens": tiers["torch"].cfg.max_tokens,
+            first = getattr(tiers["torch"], "members", [tiers["torch"]])[0]
+            rows.append({"threads": threads, "batch": bs, "tokens": first.cfg.max_tokens,
                          "torch_ms": 1e3 * per["torch"], "onnx_ms": 1e3 * per["onnx"]})
             print(f"threads {threads} batch {bs:3d}: torch {1e3 * per['torch']:7.1f} ms/item  "
                   f"onnx {1e3 * per['onnx']:7.1f}  onnx/torch {per['onnx'] / per['torch']:.2f}", flush=True)

@@ -36,7 +36,8 @@ def ensemble(tmp_path_factory, monkeypatch_module):
 
     monkeypatch_module.setattr("tiergate.training.finetune_run.finetune_preset", tiny_of)
     out = tmp_path_factory.mktemp("ens") / "large"
-    manifest = train_finetune(spam, out, cfg="finetune-ensemble", seed=3, max_steps=2, progress=False)
+    manifest = train_finetune(spam, out, cfg="finetune-ensemble", seed=3, max_steps=2, progress=False,
+                              overrides=["max_tokens=40"])
     return out, manifest, spam
 
 
@@ -55,6 +56,7 @@ def test_the_preset_trains_every_member_by_the_one_path(ensemble):
     cfgs = [json.loads((out / "members" / m / "config.json").read_text())["model"] for m in doc["members"]]
     assert [c["wide_features"] for c in cfgs] == ["vocab", "hashed"]  # different recipes, on purpose
     assert cfgs[0]["n_upcycled"] == 1 and cfgs[1]["n_upcycled"] == 0
+    assert [c["max_tokens"] for c in cfgs] == [40, 40]  # --set reaches every member
     assert [m["metrics"]["steps"] for m in manifest["member_manifests"]] == [2, 2]
 
 
@@ -114,3 +116,24 @@ def test_capabilities_are_the_members():
     b = FunctionTier("b", ["ham", "spam"], f, Capabilities(batch_invariant=False, max_batch=8))
     assert EnsembleTier([a, b], [1, 1]).capabilities == Capabilities(batch_invariant=False, max_batch=8)
     assert EnsembleTier([a], [1]).capabilities == Capabilities(max_batch=32)
+
+
+def test_the_serving_bench_times_an_ensemble_artifact_in_both_runtimes(ensemble, tmp_path):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime")
+    out, _, spam = ensemble
+    data = tmp_path / "spam.jsonl"
+    data.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in spam.examples))
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("finetune_serving", root / "bench" / "finetune_serving.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(artifact=str(out), data=str(data), items=4, threads=[1], batches=[1, 2], min_s=0.01)
+    rows, parity = bench.bench_artifact(args)
+    assert [(r["batch"], r["tokens"]) for r in rows] == [(1, 40), (2, 40)]
+    assert all(r["torch_ms"] > 0 and r["onnx_ms"] > 0 for r in rows)
+    # runtime auto: member 0 in onnxruntime, the hashed member in torch; the same labels either way
+    assert parity["labels_differ"] == 0 and parity["max_abs_dp"] < 1e-4

@@ -403,3 +403,45 @@ def test_vocab_wide_round_trip_and_its_file_is_checked(trained_vocab, spam, tmp_
     (d / "wide.json").write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="wide.json"):
         FinetuneTier.load(d)
+
+
+def test_overrides_change_a_copy_with_the_fields_types():
+    from tiergate.models.finetune import MAIL_RECIPE, finetune_preset, with_overrides
+
+    base = finetune_preset("finetune")
+    cfg = with_overrides(base, MAIL_RECIPE)
+    assert (cfg.read_headers, cfg.max_tokens, cfg.train.epochs, cfg.train.lr) == (True, 512, 8.0, 1e-4)
+    assert (base.read_headers, base.max_tokens) == (False, 256)  # the preset itself is untouched
+    assert with_overrides(base, ["wide_C=[8, 16.5]", "vocab.word_features=5000"]).wide_C == [8, 16.5]
+    assert isinstance(with_overrides(base, ["train.epochs=3"]).train.epochs, float)  # an int where a float is
+    for bad, says in [("max_tokens", "KEY=VALUE"), ("=3", "KEY=VALUE"), ("max_tokenz=512", "no such setting"),
+                      ("train.lrr=1", "no such setting"), ("trian.lr=1", "not a nested config"),
+                      ("max_tokens=5.5", "expected int"), ("read_headers=1", "expected bool"),
+                      ("max_tokens=true", "expected int"), ("train=3", "no such setting")]:
+        with pytest.raises(ConfigError, match=says):
+            with_overrides(base, [bad])
+
+
+def test_cli_set_reaches_the_saved_config_and_a_bad_key_fails_before_training(tmp_path, spam, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tiergate.cli import app
+
+    data = tmp_path / "spam.jsonl"
+    with data.open("w") as f:
+        for e in spam.examples:
+            f.write(json.dumps({"text": e.text, "label": e.label}) + "\n")
+    monkeypatch.setattr("tiergate.training.finetune_run.finetune_preset", lambda name: tiny_cfg())
+    res = CliRunner().invoke(app, ["train", "large", "--data", str(data), "--preset", "finetune", "--max-steps", "1",
+                                   "--set", "max_tokens=24", "--set", "read_headers=true", "--set", "train.lr=0.002",
+                                   "--out", str(tmp_path / "set"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    model = json.loads((tmp_path / "set" / "config.json").read_text())["model"]
+    assert (model["max_tokens"], model["read_headers"], model["train"]["lr"]) == (24, True, 0.002)
+    for args, says in [(["--preset", "finetune", "--set", "max_tokenz=24"], "no such setting"),
+                       (["--preset", "finetune-ensemble", "--set", "train.lr=fast"], "expected float"),
+                       (["--preset", "quick", "--set", "max_tokens=24"], "fine-tuned presets")]:
+        res = CliRunner().invoke(app, ["train", "large", "--data", str(tmp_path / "missing.jsonl"), *args,
+                                       "--out", str(tmp_path / "bad"), "--no-progress"])
+        assert res.exit_code != 0 and says in res.output, res.output  # checked before the (missing) data is read
+        assert not (tmp_path / "bad").exists()

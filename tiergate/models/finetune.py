@@ -130,6 +130,62 @@ def config_from_dict(d: dict) -> FinetuneConfig:
     return build(FinetuneConfig, d)
 
 
+# The recipe docs/benchmarks.md measured the fine-tuned tier with on mail (the header block read, up to 512
+# tokens, 8 epochs at lr 1e-4), as ``--set`` overrides of a preset: ``tiergate train large --preset finetune-ensemble
+# --set read_headers=true --set max_tokens=512 --set train.epochs=8 --set train.lr=1e-4``.
+MAIL_RECIPE = ("read_headers=true", "max_tokens=512", "train.epochs=8", "train.lr=1e-4")
+
+
+def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
+    """``cfg`` with each ``KEY=VALUE`` of ``overrides`` applied (a copy; ``cfg`` is not changed). KEY names a
+    field, dotted into a nested config (``max_tokens``, ``train.lr``, ``vocab.word_features``); VALUE is read as
+    JSON (``true``, ``512``, ``1e-4``, ``[16.0]``; anything else as a string) and must have the field's type (an
+    int is taken where a float is expected). A malformed pair, an unknown key or a value of the wrong type is a
+    ConfigError naming the keys that exist."""
+    import json
+
+    out = config_from_dict(config_to_dict(cfg))
+    for pair in overrides:
+        key, eq, raw = str(pair).partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, for example max_tokens=512 or train.lr=1e-4")
+        *path, leaf = key.split(".")
+        target = out
+        for part in path:
+            sub = getattr(target, part, None)
+            if sub is None or not hasattr(sub, "__dataclass_fields__"):
+                raise ConfigError(f"--set {key}: {part!r} is not a nested config of the fine-tuned model "
+                                  f"(nested: {', '.join(_nested(target))})")
+            target = sub
+        names = [f.name for f in fields(target)]
+        if leaf not in names or hasattr(getattr(target, leaf), "__dataclass_fields__"):
+            raise ConfigError(f"--set {key}: no such setting; {'.'.join(path) or 'the model'} has "
+                              f"{', '.join(n for n in names if not hasattr(getattr(target, n), '__dataclass_fields__'))}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        current = getattr(target, leaf)
+        if isinstance(current, bool) or isinstance(value, bool):
+            ok = isinstance(current, bool) and isinstance(value, bool)
+        elif isinstance(current, float):
+            ok = isinstance(value, (int, float))
+            value = float(value) if ok else value
+        elif current is None:
+            ok = True
+        else:
+            ok = isinstance(value, type(current))
+        if not ok:
+            raise ConfigError(f"--set {key}={raw}: expected {type(current).__name__} (now {current!r})")
+        setattr(target, leaf, value)
+    return out
+
+
+def _nested(cfg) -> list[str]:
+    return [f.name for f in fields(cfg) if hasattr(getattr(cfg, f.name), "__dataclass_fields__")]
+
+
 def item_text(item: Item, read_headers: bool = False) -> str:
     """What the encoder reads: for mail the subject and the decoded body (headers first if asked); else the text."""
     if not item.is_mail:

@@ -31,7 +31,11 @@ def _fail(e: Exception) -> None:
 def train_large_cmd(
     data: str = typer.Option(..., "--data", help="spamassassin, debian-packages or a JSONL/CSV path"),
     out: Path = typer.Option(..., "--out", help="output folder (model.safetensors, config.json, manifest.json)"),
-    preset: str = typer.Option("quick", "--preset", help="quick | full | hashed | finetune | finetune-dense (a -nowide suffix drops the wide path)"),
+    preset: str = typer.Option("quick", "--preset", help="quick | full | hashed | finetune | finetune-dense (a -nowide "
+                               "or -hashed suffix changes the wide path) | finetune-ensemble"),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: change a fine-tuned preset's setting (repeatable; "
+                                   "max_tokens=512, read_headers=true, train.epochs=8, train.lr=1e-4: the mail "
+                                   "recipe docs/benchmarks.md measured); every member's in an ensemble"),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="training processes (torch.distributed; gloo on CPU)"),
     selection: Path | None = typer.Option(None, "--selection", help="a selection file from `tiergate prune select`"),
@@ -46,7 +50,7 @@ def train_large_cmd(
     try:
         manifest = run_training(data, out, preset=preset, nproc=nproc, selection=selection, seed=seed,
                                 checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                                max_steps=max_steps)
+                                max_steps=max_steps, overrides=set_)
     except TiergateError as e:
         _fail(e)
     typer.echo(json.dumps({"out": str(out), "metrics": manifest.get("metrics", {}),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tiergate.models.finetune import (
     config_to_dict,
     finetune_preset,
     item_text,
+    with_overrides,
 )
 from tiergate.models.finetune_io import WordPiece, bag_featurizer, save_finetune
 from tiergate.training.data import stratified_holdout, train_examples
@@ -140,15 +142,19 @@ def runtime_here(**kw):
 
 
 def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", nproc: int = 1, seed: int = 0,
-                   max_steps: int | None = None, selection=None, progress: bool = True) -> dict:
+                   max_steps: int | None = None, selection=None, progress: bool = True,
+                   overrides: Sequence[str] = ()) -> dict:
     """Fine-tune on ``dataset.split("train")`` (restricted to the ``selection`` ids when given), save the
     artifact to ``out_dir``, return its manifest. ``cfg="finetune-ensemble"`` trains the members of
-    ``ENSEMBLE_MEMBERS`` one after the other, each by this same path, into ``out_dir/members/<k>``."""
+    ``ENSEMBLE_MEMBERS`` one after the other, each by this same path, into ``out_dir/members/<k>``.
+    ``overrides`` (``KEY=VALUE``, :func:`~tiergate.models.finetune.with_overrides`) change the preset's
+    settings, every member's in an ensemble; they are checked before any data are read."""
     if cfg == "finetune-ensemble":
         return train_ensemble(dataset, out_dir, nproc=nproc, seed=seed, max_steps=max_steps, selection=selection,
-                              progress=progress)
+                              progress=progress, overrides=overrides)
     t0 = time.perf_counter()
     cfg = finetune_preset(cfg) if isinstance(cfg, str) else config_from_dict(config_to_dict(cfg))
+    cfg = with_overrides(cfg, overrides)
     cfg.train.seed = seed
     if max_steps is not None:
         cfg.train.max_steps = max_steps
@@ -184,7 +190,8 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
 
 
 def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1, seed: int = 0,
-                   max_steps: int | None = None, selection=None, progress: bool = True) -> dict:
+                   max_steps: int | None = None, selection=None, progress: bool = True,
+                   overrides: Sequence[str] = ()) -> dict:
     """The ``finetune-ensemble`` preset: every ``(preset or FinetuneConfig, seed offset)`` of ``members``
     (default ``ENSEMBLE_MEMBERS``) trained by :func:`train_finetune` at ``seed`` + its offset, then
     ``ensemble.json`` (tiergate.models.ensemble). The manifest returned holds the members' manifests. A member
@@ -194,6 +201,8 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
 
     from tiergate.models.ensemble import MANIFEST, write_manifest
 
+    for member, _ in members:  # a bad override fails here, before the first member trains for minutes
+        with_overrides(finetune_preset(member) if isinstance(member, str) else member, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # no ensemble.json until every member is written
@@ -207,7 +216,8 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
             print(f"ensemble member {k + 1} of {len(members)}: {_preset_name(member)}, seed {seed + offset}",
                   flush=True)
         manifests.append(train_finetune(dataset, d, cfg=member, nproc=nproc, seed=seed + offset,
-                                        max_steps=max_steps, selection=selection, progress=progress))
+                                        max_steps=max_steps, selection=selection, progress=progress,
+                                        overrides=overrides))
         names.append(str(k))
     doc = write_manifest(out, names, [1.0] * len(names), manifests[0]["labels"],
                          presets=[_preset_name(p) for p, _ in members], seeds=[seed + o for _, o in members],

@@ -22,19 +22,26 @@ from tiergate.errors import ConfigError, TiergateError
 
 def run_training(data: str, out, *, preset: str = "quick", nproc: int = 1, selection=None, seed: int = 0,
                  checkpoint_every: int = 200, resume: bool = True, progress: bool = True,
-                 max_steps: int | None = None) -> dict:
+                 max_steps: int | None = None, overrides=()) -> dict:
     from tiergate.data import load_dataset
     from tiergate.models.large import preset as large_preset
     from tiergate.models.large import train_large
     from tiergate.training.pruning import read_selection
 
+    if overrides and not preset.startswith("finetune"):
+        raise ConfigError(f"--set changes the fine-tuned presets' settings (finetune*); preset {preset!r} has none")
+    if overrides:  # checked before the data set is read
+        from tiergate.models.finetune import ENSEMBLE_MEMBERS, finetune_preset, with_overrides
+
+        for p in [m for m, _ in ENSEMBLE_MEMBERS] if preset == "finetune-ensemble" else [preset]:
+            with_overrides(finetune_preset(p), overrides)
     ds = load_dataset(data)
     sel = read_selection(selection) if selection is not None else None
     if preset.startswith("finetune"):
         from tiergate.training.finetune_run import train_finetune
 
         return train_finetune(ds, out, cfg=preset, nproc=nproc, seed=seed, max_steps=max_steps, selection=sel,
-                              progress=progress)
+                              progress=progress, overrides=overrides)
     if max_steps is not None:
         cfg = large_preset(preset)
         cfg.train.max_steps = max_steps
