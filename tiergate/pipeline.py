@@ -133,9 +133,14 @@ def rules_pack_for(data: str) -> Path | None:
 
 
 def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bool = True,
-          say=print, rules_pack: Path | None = None) -> Path:
+          say=print, rules_pack: Path | None = None, large_overrides=()) -> Path:
     """Fetch data, train the small and large tiers, install the rule pack (the data set's own, or
-    ``rules_pack``), write ``workdir/tiergate.yaml``."""
+    ``rules_pack``), write ``workdir/tiergate.yaml``. ``large_overrides`` (``KEY=VALUE``) change a finetune*
+    preset's settings; they are checked before anything is fetched."""
+    if large_overrides:
+        from tiergate.training.run import check_overrides
+
+        check_overrides(large_preset, large_overrides)
     from tiergate.models.large import train_large
     from tiergate.models.small import small_presets, train_small
 
@@ -157,7 +162,7 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
     if large_preset.startswith("finetune"):  # the encoder fine-tuned end to end (tiergate.models.finetune)
         from tiergate.training.finetune_run import train_finetune
 
-        train_finetune(ds, workdir / "large", cfg=large_preset, progress=progress)
+        train_finetune(ds, workdir / "large", cfg=large_preset, progress=progress, overrides=large_overrides)
     else:
         train_large(ds, workdir / "large", preset=large_preset, progress=progress)
     tiers = []

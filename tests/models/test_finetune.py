@@ -445,3 +445,16 @@ def test_cli_set_reaches_the_saved_config_and_a_bad_key_fails_before_training(tm
                                        "--out", str(tmp_path / "bad"), "--no-progress"])
         assert res.exit_code != 0 and says in res.output, res.output  # checked before the (missing) data is read
         assert not (tmp_path / "bad").exists()
+
+
+def test_quickstart_large_set_is_checked_before_anything_is_fetched(tmp_path):
+    from typer.testing import CliRunner
+
+    from tiergate.cli import app
+
+    for args, says in [(["--large-preset", "quick", "--large-set", "max_tokens=24"], "fine-tuned presets"),
+                       (["--large-preset", "finetune", "--large-set", "max_tokenz=24"], "no such setting")]:
+        res = CliRunner().invoke(app, ["quickstart", "--data", str(tmp_path / "missing.jsonl"), "--no-serve",
+                                       "--workdir", str(tmp_path / "qs"), *args])
+        assert res.exit_code == 2 and says in res.output, res.output
+        assert not (tmp_path / "qs").exists()

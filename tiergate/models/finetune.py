@@ -149,18 +149,18 @@ def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
         key, eq, raw = str(pair).partition("=")
         key = key.strip()
         if not eq or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, for example max_tokens=512 or train.lr=1e-4")
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE, for example max_tokens=512 or train.lr=1e-4")
         *path, leaf = key.split(".")
         target = out
         for part in path:
             sub = getattr(target, part, None)
             if sub is None or not hasattr(sub, "__dataclass_fields__"):
-                raise ConfigError(f"--set {key}: {part!r} is not a nested config of the fine-tuned model "
+                raise ConfigError(f"override {key}: {part!r} is not a nested config of the fine-tuned model "
                                   f"(nested: {', '.join(_nested(target))})")
             target = sub
         names = [f.name for f in fields(target)]
         if leaf not in names or hasattr(getattr(target, leaf), "__dataclass_fields__"):
-            raise ConfigError(f"--set {key}: no such setting; {'.'.join(path) or 'the model'} has "
+            raise ConfigError(f"override {key}: no such setting; {'.'.join(path) or 'the model'} has "
                               f"{', '.join(n for n in names if not hasattr(getattr(target, n), '__dataclass_fields__'))}")
         try:
             value = json.loads(raw)
@@ -177,7 +177,7 @@ def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
         else:
             ok = isinstance(value, type(current))
         if not ok:
-            raise ConfigError(f"--set {key}={raw}: expected {type(current).__name__} (now {current!r})")
+            raise ConfigError(f"override {key}={raw}: expected {type(current).__name__} (now {current!r})")
         setattr(target, leaf, value)
     return out
 

@@ -28,13 +28,8 @@ def run_training(data: str, out, *, preset: str = "quick", nproc: int = 1, selec
     from tiergate.models.large import train_large
     from tiergate.training.pruning import read_selection
 
-    if overrides and not preset.startswith("finetune"):
-        raise ConfigError(f"--set changes the fine-tuned presets' settings (finetune*); preset {preset!r} has none")
     if overrides:  # checked before the data set is read
-        from tiergate.models.finetune import ENSEMBLE_MEMBERS, finetune_preset, with_overrides
-
-        for p in [m for m, _ in ENSEMBLE_MEMBERS] if preset == "finetune-ensemble" else [preset]:
-            with_overrides(finetune_preset(p), overrides)
+        check_overrides(preset, overrides)
     ds = load_dataset(data)
     sel = read_selection(selection) if selection is not None else None
     if preset.startswith("finetune"):
@@ -52,6 +47,20 @@ def run_training(data: str, out, *, preset: str = "quick", nproc: int = 1, selec
         return train_large(ds, out, preset=preset, selection=sel, seed=seed, progress=progress,
                            log_path=out / "train_log.jsonl", checkpoint_every=checkpoint_every, resume=resume)
     return _train_distributed(ds, out, preset=preset, nproc=nproc, selection=sel, seed=seed, progress=progress)
+
+
+def check_overrides(preset: str, overrides) -> None:
+    """A ConfigError unless every ``KEY=VALUE`` of ``overrides`` applies to ``preset`` (each member's, for the
+    ensemble): a finetune* preset, an existing key, a value of its type."""
+    if not overrides:
+        return
+    if not preset.startswith("finetune"):
+        raise ConfigError(f"KEY=VALUE overrides (train large --set, quickstart --large-set) change the fine-tuned presets' "
+                          f"settings (finetune*); preset {preset!r} has none")
+    from tiergate.models.finetune import ENSEMBLE_MEMBERS, finetune_preset, with_overrides
+
+    for p in [m for m, _ in ENSEMBLE_MEMBERS] if preset == "finetune-ensemble" else [preset]:
+        with_overrides(finetune_preset(p), overrides)
 
 
 def _free_port() -> int:
