@@ -329,6 +329,12 @@ def ft8() -> Preset:
                   fine=True)
 
 
+def _ensembles(t: float, spam: tuple[int, ...], groups: tuple[int, ...]) -> list[Job]:
+    """The finetune-ensemble preset end to end on the mail sets with the mail recipe, one job per seed."""
+    return [finetune(f"{name}E{s}", data, t, *MAIL, "--variants", "ensemble", "--seed", s)
+            for name, data, seeds in (("spam", "spamassassin", spam), ("groups", GROUPS, groups)) for s in seeds]
+
+
 def ft10() -> Preset:
     t = _env_num("T", 530)
     jobs = [finetune("debianU0", "debian-packages", t, "--variants", "upcycled-vocab"),
@@ -343,9 +349,8 @@ def ft10() -> Preset:
 
 def ft9() -> Preset:
     t = _env_num("T", 530)
-    jobs = [finetune(f"spamE{s}", "spamassassin", t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (0, 2)]
-    jobs += [finetune(f"groupsE{s}", GROUPS, t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (0, 2)]
-    jobs += [finetune("debianE0", "debian-packages", t, "--variants", "ensemble")]
+    jobs = _ensembles(t, spam=(0, 2), groups=(0, 2)) + [finetune("debianE0", "debian-packages", t, "--variants",
+                                                                   "ensemble")]
     return Preset("the finetune-ensemble preset trained end to end (upcycled + vocab with dense + hashed, averaged) "
                   "on spamassassin and the five groups at two seeds, debian-packages at one; each member's own "
                   "test probabilities kept", (GROUPS, "spamassassin", "debian-packages"), jobs, fine=True)
@@ -353,8 +358,7 @@ def ft9() -> Preset:
 
 def ft11() -> Preset:
     t = _env_num("T", 530)
-    jobs = [finetune(f"spamE{s}", "spamassassin", t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (1, 3, 4)]
-    jobs += [finetune(f"groupsE{s}", GROUPS, t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (1, 3)]
+    jobs = _ensembles(t, spam=(1, 3, 4), groups=(1, 3))
     return Preset("the finetune-ensemble preset end to end at more seeds (spamassassin 1, 3, 4; five groups 1, 3), "
                   "beside ft9's 0 and 2", (GROUPS, "spamassassin"), jobs, fine=True)
 

@@ -33,7 +33,7 @@ torch.Size([1, 3])
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
 import numpy as np
 import torch
@@ -154,14 +154,14 @@ def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
         target = out
         for part in path:
             sub = getattr(target, part, None)
-            if sub is None or not hasattr(sub, "__dataclass_fields__"):
+            if not is_dataclass(sub):
                 raise ConfigError(f"override {key}: {part!r} is not a nested config of the fine-tuned model "
                                   f"(nested: {', '.join(_nested(target))})")
             target = sub
-        names = [f.name for f in fields(target)]
-        if leaf not in names or hasattr(getattr(target, leaf), "__dataclass_fields__"):
+        settings = [f.name for f in fields(target) if not is_dataclass(getattr(target, f.name))]
+        if leaf not in settings:
             raise ConfigError(f"override {key}: no such setting; {'.'.join(path) or 'the model'} has "
-                              f"{', '.join(n for n in names if not hasattr(getattr(target, n), '__dataclass_fields__'))}")
+                              f"{', '.join(settings)}")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -183,7 +183,7 @@ def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
 
 
 def _nested(cfg) -> list[str]:
-    return [f.name for f in fields(cfg) if hasattr(getattr(cfg, f.name), "__dataclass_fields__")]
+    return [f.name for f in fields(cfg) if is_dataclass(getattr(cfg, f.name))]
 
 
 def item_text(item: Item, read_headers: bool = False) -> str:

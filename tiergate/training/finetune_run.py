@@ -202,7 +202,7 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
     from tiergate.models.ensemble import MANIFEST, write_manifest
 
     for member, _ in members:  # a bad override fails here, before the first member trains for minutes
-        with_overrides(finetune_preset(member) if isinstance(member, str) else member, overrides)
+        check_overrides(member, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # no ensemble.json until every member is written
@@ -223,6 +223,16 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
                          presets=[_preset_name(p) for p, _ in members], seeds=[seed + o for _, o in members],
                          total_seconds=round(time.perf_counter() - t0, 2))
     return {**doc, "member_manifests": manifests}
+
+
+def check_overrides(cfg: FinetuneConfig | str, overrides: Sequence[str]) -> None:
+    """A ConfigError unless every ``KEY=VALUE`` of ``overrides`` applies to ``cfg`` (a finetune* preset's name,
+    each member's for ``finetune-ensemble``, or a config)."""
+    if cfg == "finetune-ensemble":
+        for member, _ in ENSEMBLE_MEMBERS:
+            check_overrides(member, overrides)
+        return
+    with_overrides(finetune_preset(cfg) if isinstance(cfg, str) else cfg, overrides)
 
 
 def _preset_name(member) -> str:

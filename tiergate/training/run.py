@@ -50,17 +50,16 @@ def run_training(data: str, out, *, preset: str = "quick", nproc: int = 1, selec
 
 
 def check_overrides(preset: str, overrides) -> None:
-    """A ConfigError unless every ``KEY=VALUE`` of ``overrides`` applies to ``preset`` (each member's, for the
-    ensemble): a finetune* preset, an existing key, a value of its type."""
+    """A ConfigError unless every ``KEY=VALUE`` of ``overrides`` applies to ``preset``: a finetune* preset,
+    existing keys, values of their types (tiergate.training.finetune_run.check_overrides)."""
     if not overrides:
         return
     if not preset.startswith("finetune"):
         raise ConfigError(f"KEY=VALUE overrides (train large --set, quickstart --large-set) change the fine-tuned presets' "
                           f"settings (finetune*); preset {preset!r} has none")
-    from tiergate.models.finetune import ENSEMBLE_MEMBERS, finetune_preset, with_overrides
+    from tiergate.training.finetune_run import check_overrides as check_finetune
 
-    for p in [m for m, _ in ENSEMBLE_MEMBERS] if preset == "finetune-ensemble" else [preset]:
-        with_overrides(finetune_preset(p), overrides)
+    check_finetune(preset, overrides)
 
 
 def _free_port() -> int:
