@@ -363,9 +363,20 @@ def ft11() -> Preset:
                   "beside ft9's 0 and 2", (GROUPS, "spamassassin"), jobs, fine=True)
 
 
+def ft12() -> Preset:
+    t = _env_num("T", 400)
+    train = finetune("spamR0", "spamassassin", t, *MAIL, "--variants", "ensemble", alone=True)
+    batching = Job("batching", ["python3", "experiments/gpu_batching.py", "--artifact", "/tmp/models/spamR0-ensemble",
+                                "--data", "spamassassin", "--out", str(WORK / "gpu_batching.json")], 150, alone=True)
+    return Preset("a spamassassin finetune-ensemble (mail recipe, seed 0) trained to come back whole, in shards over "
+                  "warm calls (the command line splits /tmp/models/spamR0-ensemble), for the CPU cascade; then the "
+                  "batching it gains on the GPU (experiments/gpu_batching.py)", ("spamassassin",), [train, batching],
+                  fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
                                                                      call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
-                                                                     ft10, ft11)}
+                                                                     ft10, ft11, ft12)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
