@@ -88,6 +88,10 @@ def test_the_string_parser_agrees_with_the_email_package_on_the_corpus(spam_ds):
     "Subject: x\n\nbody caf\u00e9",
     "Subject : x\nTo: y\n\nbody",
     "From a@b  Mon\n cont\nSubject: hi\n\nbody",
+    "From a@b  Mon\n\nbody",                                  # the envelope line alone
+    "Subject: \t \n\tfolded after blanks\nTo: x\n\nbody",       # a blank first line, then a continuation
+    "\nSubject: x\n\nbody",                                    # a blank line before the headers
+    "Subject: x\nTo:\n\nbody",                                 # an empty value
 ])
 def test_parse_mail_is_the_email_package_on_edge_cases(text):
     from tiergate.data.mail import parse_mail, parse_mail_email

@@ -95,7 +95,13 @@ def make_item(text: str | bytes, meta: Mapping[str, Any] | None = None, *, kind:
     if not mail:
         return Item(text=text, fields={"text": text, "body": text}, meta=dict(meta or {}))
     # Decoding can make surrogates that the text did not hold (a UTF-7 part: "+2AA-" decodes to "\ud800").
-    fields = {clean_text(k): clean_text(v) for k, v in parse_mail(text).items()}
+    fields = parse_mail(text)
+    if text.isascii():  # names and raw values are the text's; only a decoded value can hold what it did not
+        for k, v in fields.items():
+            if not v.isascii():
+                fields[k] = clean_text(v)
+    else:
+        fields = {clean_text(k): clean_text(v) for k, v in fields.items()}
     fields["text"] = text
     return Item(text=text, fields=fields, meta=dict(meta or {}), is_mail=True)
 

@@ -16,6 +16,10 @@ _SKIP_TAGS = {"script", "style", "head", "title"}
 _BLOCK_TAGS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "td", "hr"}
 
 
+_KNOWN_HEADERS = frozenset({"from", "to", "subject", "received", "return-path", "date", "message-id", "delivered-to",
+                            "content-type", "mime-version"})
+
+
 def looks_like_mail(text: str) -> bool:
     """True when the text opens with a header block: an mbox ``From `` line or ``Name: value`` lines
     followed by an empty line, at least two of them, one a well-known mail header."""
@@ -25,10 +29,8 @@ def looks_like_mail(text: str) -> bool:
     lines = [ln for ln in head.splitlines() if ln and not ln[0].isspace()]
     if len(lines) < 1 or not all(_HEADER_LINE.match(ln) for ln in lines[:3]):
         return False
-    names = {ln.split(":", 1)[0].lower() for ln in lines if ":" in ln}
-    known = {"from", "to", "subject", "received", "return-path", "date", "message-id", "delivered-to",
-             "content-type", "mime-version"}
-    return bool(names & known) or lines[0].startswith("From ")
+    return lines[0].startswith("From ") or any(ln.split(":", 1)[0].lower() in _KNOWN_HEADERS
+                                               for ln in lines if ":" in ln)
 
 
 class _TextExtractor(HTMLParser):
@@ -91,8 +93,6 @@ def _header_str(msg: Message, name: str) -> str:
         return str(value)
 
 
-# A header name as the email package reads one (printable ASCII but ':').
-_NAME = regex.compile(r"[\041-\071\073-\176]+")
 # Charsets under which an ASCII body decodes to itself.
 _ASCII_CHARSET = regex.compile(r"(?i)(us-)?ascii|utf-?8|iso-?8859-[0-9]+|windows-125[0-9]|cp125[0-9]|latin-?1")
 
@@ -104,6 +104,12 @@ def _header_value(value: str) -> str:
         return value
 
 
+# One header (its name as the email package reads one: printable ASCII but ':'), then its value from the first character after ": " and blanks, continuation lines
+# (a newline then a blank) included; the block is a sequence of them.
+_HEADER = regex.compile(r"([\041-\071\073-\176]+):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
+_HEADER_BLOCK = regex.compile(r"(?:[\041-\071\073-\176]+:[^\n]*(?:\n[ \t][^\n]*)*(?:\n|\Z))*")
+
+
 def _parse_simple(head: str, body: str) -> dict[str, str] | None:
     """The fields of a single-part ``text/plain`` message whose body is ASCII and sent as is (no base64 or
     quoted-printable), read with string operations alone; None for any other message. The result is what the
@@ -111,25 +117,19 @@ def _parse_simple(head: str, body: str) -> dict[str, str] | None:
     tenth of the cost: most of a rules-decided request's time was the email package's parser."""
     if not body.isascii() or not head.isascii() or "\r" in head or "\r" in body:
         return None  # (a lone CR ends a line for the email package)
+    start = 0
+    if head.startswith("From "):  # the mbox envelope line: not a header (the email package's unixfrom)
+        nl = head.find("\n")
+        start = len(head) if nl < 0 else nl + 1
+    elif not head:
+        return None
+    # Every line a "Name: value" header or a continuation of one (else the email package reads it otherwise:
+    # an mbox "From " line, or the body's start), checked in one match; then the headers, grouped by name.
+    if _HEADER_BLOCK.fullmatch(head, start) is None:
+        return None
     grouped: dict[str, list[str]] = {}
-    values: list[str] = []  # the current header's value, continuation lines included
-    lines = head.split("\n")
-    if lines[0].startswith("From "):  # the mbox envelope line: not a header (the email package's unixfrom)
-        lines = lines[1:]
-    for line in lines:
-        if not line:
-            return None
-        if line[0] in " \t":
-            if not values:
-                return None
-            values[-1] += "\n" + line
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not _NAME.fullmatch(name):
-            return None  # an mbox "From " line, or a line the feedparser would take for the body's start
-        lst = grouped.setdefault(name.lower(), [])
-        lst.append(value.lstrip(" \t"))
-        values = lst
+    for name, value in _HEADER.findall(head, start):
+        grouped.setdefault(name.lower(), []).append(value)
     ctype = grouped.get("content-type")
     if ctype is not None:
         if len(ctype) > 1:
