@@ -47,8 +47,8 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True, several_wor
                 loading.cancel()
             await state.shutdown()
 
-    app = FastAPI(title="tiergate", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Inference cascade gateway: the cheapest confident tier answers.")
+    app = _Gateway(title="tiergate", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                   description="Inference cascade gateway: the cheapest confident tier answers.")
     app.state.gateway = state
     install_error_handlers(app)
     # Routes are matched in order: the hot path first, the docs' static files last.
@@ -58,10 +58,20 @@ def create_app(config_path: str | Path, *, watch_rules: bool = True, several_wor
     app.include_router(admin.router)
     app.include_router(make_rules_admin_router(state.rules_tier))
     install_offline_docs(app)
-    # The last added is the outermost: limits first, then the classify fast path, then FastAPI's own stack.
-    app.add_middleware(classify.ClassifyFastPath, fastapi_app=app)
-    app.add_middleware(LimitsMiddleware, state=state)
     return app
+
+
+class _Gateway(FastAPI):
+    """FastAPI with the limits, then the classify fast path, outside its whole middleware stack.
+
+    ``add_middleware`` would put them inside FastAPI's own outer layers (``ServerErrorMiddleware``, its
+    exception telemetry and body-limit layers), each a coroutine and a wrapped ``send`` that every classify
+    request went through for nothing: the fast path maps its own errors (:mod:`tiergate.gateway.errors`), and
+    every other request still meets the whole stack inside the limits."""
+
+    def build_middleware_stack(self):
+        inner = super().build_middleware_stack()
+        return LimitsMiddleware(classify.ClassifyFastPath(inner, fastapi_app=self), state=self.state.gateway)
 
 
 def app_from_env() -> FastAPI:

@@ -81,7 +81,7 @@ def error_response(exc: TiergateError, path: str = "") -> JSONResponse:
     classify request's outcome is counted here, once."""
     status = status_of(exc)
     if path == CLASSIFY_PATH:
-        m.REQUESTS.labels(_outcome(status)).inc()
+        m.child(m.REQUESTS, _outcome(status)).inc()
     body = error_body(type(exc).__name__, str(exc), **exc.context)
     if isinstance(exc, RuleError) and exc.problems:
         body["problems"] = exc.problems

@@ -139,18 +139,32 @@ def init_labels(tiers: Sequence[tuple[str, str, str, float, float]], labels: Seq
         FEEDBACK.labels(o)
 
 
+_CHILDREN: dict[tuple, object] = {}
+
+
+def child(metric, *labels: str):
+    """``metric.labels(*labels)``, made once: ``labels()`` takes a lock and builds its key on every call (1.7 µs
+    measured, against 0.7 for the child's ``inc``), and a rules-decided request touches a dozen series. Made
+    lazily, in the process that serves (prometheus-client's multiprocess mode binds a child to its process)."""
+    key = (id(metric), labels)
+    c = _CHILDREN.get(key)
+    if c is None:
+        c = _CHILDREN[key] = metric.labels(*labels)
+    return c
+
+
 def observe_batch(tier: str, n_items: int, seconds: float) -> None:
-    TIER_LATENCY.labels(tier).observe(seconds)
-    TIER_ITEMS.labels(tier).inc(n_items)
+    child(TIER_LATENCY, tier).observe(seconds)
+    child(TIER_ITEMS, tier).inc(n_items)
 
 
 def record(decisions: Sequence[Decision], cost_per_item: dict[str, float]) -> None:
     for d in decisions:
-        DECISIONS.labels(d.tier, label_value(d.label)).inc()
+        child(DECISIONS, d.tier, label_value(d.label)).inc()
         for a, b in zip(d.path, d.path[1:], strict=False):
-            ESCALATIONS.labels(a, b).inc()
+            child(ESCALATIONS, a, b).inc()
         for t in d.path:
-            COST.labels(t).inc(cost_per_item.get(t, 0.0))
+            child(COST, t).inc(cost_per_item.get(t, 0.0))
         BASELINE.inc(d.baseline_cost_usd)
         SAVED.inc(d.baseline_cost_usd - d.cost_usd)  # may be negative: an escalated item costs more
 

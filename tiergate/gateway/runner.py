@@ -256,9 +256,9 @@ class TierRunner:
         bg = sum(p.background for p in batch)
         self._bg_running += bg
         t0 = time.perf_counter()
-        m.BATCH_SIZE.labels(self.name).observe(len(batch))
-        m.TIER_BATCHES.labels(self.name).inc()
-        wait = m.QUEUE_WAIT.labels(self.name)
+        m.child(m.BATCH_SIZE, self.name).observe(len(batch))
+        m.child(m.TIER_BATCHES, self.name).inc()
+        wait = m.child(m.QUEUE_WAIT, self.name)
         for p in batch:
             wait.observe(t0 - p.enqueued)
         try:
@@ -270,7 +270,7 @@ class TierRunner:
             self.running -= len(batch)
             self._bg_running -= bg
             self._slots.release()
-            m.BREAKER.labels(self.name).set(self.breaker.state)
+            m.child(m.BREAKER, self.name).set(self.breaker.state)
         try:
             self.on_batch(self, result)
         except Exception:  # routing bugs must not kill the runner; the requests hit their deadline
@@ -310,9 +310,9 @@ class TierRunner:
                 or self._current_fault() != _NO_FAULT):
             return False
         t0 = time.perf_counter()
-        m.BATCH_SIZE.labels(self.name).observe(len(items))
-        m.TIER_BATCHES.labels(self.name).inc()
-        m.QUEUE_WAIT.labels(self.name).observe(0.0)
+        m.child(m.BATCH_SIZE, self.name).observe(len(items))
+        m.child(m.TIER_BATCHES, self.name).inc()
+        m.child(m.QUEUE_WAIT, self.name).observe(0.0)
         for p in items:
             p.tier, p.enqueued, p.started, p.started_at = self.index, t0, True, t0
         try:

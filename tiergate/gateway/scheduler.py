@@ -280,7 +280,7 @@ class Scheduler:
     @staticmethod
     def _count_escalation(p: Pending, reason: str) -> None:
         if reason and p.path:
-            m.ESCALATION_REASONS.labels(p.path[-1], reason).inc()
+            m.child(m.ESCALATION_REASONS, p.path[-1], reason).inc()
 
     def _on_batch(self, r: TierRunner, res: BatchResult) -> None:
         i = r.index

@@ -131,7 +131,7 @@ async def classify(request: Request):
         if req.epsilon is not None:
             row["applied"] = applied
         out.append(row)
-    m.REQUESTS.labels("ok").inc()
+    m.child(m.REQUESTS, "ok").inc()
     t0 = request.scope.get("tiergate.t0", time.perf_counter())
     wall = time.perf_counter() - t0
     overhead = max(wall - compute_s, 0.0)
