@@ -375,9 +375,18 @@ def ft12() -> Preset:
                   fine=True)
 
 
+def ft13() -> Preset:
+    t = _env_num("T", 400)
+    return Preset("ft12's ensemble member 1 again as a single run (dense + hashed, mail recipe, seed 1: the config and "
+                  "seed train_ensemble gives it), whose artifact fits one call's return: ft12's member 0 came back "
+                  "whole, its member 1 did not", ("spamassassin",),
+                  [finetune("spamR0m1", "spamassassin", t, *MAIL, "--variants", "dense-wide", "--seed", 1, alone=True)],
+                  fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
                                                                      call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
-                                                                     ft10, ft11, ft12)}
+                                                                     ft10, ft11, ft12, ft13)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
