@@ -132,11 +132,11 @@ def run_line(p: Path) -> str:
 
 # the seed-spread rows: (data, small tier's run, [(variant label, glob of its runs)])
 SEED_ROWS = [
-    ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE*-ensemble-m0"),
+    ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE*-ensemble-m0|spamR0-ensemble-m0"),
                                             ("dense + vocab", "spamD*-dense-vocab"),
                                             ("upcycled + hashed", "spamH[0-9]*-upcycled-wide"),
-                                            ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1"),
-                                            ("finetune-ensemble", "spamE*-ensemble")]),
+                                            ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1|spamR0-ensemble-m1"),
+                                            ("finetune-ensemble", "spamE*-ensemble|spamR0-ensemble")]),
     ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab|groupsE*-ensemble-m0"),
                                               ("dense + vocab", "groupsD*-dense-vocab"),
                                               ("dense + hashed", "groupsH8d-dense-wide|groupsE*-ensemble-m1"),
