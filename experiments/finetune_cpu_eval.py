@@ -1,4 +1,5 @@
-"""Evaluate a finetune artifact brought back from the H200 on this machine's CPU, on the test split.
+"""Evaluate a finetune artifact (one model, or an ensemble folder with ``ensemble.json``) brought back from
+the GPU on this machine's CPU, on the test split.
 
 Writes ``OUT`` (JSON): accuracy, errors, how many test items get another label than on the GPU (read from
 the GPU run's result file), and CPU milliseconds per item (one predict_proba call over the split, after a
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from tiergate.data import load_dataset, make_item
+from tiergate.models.ensemble import EnsembleTier, is_ensemble_artifact
 from tiergate.models.finetune_io import FinetuneTier
 
 
@@ -34,7 +36,10 @@ def main() -> None:
     test = load_dataset(args.data).split("test")
     items = [make_item(e.text) for e in test]
     t0 = time.perf_counter()
-    tier = FinetuneTier.load(args.model, batch_size=args.batch)
+    if is_ensemble_artifact(args.model):
+        tier = EnsembleTier.load(args.model, lambda d: FinetuneTier.load(d, batch_size=args.batch))
+    else:
+        tier = FinetuneTier.load(args.model, batch_size=args.batch)
     load_s = time.perf_counter() - t0
     tier.predict_proba(items[:16])
     t0 = time.perf_counter()
