@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tiergate.config import TierConfig
 from tiergate.data import load_dataset, make_item
-from tiergate.models.ensemble import EnsembleTier, is_ensemble_artifact
-from tiergate.models.finetune_io import FinetuneTier
+from tiergate.registry import build_tier
 
 
 def main() -> None:
@@ -31,15 +31,13 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--gpu", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
     test = load_dataset(args.data).split("test")
     items = [make_item(e.text) for e in test]
     t0 = time.perf_counter()
-    if is_ensemble_artifact(args.model):
-        tier = EnsembleTier.load(args.model, lambda d: FinetuneTier.load(d, batch_size=args.batch))
-    else:
-        tier = FinetuneTier.load(args.model, batch_size=args.batch)
+    # Loaded as a `kind: torch` tier is served (one model or an ensemble; runtime auto, batches of 16).
+    model = Path(args.model).resolve()
+    tier = build_tier(TierConfig(name="large", kind="torch", path=str(model)), model.parent)
     load_s = time.perf_counter() - t0
     tier.predict_proba(items[:16])
     t0 = time.perf_counter()
@@ -53,7 +51,7 @@ def main() -> None:
     rec = {"model": args.model, "dataset": args.data, "n_test": len(test), "accuracy": float((pred == y).mean()),
            "errors": int((pred != y).sum()), "gpu_accuracy": gpu["accuracy"], "labels_differing_from_gpu": differ,
            "max_abs_conf_diff_vs_gpu": float(np.max(np.abs(proba.max(1) - np.array(gpu["conf"])))),
-           "cpu_ms_per_item": round(1000 * secs / len(test), 2), "batch": args.batch, "load_seconds": round(load_s, 2),
+           "cpu_ms_per_item": round(1000 * secs / len(test), 2), "load_seconds": round(load_s, 2),
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     Path(args.out).write_text(json.dumps(rec, indent=2))
     print(json.dumps(rec, indent=2))
