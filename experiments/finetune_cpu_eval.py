@@ -2,8 +2,9 @@
 the GPU on this machine's CPU, on the test split.
 
 Writes ``OUT`` (JSON): accuracy, errors, how many test items get another label than on the GPU (read from
-the GPU run's result file), and CPU milliseconds per item (one predict_proba call over the split, after a
-warm-up; threads as tiergate.models.threads sets them for serving, here TIERGATE_TORCH_THREADS or the cores).
+the GPU run's result file; for an ensemble whose members were trained in separate runs, pass each member's
+file and their probabilities are averaged, with ``--weights``, as the ensemble averages them), and CPU
+milliseconds per item (one predict_proba call over the split, after a warm-up; threads as tiergate.models.threads sets them for serving, here TIERGATE_TORCH_THREADS or the cores).
 
     python experiments/finetune_cpu_eval.py --model runs/spam-ft --data spamassassin \
         --gpu experiments/results/finetune/spamassassin-upcycled.json --out experiments/results/finetune/spamassassin-upcycled-cpu.json
@@ -25,11 +26,30 @@ from tiergate.data import load_dataset, make_item
 from tiergate.registry import build_tier
 
 
+def gpu_reference(files: list[str], weights: list[float] | None, labels: list[str]) -> dict:
+    """The GPU's probabilities (in ``labels`` order, rows by test id): one result file, or the weighted mean of
+    one file per ensemble member."""
+    weights = weights or [1.0] * len(files)
+    if len(weights) != len(files):
+        raise SystemExit(f"--weights: {len(weights)} given for {len(files)} --gpu files")
+    total, ids = None, None
+    for f, w in zip(files, weights, strict=True):
+        doc = json.loads(Path(f).read_text())
+        if ids is not None and doc["ids"] != ids:
+            raise SystemExit(f"{f}: its test ids differ from {files[0]}'s")
+        ids = doc["ids"]
+        cols = [list(doc["labels"]).index(lab) for lab in labels]
+        p = w * np.asarray(doc["proba"], np.float64)[:, cols]
+        total = p if total is None else total + p
+    return {"index": {i: k for k, i in enumerate(ids)}, "proba": total / sum(weights)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--gpu", required=True)
+    ap.add_argument("--gpu", required=True, nargs="+", help="the GPU run's result file, or one per member")
+    ap.add_argument("--weights", type=float, nargs="+", help="one per --gpu file (default: equal)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     test = load_dataset(args.data).split("test")
@@ -45,12 +65,15 @@ def main() -> None:
     secs = time.perf_counter() - t0
     pred = proba.argmax(1)
     y = np.array([tier.labels.index(e.label) for e in test])
-    gpu = json.loads(Path(args.gpu).read_text())
-    by_id = dict(zip(gpu["ids"], gpu["pred"], strict=True))
-    differ = int(sum(by_id[e.id] != int(p) for e, p in zip(test, pred, strict=True)))
+    gpu = gpu_reference(args.gpu, args.weights, tier.labels)
+    order = [gpu["index"][e.id] for e in test]
+    gpu_pred, gpu_conf = gpu["proba"][order].argmax(1), gpu["proba"][order].max(1)
+    differ = int((gpu_pred != pred).sum())
     rec = {"model": args.model, "dataset": args.data, "n_test": len(test), "accuracy": float((pred == y).mean()),
-           "errors": int((pred != y).sum()), "gpu_accuracy": gpu["accuracy"], "labels_differing_from_gpu": differ,
-           "max_abs_conf_diff_vs_gpu": float(np.max(np.abs(proba.max(1) - np.array(gpu["conf"])))),
+           "errors": int((pred != y).sum()), "gpu_files": args.gpu,
+           "gpu_accuracy": float((gpu_pred == y).mean()), "gpu_errors": int((gpu_pred != y).sum()),
+           "labels_differing_from_gpu": differ,
+           "max_abs_conf_diff_vs_gpu": float(np.max(np.abs(proba.max(1) - gpu_conf))),
            "cpu_ms_per_item": round(1000 * secs / len(test), 2), "load_seconds": round(load_s, 2),
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     Path(args.out).write_text(json.dumps(rec, indent=2))

@@ -12,6 +12,9 @@ every run of a variant found under its name pattern (``spamU<seed>-upcycled-voca
 ``--pairs`` prints every two of those single runs averaged (what ``--preset finetune-ensemble`` serves; the
 ensemble's own runs, ``*E<seed>-ensemble``, are seed rows, and their members ``-m0``/``-m1`` single runs).
 
+``--combine OUT A B`` writes ``OUT.json``: runs A and B averaged, the ensemble of two members trained in separate
+device calls (``spamR0b-ensemble``: spamR0's member 0 with ft13's retrained member 1).
+
 ``--average`` first writes ``NAME-avg-char.json``: the fine-tuned tier's probabilities averaged with the
 independent character n-gram member's (both files must hold ``proba``), then moves ``proba`` out of files over
 1 MB into a compressed fp16 ``NAME.proba.npz`` beside them (``--shrink`` does only that) so the results stay
@@ -135,8 +138,8 @@ SEED_ROWS = [
     ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE*-ensemble-m0|spamR0-ensemble-m0"),
                                             ("dense + vocab", "spamD*-dense-vocab"),
                                             ("upcycled + hashed", "spamH[0-9]*-upcycled-wide"),
-                                            ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1|spamR0-ensemble-m1"),
-                                            ("finetune-ensemble", "spamE*-ensemble|spamR0-ensemble")]),
+                                            ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1|spamR0-ensemble-m1|spamR0m1-dense-wide"),
+                                            ("finetune-ensemble", "spamE*-ensemble|spamR0-ensemble|spamR0b-ensemble")]),
     ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab|groupsE*-ensemble-m0"),
                                               ("dense + vocab", "groupsD*-dense-vocab"),
                                               ("dense + hashed", "groupsH8d-dense-wide|groupsE*-ensemble-m1"),
@@ -246,7 +249,13 @@ def main() -> None:
     ap.add_argument("--pairs", action="store_true")
     ap.add_argument("--floor", action="store_true", help="escalated items that every final-tier run gets wrong")
     ap.add_argument("--shrink", action="store_true", help="move large records' probabilities into .proba.npz")
+    ap.add_argument("--combine", nargs=3, metavar=("OUT", "A", "B"), help="write OUT.json: runs A and B averaged")
     args = ap.parse_args()
+    if args.combine:
+        out, a, b = args.combine
+        average(a, b, out)
+        print(f"{R / out}.json: {load(out)['errors']} test errors")
+        return
     if args.seeds:
         seed_rows()
         return
