@@ -270,6 +270,9 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
                                                 "finetune (MiniLM fine-tuned end to end: on a GPU when present)"),
                large_set: list[str] = typer.Option([], "--large-set", help="KEY=VALUE for a finetune* large preset, "
                                                    "as `train large --set` (repeatable)"),
+               large_model: Path | None = typer.Option(None, "--large-model", help="A large tier trained elsewhere "
+                                                       "(`tiergate train large --out DIR`, on a GPU say): checked, "
+                                                       "copied in and used instead of training one"),
                budget: float = typer.Option(
                    QUICKSTART_BUDGET, min=0.0, max=1.0, help="Spend up to this share of the all-to-final-tier cost on agreeing with "
                    "the final tier (0.1: save at least 90%, and send the final tier the most uncertain items that "
@@ -283,7 +286,7 @@ def quickstart(data: str = typer.Option("spamassassin", help="spamassassin, debi
     from tiergate.pipeline import evaluate as run_evaluate
 
     t0 = time.perf_counter()
-    path = build(data, workdir, large_preset=large_preset, large_overrides=large_set)
+    path = build(data, workdir, large_preset=large_preset, large_overrides=large_set, large_model=large_model)
     typer.echo("[4/5] calibrate: measure costs, choose thresholds on the calibration split")
     result = run_calibrate(path, data, epsilon=epsilon, delta=delta, budget=budget)  # 0: save the most
     typer.echo("      " + _short(result))

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,7 +20,7 @@ from tiergate.config import ServerConfig, Thresholds, TierConfig, TiergateConfig
 from tiergate.cost import cost_from_timings
 from tiergate.data import Dataset, load_dataset, make_item
 from tiergate.data.items import Item
-from tiergate.errors import CalibrationError, RuleError
+from tiergate.errors import CalibrationError, ConfigError, ModelError, RuleError
 from tiergate.evaluate import score_tiers, summarize, tier_checks
 from tiergate.rules.tier import pack_path
 
@@ -132,11 +133,55 @@ def rules_pack_for(data: str) -> Path | None:
         return None
 
 
+def adopt_large(src: Path, labels: Sequence[str], dest: Path) -> str:
+    """Check that ``src`` is a final-tier artifact (``tiergate train large``'s output: one fine-tuned model, an
+    ensemble, or the quick preset's) that loads with its hash checks and knows exactly ``labels``, then copy it
+    to ``dest`` (replacing what is there only once the copy is whole). Returns what it is, for the log.
+    Anything else is a ModelError and ``dest`` is left as it was."""
+    from tiergate.registry import build_tier
+
+    src = Path(src).resolve()
+    if not src.is_dir():
+        raise ModelError(f"--large-model {src}: not a folder (give the --out folder of `tiergate train large`)")
+    try:
+        tier = build_tier(TierConfig(name="large", kind="torch", path=str(src)), src.parent)
+    except (ModelError, ConfigError) as e:
+        raise ModelError(f"--large-model {src}: {e}") from None
+    try:
+        if sorted(tier.labels) != sorted(labels):
+            raise ModelError(f"--large-model {src}: trained for the labels {_few(tier.labels)}, but the data set "
+                             f"has {_few(labels)}")
+        what = f"{type(tier).__name__} {tier.version()}"
+    finally:
+        tier.close()
+    dest = Path(dest)
+    if dest.resolve() == src:
+        return what
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.adopting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return what
+
+
+def _few(labels: Sequence[str], n: int = 8) -> str:
+    """``labels`` sorted, the first ``n`` and how many more."""
+    ls = sorted(labels)
+    return ", ".join(ls[:n]) + (f" and {len(ls) - n} more" if len(ls) > n else "")
+
+
 def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bool = True,
-          say=print, rules_pack: Path | None = None, large_overrides=()) -> Path:
+          say=print, rules_pack: Path | None = None, large_overrides=(), large_model: Path | None = None) -> Path:
     """Fetch data, train the small and large tiers, install the rule pack (the data set's own, or
     ``rules_pack``), write ``workdir/tiergate.yaml``. ``large_overrides`` (``KEY=VALUE``) change a finetune*
-    preset's settings; they are checked before anything is fetched."""
+    preset's settings; they are checked before anything is fetched. ``large_model``: a large tier trained
+    elsewhere (on a GPU, say) to use instead of training one, checked (see :func:`adopt_large`) before the
+    small tier is trained."""
+    if large_model is not None and (large_overrides or large_preset != "quick"):
+        raise ConfigError("--large-model uses a trained large tier as it is: it takes no --large-preset or "
+                          "--large-set (they were given when it was trained)")
     if large_overrides:
         from tiergate.training.run import check_overrides
 
@@ -144,13 +189,14 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
     from tiergate.models.large import train_large
     from tiergate.models.small import small_presets, train_small
 
-    workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     say(f"[1/5] data: {data}")
     ds = load_dataset(data)
     info = ds.info()
     say(f"      {info['n']} items, {info['n_labels']} labels; train {info['splits']['train']['n']}, "
         f"calibration {info['splits']['calibration']['n']}, test {info['splits']['test']['n']}")
+    adopted = adopt_large(large_model, ds.labels, workdir / "large") if large_model is not None else None
+    workdir.mkdir(parents=True, exist_ok=True)
     train, y_train = items_of(ds, "train", progress)
     say("[2/5] small tier(s): TF-IDF + logistic regression -> ONNX")
     texts = [it.model_text for it in train]
@@ -158,12 +204,15 @@ def build(data: str, workdir: Path, *, large_preset: str = "quick", progress: bo
     for name, scfg in smalls:
         m_small = train_small(texts, y_train, workdir / name, scfg, data_fingerprint=ds.fingerprint(), name=name)
         say(f"      {name}: {m_small['n_features']} features, trained in {m_small['train_seconds']} s")
-    say("[3/5] large tier: sparse mixture-of-experts model (tiergate.training)")
-    if large_preset.startswith("finetune"):  # the encoder fine-tuned end to end (tiergate.models.finetune)
+    if adopted is not None:
+        say(f"[3/5] large tier: {large_model} ({adopted}), checked and copied to {workdir / 'large'}")
+    elif large_preset.startswith("finetune"):  # the encoder fine-tuned end to end (tiergate.models.finetune)
         from tiergate.training.finetune_run import train_finetune
 
+        say(f"[3/5] large tier: MiniLM fine-tuned end to end, preset {large_preset} (tiergate.training)")
         train_finetune(ds, workdir / "large", cfg=large_preset, progress=progress, overrides=large_overrides)
     else:
+        say("[3/5] large tier: sparse mixture-of-experts model (tiergate.training)")
         train_large(ds, workdir / "large", preset=large_preset, progress=progress)
     tiers = []
     pack = rules_pack or rules_pack_for(data)
