@@ -384,9 +384,18 @@ def ft13() -> Preset:
                   fine=True)
 
 
+def ft14() -> Preset:
+    t = _env_num("T", 300)
+    jobs = [finetune(f"spamH{s}", "spamassassin", t, *MAIL, "--variants", "upcycled-wide", "--seed", s)
+            for s in (1, 2, 3, 4)]
+    return Preset("upcycled + hashed wide path with the mail recipe at four more seeds (spamH8 was its one run: 10 "
+                  "errors, 80.0% on the 35 escalated mails): does the recipe reach +5 pp on spamassassin on average, "
+                  "or was spamH8 the spread's good end", ("spamassassin",), jobs, fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
                                                                      call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
-                                                                     ft10, ft11, ft12, ft13)}
+                                                                     ft10, ft11, ft12, ft13, ft14)}
 
 
 # ------------------------------------------------------------------------------------------------------- run
