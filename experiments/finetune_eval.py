@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tiergate.data import load_dataset, make_item
-from tiergate.models.finetune import finetune_preset
+from tiergate.models.finetune import finetune_preset, with_overrides
 
 
 def variant_cfg(variant: str, args):
@@ -56,7 +56,7 @@ def variant_cfg(variant: str, args):
         cfg.train.warmup_frac = args.warmup_frac
     if args.top_k:
         cfg.top_k = args.top_k
-    return cfg
+    return with_overrides(cfg, args.set)
 
 
 def pruned_selection(ds, args) -> list[str] | None:
@@ -250,6 +250,8 @@ def main() -> None:
     ap.add_argument("--prune-mode", default="hard", choices=("hard", "random"))
     ap.add_argument("--cpu-threads", type=int, default=0, help="also serve the artifact on CPU with N threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a FinetuneConfig override, as `tiergate train large --set` (repeatable)")
     ap.add_argument("--models", default="/tmp/models")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

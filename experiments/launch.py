@@ -393,9 +393,19 @@ def ft14() -> Preset:
                   "or was spamH8 the spread's good end", ("spamassassin",), jobs, fine=True)
 
 
+def ft15() -> Preset:
+    t = _env_num("T", 400)
+    oof = ("--variants", "upcycled-vocab", "--set", "vocab.oof_folds=5")
+    jobs = ([finetune(f"spamK{s}", "spamassassin", t, *MAIL, *oof, "--seed", s) for s in (0, 1, 2, 3)]
+            + [finetune(f"groupsK{s}", GROUPS, t, *MAIL, *oof, "--seed", s) for s in (0, 1)])
+    return Preset("the finetune preset (upcycled + vocab, mail recipe) with cross-fitted wide logits "
+                  "(vocab.oof_folds=5): the encoder learns its correction where the LR errs out of sample; "
+                  "against the in-sample runs of the seed table", (GROUPS, "spamassassin"), jobs, fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
                                                                      call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
-                                                                     ft10, ft11, ft12, ft13, ft14)}
+                                                                     ft10, ft11, ft12, ft13, ft14, ft15)}
 
 
 # ------------------------------------------------------------------------------------------------------- run

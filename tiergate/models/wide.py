@@ -35,6 +35,36 @@ class VocabWideConfig:
     char_features: int = 300_000    # most frequent char_wb 3-5-grams kept (min_df 2)
     char_chars: int = 5_000         # characters of each text read for character n-grams (cost bound)
     max_iter: int = 300             # lbfgs iterations (100 when there are more than 10 classes)
+    # Cross-fitting: the fit rows' logits, which the encoder learns to correct, from LRs that did not see them
+    # (K folds of the fit rows, at the chosen C). 0 or 1: the served LR's own, in-sample logits, near-certain on
+    # the rows it was fitted to, so the encoder sees little of where the LR errs on new items.
+    oof_folds: int = 0
+
+
+def cross_fitted_logits(X: sp.csr_matrix, y: np.ndarray, n_classes: int, C: float, max_iter: int,
+                        folds: int, seed: int = 0) -> np.ndarray:
+    """Every row's logits (N, C) from an LR fitted on the other folds (stratified where each class has enough
+    rows, else plain K-fold): the out-of-fold view of a linear model, as stacking trains on it.
+
+    >>> X = sp.csr_matrix(np.eye(6, dtype=np.float32)[[0, 1, 2, 3, 4, 5] * 4])
+    >>> cross_fitted_logits(X, np.array([0, 1, 0, 1, 0, 1] * 4), 2, 1.0, 100, 4).shape
+    (24, 2)
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    counts = np.bincount(y, minlength=n_classes)
+    split = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts[counts > 0].min() >= folds
+             else KFold(folds, shuffle=True, random_state=seed))
+    out = np.zeros((X.shape[0], n_classes), np.float32)
+    for tr, te in split.split(np.zeros(len(y)), y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            lr = LogisticRegression(C=C, max_iter=max_iter).fit(X[tr], y[tr])
+        coef, icpt = logit_weights(lr, n_classes)
+        out[te] = X[te] @ coef.T + icpt
+    return out
 
 
 def logit_weights(lr, n_classes: int, absent: float = -30.0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +141,13 @@ class VocabWide:
                 "wide_n_features": int(X.shape[1]), "wide_featurize_seconds": round(featurize_s, 2),
                 "wide_fit_seconds": round(time.perf_counter() - t0 - featurize_s, 2)}
         model = cls(word, char, coef, icpt)
-        return model, info, np.asarray(X @ model.coef_CF.T + model.intercept_C, np.float32)
+        logits = np.asarray(X @ model.coef_CF.T + model.intercept_C, np.float32)
+        if cfg.oof_folds > 1:
+            t1 = time.perf_counter()
+            logits[fit_idx] = cross_fitted_logits(X[fit_idx], y[fit_idx], n_classes, c_best, max_iter,
+                                                  cfg.oof_folds)
+            info.update(wide_oof_folds=cfg.oof_folds, wide_oof_seconds=round(time.perf_counter() - t1, 2))
+        return model, info, logits
 
     # ------------------------------------------------------------------------------------ persistence
     def to_json(self) -> dict:
