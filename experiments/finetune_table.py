@@ -136,6 +136,7 @@ def run_line(p: Path) -> str:
 # the seed-spread rows: (data, small tier's run, [(variant label, glob of its runs)])
 SEED_ROWS = [
     ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE*-ensemble-m0|spamR0-ensemble-m0"),
+                                            ("upcycled + vocab, cross-fitted LR (ft15)", "spamK*-upcycled-vocab"),
                                             ("dense + vocab", "spamD*-dense-vocab"),
                                             ("upcycled + hashed", "spamH[0-9]*-upcycled-wide"),
                                             ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1|spamR0-ensemble-m1|spamR0m1-dense-wide"),

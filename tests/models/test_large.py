@@ -287,6 +287,37 @@ def test_vocab_wide_path_starts_as_the_fitted_logistic_regression(spam):
     assert prep.featurizer.wide.word.analyzer == "word" and prep.featurizer.wide.char.analyzer == "char_wb"
 
 
+def test_cross_fitted_wide_logits_are_out_of_sample_on_fit_rows_only(spam):
+    """vocab.oof_folds=K: the fit rows' logits in the training table come from LRs that did not see them (each
+    row's equals an LR fitted on the other folds), so they are less sure than the served LR's in-sample ones;
+    the held-out rows keep the served LR's logits, which is what serving computes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from tiergate.models.large import texts_for
+    from tiergate.models.wide import logit_weights
+
+    cfg = _tiny_cfg("hashed")
+    cfg.wide_features, cfg.wide_C = "vocab", [16.0]
+    plain = _prepared(spam, cfg)
+    cfg.vocab = replace(cfg.vocab, oof_folds=4)
+    oof = _prepared(spam, cfg)
+    assert oof.wide_info["wide_oof_folds"] == 4 and "wide_oof_folds" not in plain.wide_info
+    fit, hold = oof.fit_idx, oof.hold_idx
+    np.testing.assert_array_equal(oof.table.wide[hold], plain.table.wide[hold])
+    assert not np.allclose(oof.table.wide[fit], plain.table.wide[fit])
+
+    def margin(z):
+        return np.abs(z[:, 1] - z[:, 0]).mean()
+    assert margin(oof.table.wide[fit]) < margin(plain.table.wide[fit])
+    # one fold by hand: the same split, an LR on the other folds, its logits on this fold's rows
+    texts = [texts_for(make_item(e.text))[1] for e in spam.split("train")]
+    X, y = oof.featurizer.wide.features(texts)[fit], oof.table.y[fit]
+    tr, te = next(StratifiedKFold(4, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    coef, icpt = logit_weights(LogisticRegression(C=16.0, max_iter=300).fit(X[tr], y[tr]), 2)
+    np.testing.assert_allclose(oof.table.wide[fit[te]], X[te] @ coef.T + icpt, atol=1e-3)
+
+
 def test_vocab_wide_multiclass_maps_every_class():
     from tiergate.data import Dataset, Example
     from tiergate.models.large import build_head
