@@ -142,6 +142,7 @@ SEED_ROWS = [
                                             ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1|spamR0-ensemble-m1|spamR0m1-dense-wide"),
                                             ("finetune-ensemble", "spamE*-ensemble|spamR0-ensemble|spamR0b-ensemble")]),
     ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab|groupsE*-ensemble-m0"),
+                                              ("upcycled + vocab, cross-fitted LR (ft16)", "groupsK*-upcycled-vocab"),
                                               ("dense + vocab", "groupsD*-dense-vocab"),
                                               ("dense + hashed", "groupsH8d-dense-wide|groupsE*-ensemble-m1"),
                                               ("finetune-ensemble", "groupsE[0-9]*-ensemble")]),
