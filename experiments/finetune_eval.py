@@ -214,18 +214,24 @@ def wide_proba(tier, items) -> np.ndarray:
     return torch.cat(out).cpu().numpy()
 
 
-def run_small(ds, name: str, out: Path) -> dict:
+def small_test_proba(ds, test_texts) -> tuple[np.ndarray, list[str], float]:
+    """The small tier (quickstart's first preset) fitted on the train split: its probabilities on
+    ``test_texts``, its labels, and its fit seconds."""
     from tiergate.models.small import fit_small, small_presets
 
-    train, test = ds.split("train"), ds.split("test")
+    train = ds.split("train")
     cfg = small_presets(len(train), len(ds.labels))[0][1]
     t0 = time.perf_counter()
     fitted = fit_small([make_item(e.text).model_text for e in train], [e.label for e in train], cfg)
     secs = time.perf_counter() - t0
     clf = fitted.pipeline if hasattr(fitted, "pipeline") else fitted
-    proba = clf.predict_proba([make_item(e.text).model_text for e in test])
-    labels = [str(c) for c in clf.classes_]
-    rec = record(ds, test, labels, np.asarray(proba), {"variant": "small", "train_seconds": round(secs, 2)})
+    return np.asarray(clf.predict_proba(test_texts)), [str(c) for c in clf.classes_], secs
+
+
+def run_small(ds, name: str, out: Path) -> dict:
+    test = ds.split("test")
+    proba, labels, secs = small_test_proba(ds, [make_item(e.text).model_text for e in test])
+    rec = record(ds, test, labels, proba, {"variant": "small", "train_seconds": round(secs, 2)})
     (out / f"{name}-small.json").write_text(json.dumps(rec))
     return rec
 

@@ -20,20 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from finetune_eval import small_test_proba
 
 from tiergate.data import load_dataset, make_item
 from tiergate.models.large import LargeTier, preset, train_large
-from tiergate.models.small import fit_small, small_presets
 
 ESCALATE_BELOW = 0.95
-
-
-def small_proba(ds, test_texts) -> tuple[np.ndarray, list[str]]:
-    train = ds.split("train")
-    cfg = small_presets(len(train), len(ds.labels))[0][1]
-    fitted = fit_small([make_item(e.text).model_text for e in train], [e.label for e in train], cfg)
-    clf = fitted.pipeline if hasattr(fitted, "pipeline") else fitted
-    return np.asarray(clf.predict_proba(test_texts)), [str(c) for c in clf.classes_]
 
 
 def main() -> None:
@@ -50,7 +42,7 @@ def main() -> None:
     name = Path(args.data).stem
     test = ds.split("test")
     items = [make_item(e.text) for e in test]
-    sp, slabels = small_proba(ds, [it.model_text for it in items])
+    sp, slabels, _ = small_test_proba(ds, [it.model_text for it in items])
     y = np.array([slabels.index(e.label) for e in test])
     esc = sp.max(1) < ESCALATE_BELOW
     small_err = int((sp.argmax(1) != y).sum())
