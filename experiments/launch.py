@@ -411,9 +411,21 @@ def ft16() -> Preset:
                   "data the carry passes 64 MiB)", (GROUPS,), jobs, fine=True)
 
 
+def ft17() -> Preset:
+    t = _env_num("T", 400)
+    focus = ("--variants", "upcycled-vocab")
+    jobs = [finetune(f"spamF{s}", "spamassassin", t, *MAIL, *focus, "--set", "focus_weight=8", "--seed", s)
+            for s in (0, 1, 2, 3, 4)]
+    jobs += [finetune(f"spamFF{s}", "spamassassin", t, *MAIL, *focus, "--set", "focus_weight=24", "--seed", s)
+             for s in (0, 1, 2)]
+    return Preset("the cascade focus on the finetune preset (upcycled + vocab, mail recipe): each train row's loss "
+                  "weighted 1 + w x the doubt of an LR that did not see it (w = 8 at seeds 0-4, w = 24 at 0-2), "
+                  "against the unweighted runs of the seed table", ("spamassassin",), jobs, fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
                                                                      call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
-                                                                     ft10, ft11, ft12, ft13, ft14, ft15, ft16)}
+                                                                     ft10, ft11, ft12, ft13, ft14, ft15, ft16, ft17)}
 
 
 # ------------------------------------------------------------------------------------------------------- run

@@ -458,3 +458,51 @@ def test_quickstart_large_set_is_checked_before_anything_is_fetched(tmp_path):
                                        "--workdir", str(tmp_path / "qs"), *args])
         assert res.exit_code == 2 and says in res.output, res.output
         assert not (tmp_path / "qs").exists()
+
+
+def test_cascade_focus_weights_the_rows_an_unseen_lr_is_unsure_of(spam):
+    """focus_weight > 0: every train row gets a loss weight from an LR that did not see it (cross-fitted on the
+    fit rows, the served LR on the held-out ones), higher where that LR is unsure; they reach the batches and
+    the held-out loss, and a config without a vocabulary path fits one for the weights alone."""
+    from tiergate.models.wide import focus_weights
+
+    plain = prepare(spam, replace(vocab_cfg(), wide_C=[32.0]), pretrained_files()[1])
+    assert plain.table.weight is None and "w" not in plain.table.batch(np.arange(4))
+    prep = prepare(spam, replace(vocab_cfg(focus_weight=6.0, focus_below=0.9), wide_C=[32.0]), pretrained_files()[1])
+    w = prep.table.weight
+    assert w.shape == (len(prep.table),) and abs(float(w.mean()) - 1.0) < 1e-5 and w.max() > w.min()
+    assert prep.wide_info["focus_weight"] == 6.0 and prep.wide_info["wide_oof_folds"] == 5
+    # the head still reads the served LR's in-sample logits: focus alone does not cross-fit them
+    np.testing.assert_array_equal(prep.table.wide, plain.table.wide)
+    # the weights follow the unseen LR's doubt: the fit rows' in-sample logits would call them all certain
+    in_sample = focus_weights(plain.table.wide, 6.0, 0.9)
+    assert w[prep.fit_idx].std() > in_sample[prep.fit_idx].std()
+    np.testing.assert_allclose(prep.table.batch(np.arange(5))["w"].numpy(), w[:5])
+    np.testing.assert_allclose(prep.table.subset(np.array([3, 1])).weight, w[[3, 1]])
+    hashed = prepare(spam, tiny_cfg(wide=True, bag=WIDE_BAG, focus_weight=6.0, focus_below=0.9),
+                     pretrained_files()[1])
+    np.testing.assert_allclose(hashed.table.weight, w, rtol=1e-4)  # the same LR (C = 32), fitted for it
+    assert "focus_fit_seconds" in hashed.wide_info
+
+
+def test_weighted_loss_and_evaluation_follow_the_weights(tmp_path):
+    from tiergate.training.loop import evaluate, weighted_cross_entropy
+    from tiergate.training.tokens import TokenTable
+
+    logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 0, 1])
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    got = weighted_cross_entropy(logits, y, torch.tensor([0.0, 3.0, 0.0]))
+    torch.testing.assert_close(got, ce[1])  # (0 + 3 ce1 + 0) / 3 rows
+    torch.testing.assert_close(weighted_cross_entropy(logits, y, None), ce.mean())
+    table = TokenTable.from_lists([[101, 5, 102], [101, 6, 102], [101, 102]], np.array([0, 0, 1]),
+                                  weight=np.array([0.0, 3.0, 0.0]))
+    table.save(tmp_path / "t.npz")
+    np.testing.assert_array_equal(TokenTable.load(tmp_path / "t.npz").weight, table.weight)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, b):
+            return logits[: len(b["y"])]
+    ev = evaluate(Fixed(), table, batch_size=8)
+    assert ev["loss"] == pytest.approx(float(ce[1])) and ev["acc"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="weights"):
+        TokenTable.from_lists([[101, 102]], np.array([0]), weight=np.array([1.0, 1.0]))

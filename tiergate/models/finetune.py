@@ -69,6 +69,12 @@ class FinetuneConfig:
     dropout: float = 0.1             # on the pooled vector, before the classifier
     head_lr_scale: float = 20.0      # classifier and routers learn at this multiple of train.lr (fresh weights)
     holdout_frac: float = 0.1        # stratified slice of train for early stopping (never calibration or test)
+    # Cascade focus: each train row's loss (and the held-out loss that picks the best step) weighted 1 +
+    # focus_weight x how unsure a word + char n-gram LR that did not see the row is of it (full weight at a top
+    # probability of focus_below or less), so the model learns most where the cheaper tiers will send it items
+    # (tiergate.models.wide.focus_weights). 0: every row weighs the same.
+    focus_weight: float = 0.0
+    focus_below: float = 0.99
     save_dtype: str = "float16"      # weights on disk (routers stay float32); serving upcasts to float32
     pretrained: bool = True          # start from MiniLM's weights (False: random init, for tests)
     wide: bool = False               # add a frozen LR over n-grams to the logits (head starts at 0; the presets

@@ -282,8 +282,8 @@ def prepare_training(dataset, cfg: LargeConfig, *, selection=None, seed: int = 0
         if cfg.wide_fit != "lr":
             raise ConfigError(f"wide_features='vocab' is fit as an LR (wide_fit='lr'), not {cfg.wide_fit!r}")
         # fit once, here (every process of a --nproc N run reads the same logits from the table)
-        feat.wide, wide_info, table.wide = VocabWide.fit([texts_for(it)[1] for it in items], y, len(labels),
-                                                         fit_idx, hold_idx, cfg.wide_C, cfg.vocab)
+        feat.wide, wide_info, table.wide, _ = VocabWide.fit([texts_for(it)[1] for it in items], y, len(labels),
+                                                            fit_idx, hold_idx, cfg.wide_C, cfg.vocab)
     return Prepared(cfg, feat, table, fit_idx, hold_idx, labels, fp, time.perf_counter() - t0, wide_info)
 
 

@@ -67,6 +67,23 @@ def cross_fitted_logits(X: sp.csr_matrix, y: np.ndarray, n_classes: int, C: floa
     return out
 
 
+def focus_weights(logits_NC: np.ndarray, weight: float, below: float) -> np.ndarray:
+    """Training weights that put the loss where a cascade sends its final tier: the rows a cheaper linear model
+    is unsure of. ``logits_NC`` are that model's logits on rows it did not see; a row whose top probability is
+    ``below`` or less gets ``1 + weight``, a certain one 1, linearly between (in 1 - max p); normalised to mean 1,
+    so the learning rate keeps its meaning.
+
+    >>> focus_weights(np.array([[5.0, -5.0], [0.0, 0.0]]), 3.0, 0.9).round(3).tolist()
+    [0.4, 1.6]
+    """
+    z = logits_NC - logits_NC.max(1, keepdims=True)
+    p = np.exp(z)
+    pmax = (p / p.sum(1, keepdims=True)).max(1)
+    unsure = np.clip((1.0 - pmax) / max(1.0 - below, 1e-9), 0.0, 1.0)
+    w = 1.0 + weight * unsure
+    return (w / w.mean()).astype(np.float32)
+
+
 def logit_weights(lr, n_classes: int, absent: float = -30.0) -> tuple[np.ndarray, np.ndarray]:
     """A fitted scikit-learn LogisticRegression (classes = label ids) as one logit per class: ``(W (C, F),
     b (C,))``, so softmax(x W^T + b) is its predict_proba. Binary: its one row of log-odds goes to the second
@@ -106,11 +123,14 @@ class VocabWide:
 
     @classmethod
     def fit(cls, texts: Sequence[str], y: np.ndarray, n_classes: int, fit_idx: np.ndarray, hold_idx: np.ndarray,
-            Cs: Sequence[float], cfg: VocabWideConfig | None = None) -> tuple[VocabWide, dict, np.ndarray]:
+            Cs: Sequence[float], cfg: VocabWideConfig | None = None, *, unseen: bool = False
+            ) -> tuple[VocabWide, dict, np.ndarray, np.ndarray | None]:
         """Learn the vocabularies on the fit rows, fit one LR per C there and keep the one with the lowest
         held-out log loss (the first C when there is no held-out slice). Classes absent from the fit rows get
-        weights of zero and a very negative intercept. Returns the model, what was chosen, and the logits of
-        every row of ``texts`` (N, C)."""
+        weights of zero and a very negative intercept. Returns the model, what was chosen, the logits of every
+        row of ``texts`` (N, C) that the head reads (cross-fitted on the fit rows when ``cfg.oof_folds`` > 1),
+        and, when ``cfg.oof_folds`` > 1 or ``unseen``, every row's logits from an LR that did not see it
+        (cross-fitted with max(oof_folds, 5) folds on the fit rows, the served LR's on the others), else None."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import log_loss
@@ -142,12 +162,16 @@ class VocabWide:
                 "wide_fit_seconds": round(time.perf_counter() - t0 - featurize_s, 2)}
         model = cls(word, char, coef, icpt)
         logits = np.asarray(X @ model.coef_CF.T + model.intercept_C, np.float32)
-        if cfg.oof_folds > 1:
+        held_out = None
+        if cfg.oof_folds > 1 or unseen:
             t1 = time.perf_counter()
-            logits[fit_idx] = cross_fitted_logits(X[fit_idx], y[fit_idx], n_classes, c_best, max_iter,
-                                                  cfg.oof_folds)
-            info.update(wide_oof_folds=cfg.oof_folds, wide_oof_seconds=round(time.perf_counter() - t1, 2))
-        return model, info, logits
+            folds = cfg.oof_folds if cfg.oof_folds > 1 else 5
+            held_out = logits.copy()
+            held_out[fit_idx] = cross_fitted_logits(X[fit_idx], y[fit_idx], n_classes, c_best, max_iter, folds)
+            info.update(wide_oof_folds=folds, wide_oof_seconds=round(time.perf_counter() - t1, 2))
+            if cfg.oof_folds > 1:
+                logits = held_out.copy()
+        return model, info, logits, held_out
 
     # ------------------------------------------------------------------------------------ persistence
     def to_json(self) -> dict:

@@ -72,17 +72,29 @@ def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0, s
     items = [make_item(e.text) for e in examples]
     rows = tok.encode([item_text(it, cfg.read_headers) for it in items])
     fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
-    bag = idf = vocab = info = logits = None
+    bag = idf = vocab = info = logits = unseen = weight = None
+    focus = cfg.focus_weight > 0
     if cfg.wide and cfg.wide_features == "vocab":
         from tiergate.models.wide import VocabWide
 
         # fit once, here: the rows' logits travel in the table (to every process of a --nproc N run)
-        vocab, info, logits = VocabWide.fit([it.model_text for it in items], y, len(labels), fit_idx, hold_idx,
-                                            cfg.wide_C, cfg.vocab)
+        vocab, info, logits, unseen = VocabWide.fit([it.model_text for it in items], y, len(labels), fit_idx,
+                                                    hold_idx, cfg.wide_C, cfg.vocab, unseen=focus)
     elif cfg.wide:
         feat = bag_featurizer(cfg)
         bag, idf = feat.table(items, y, fit_rows=fit_idx).bag, feat.bag.idf_
-    return Prepared(TokenTable.from_lists(rows, y, bag, logits), fit_idx, hold_idx, labels, fingerprint,
+    if focus:
+        from tiergate.models.wide import VocabWide, focus_weights
+
+        if unseen is None:  # no vocabulary wide path to reuse: fit one for the weights alone (not served)
+            _, focus_info, _, unseen = VocabWide.fit([it.model_text for it in items], y, len(labels), fit_idx,
+                                                     hold_idx, [32.0], cfg.vocab, unseen=True)
+            info = {**(info or {}), "focus_fit_seconds": round(focus_info["wide_fit_seconds"]
+                                                               + focus_info["wide_featurize_seconds"], 2)}
+        weight = focus_weights(unseen, cfg.focus_weight, cfg.focus_below)
+        info = {**(info or {}), "focus_weight": cfg.focus_weight, "focus_below": cfg.focus_below,
+                "focus_rows_at_full_weight": int((weight >= weight.max() - 1e-6).sum())}
+    return Prepared(TokenTable.from_lists(rows, y, bag, logits, weight), fit_idx, hold_idx, labels, fingerprint,
                     time.perf_counter() - t0, idf, vocab, info)
 
 

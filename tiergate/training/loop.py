@@ -65,18 +65,30 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, table: FeatureTable, batch_size: int = 1024,
              device: torch.device | str = "cpu") -> dict:
-    """Loss and accuracy of ``model`` on ``table`` (eval mode: BatchNorm uses running statistics)."""
+    """Loss and accuracy of ``model`` on ``table`` (eval mode: BatchNorm uses running statistics). Rows with
+    weights (``w`` in the batch) weigh in the loss as in training; the accuracy counts every row once."""
     was = model.training
     model.eval()
-    loss, correct = 0.0, 0
+    loss, weight, correct = 0.0, 0.0, 0
     for s in range(0, len(table), batch_size):
         b = table.batch(np.arange(s, min(s + batch_size, len(table))), device)
         logits = model(b).float()
-        loss += F.cross_entropy(logits, b["y"], reduction="sum").item()
+        ce = F.cross_entropy(logits, b["y"], reduction="none")
+        w = b.get("w")
+        loss += float((ce * w).sum() if w is not None else ce.sum())
+        weight += float(w.sum()) if w is not None else len(ce)
         correct += int((logits.argmax(1) == b["y"]).sum())
     model.train(was)
-    n = max(len(table), 1)
-    return {"loss": loss / n, "acc": correct / n}
+    return {"loss": loss / max(weight, 1e-12), "acc": correct / max(len(table), 1)}
+
+
+def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
+                           label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy, each row's term times its weight when ``w`` is given (weights of mean 1 over the
+    table, not renormalised per batch: a batch of hard rows moves the model more, as it should)."""
+    if w is None:
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return (F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="none") * w).mean()
 
 
 @torch.no_grad()
@@ -189,7 +201,7 @@ def _train(model, train_table, val_table, cfg, rt, progress, log, checkpoint, on
             b = train_table.batch(rows[rt.rank * mine_rows: (rt.rank + 1) * mine_rows], rt.device)
             with rt.autocast():
                 logits = ddp_model(b)
-                loss = F.cross_entropy(logits.float(), b["y"], label_smoothing=cfg.label_smoothing)
+                loss = weighted_cross_entropy(logits.float(), b["y"], b.get("w"), cfg.label_smoothing)
                 aux = getattr(inner, "aux_loss", None)
                 if aux is not None:
                     loss = loss + aux().to(loss.device)

@@ -32,20 +32,24 @@ class TokenTable:
     y: np.ndarray         # (N,) int64 label ids
     bag: sp.csr_matrix | None = None  # (N, n_buckets) TF-IDF weights of hashed n-grams, or None
     wide: np.ndarray | None = None    # (N, C) float32 logits of a fitted vocabulary wide path, or None
+    weight: np.ndarray | None = None  # (N,) float32 per-row loss weights (the cascade focus), or None: all 1
 
     @classmethod
     def from_lists(cls, rows: Sequence[Sequence[int]], y: np.ndarray, bag: sp.csr_matrix | None = None,
-                   wide: np.ndarray | None = None) -> TokenTable:
+                   wide: np.ndarray | None = None, weight: np.ndarray | None = None) -> TokenTable:
         lengths = np.array([len(r) for r in rows], np.int64)
         if len(rows) != len(y):
             raise ValueError(f"{len(rows)} token rows for {len(y)} labels")
         if bag is not None and bag.shape[0] != len(rows):
             raise ValueError(f"{bag.shape[0]} bag rows for {len(rows)} token rows")
+        if weight is not None and len(weight) != len(rows):
+            raise ValueError(f"{len(weight)} weights for {len(rows)} token rows")
         if (lengths == 0).any():
             raise ValueError("a token row is empty: every row needs at least [CLS] and [SEP]")
         flat = np.fromiter((t for r in rows for t in r), np.int32, count=int(lengths.sum()))
         return cls(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.asarray(y, np.int64), bag,
-                   None if wide is None else np.asarray(wide, np.float32))
+                   None if wide is None else np.asarray(wide, np.float32),
+                   None if weight is None else np.asarray(weight, np.float32))
 
     def __len__(self) -> int:
         return len(self.y)
@@ -60,11 +64,12 @@ class TokenTable:
     def subset(self, idx: np.ndarray) -> TokenTable:
         idx = np.asarray(idx, np.int64)
         return TokenTable.from_lists([self.row(i) for i in idx], self.y[idx], None if self.bag is None else self.bag[idx],
-                                     None if self.wide is None else self.wide[idx])
+                                     None if self.wide is None else self.wide[idx],
+                                     None if self.weight is None else self.weight[idx])
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """``ids`` and ``attn`` (B, T) int64, T the longest row of the batch; ``y`` (B,); with a bag, its rows
-        as ``nn.EmbeddingBag`` reads them (as :meth:`FeatureTable.batch` cuts them)."""
+        as ``nn.EmbeddingBag`` reads them (as :meth:`FeatureTable.batch` cuts them); with weights, ``w`` (B,)."""
         idx = np.asarray(idx, np.int64)
         lengths = self.lengths[idx]
         T = int(lengths.max()) if len(idx) else 1
@@ -79,13 +84,16 @@ class TokenTable:
             out.update({k: v for k, v in FeatureTable(None, self.bag, self.y).batch(idx, device).items() if k != "y"})
         if self.wide is not None:
             out["wide_logits"] = torch.from_numpy(self.wide[idx]).to(device)
+        if self.weight is not None:
+            out["w"] = torch.from_numpy(self.weight[idx]).to(device)
         return out
 
     def save(self, path: Path) -> None:
         bag = {} if self.bag is None else {"bag_data": self.bag.data, "bag_indices": self.bag.indices,
                                            "bag_indptr": self.bag.indptr, "bag_shape": np.array(self.bag.shape)}
         wide = {} if self.wide is None else {"wide": self.wide}
-        np.savez(path, ids=self.ids, offsets=self.offsets, y=self.y, **bag, **wide)
+        weight = {} if self.weight is None else {"weight": self.weight}
+        np.savez(path, ids=self.ids, offsets=self.offsets, y=self.y, **bag, **wide, **weight)
 
     @classmethod
     def load(cls, path: Path) -> TokenTable:
@@ -93,4 +101,5 @@ class TokenTable:
         bag = None
         if "bag_data" in z:
             bag = sp.csr_matrix((z["bag_data"], z["bag_indices"], z["bag_indptr"]), shape=tuple(z["bag_shape"]))
-        return cls(z["ids"], z["offsets"], z["y"], bag, z["wide"] if "wide" in z else None)
+        return cls(z["ids"], z["offsets"], z["y"], bag, z["wide"] if "wide" in z else None,
+                   z["weight"] if "weight" in z else None)
