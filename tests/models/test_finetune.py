@@ -471,7 +471,7 @@ def test_cascade_focus_weights_the_rows_an_unseen_lr_is_unsure_of(spam):
     prep = prepare(spam, replace(vocab_cfg(focus_weight=6.0, focus_below=0.9), wide_C=[32.0]), pretrained_files()[1])
     w = prep.table.weight
     assert w.shape == (len(prep.table),) and abs(float(w.mean()) - 1.0) < 1e-5 and w.max() > w.min()
-    assert prep.wide_info["focus_weight"] == 6.0 and prep.wide_info["wide_oof_folds"] == 5
+    assert prep.wide_info["focus_weight"] == 6.0 and prep.wide_info["wide_unseen_folds"] == 5
     # the head still reads the served LR's in-sample logits: focus alone does not cross-fit them
     np.testing.assert_array_equal(prep.table.wide, plain.table.wide)
     # the weights follow the unseen LR's doubt: the fit rows' in-sample logits would call them all certain

@@ -168,9 +168,12 @@ class VocabWide:
             folds = cfg.oof_folds if cfg.oof_folds > 1 else 5
             held_out = logits.copy()
             held_out[fit_idx] = cross_fitted_logits(X[fit_idx], y[fit_idx], n_classes, c_best, max_iter, folds)
-            info.update(wide_oof_folds=folds, wide_oof_seconds=round(time.perf_counter() - t1, 2))
-            if cfg.oof_folds > 1:
+            seconds = round(time.perf_counter() - t1, 2)
+            if cfg.oof_folds > 1:  # the head reads them
                 logits = held_out.copy()
+                info.update(wide_oof_folds=folds, wide_oof_seconds=seconds)
+            else:  # only asked for (the cascade focus's weights)
+                info.update(wide_unseen_folds=folds, wide_unseen_seconds=seconds)
         return model, info, logits, held_out
 
     # ------------------------------------------------------------------------------------ persistence
