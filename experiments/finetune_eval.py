@@ -110,6 +110,18 @@ def record(ds, test, labels, proba_NC, extra: dict) -> dict:
 ENSEMBLE = ("upcycled-vocab", "dense-wide")  # the finetune-ensemble preset's members (ENSEMBLE_MEMBERS)
 
 
+def member_overrides(pairs, k: int) -> list[str]:
+    """The ``KEY=VALUE`` of ``--member-set K:KEY=VALUE`` pairs that name member ``k``."""
+    out = []
+    for p in pairs:
+        idx, colon, kv = p.partition(":")
+        if not colon or not idx.isdigit():
+            raise SystemExit(f"--member-set {p!r}: expected K:KEY=VALUE, e.g. 0:focus_weight=8")
+        if int(idx) == k:
+            out.append(kv)
+    return out
+
+
 def run_ensemble(ds, name: str, args, out: Path) -> dict:
     """``--variants ensemble``: the finetune-ensemble preset's two recipes, under this run's recipe flags,
     trained by ``train_ensemble`` into one artifact and served as its ``EnsembleTier``; each member's own
@@ -120,7 +132,9 @@ def run_ensemble(ds, name: str, args, out: Path) -> dict:
 
     model_dir = Path(args.models) / f"{name}-ensemble"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    manifest = train_ensemble(ds, model_dir, members=[(variant_cfg(v, args), k) for k, v in enumerate(ENSEMBLE)],
+    members = [(with_overrides(variant_cfg(v, args), member_overrides(args.member_set, k)), k)
+               for k, v in enumerate(ENSEMBLE)]
+    manifest = train_ensemble(ds, model_dir, members=members,
                               seed=args.seed, progress=False)
     test = ds.split("test")
     items = [make_item(e.text) for e in test]
@@ -258,6 +272,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a FinetuneConfig override, as `tiergate train large --set` (repeatable)")
+    ap.add_argument("--member-set", action="append", default=[], metavar="K:KEY=VALUE",
+                    help="--variants ensemble: an override for member K only (after --set)")
     ap.add_argument("--models", default="/tmp/models")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

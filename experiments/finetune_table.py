@@ -137,6 +137,8 @@ def run_line(p: Path) -> str:
 SEED_ROWS = [
     ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE*-ensemble-m0|spamR0-ensemble-m0"),
                                             ("upcycled + vocab, cross-fitted LR (ft15)", "spamK*-upcycled-vocab"),
+                                            ("upcycled + vocab, cascade focus w = 8 (ft17)", "spamF[0-9]-upcycled-vocab"),
+                                            ("upcycled + vocab, cascade focus w = 24 (ft17)", "spamFF*-upcycled-vocab"),
                                             ("dense + vocab", "spamD*-dense-vocab"),
                                             ("upcycled + hashed", "spamH[0-9]*-upcycled-wide"),
                                             ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1|spamR0-ensemble-m1|spamR0m1-dense-wide"),
