@@ -485,6 +485,13 @@ def test_cascade_focus_weights_the_rows_an_unseen_lr_is_unsure_of(spam):
     assert "focus_fit_seconds" in hashed.wide_info
 
 
+@pytest.mark.parametrize("bad", [["focus_weight=-1"], ["focus_weight=4", "focus_below=1"], ["focus_below=0"]])
+def test_a_bad_focus_is_an_error_before_anything_is_written(spam, tmp_path, bad):
+    with pytest.raises(ConfigError, match="focus"):
+        train_finetune(spam, tmp_path / "out", cfg=tiny_cfg(), max_steps=1, progress=False, overrides=bad)
+    assert not (tmp_path / "out").exists()
+
+
 def test_weighted_loss_and_evaluation_follow_the_weights(tmp_path):
     from tiergate.training.loop import evaluate, weighted_cross_entropy
     from tiergate.training.tokens import TokenTable
