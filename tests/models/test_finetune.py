@@ -487,9 +487,13 @@ def test_cascade_focus_weights_the_rows_an_unseen_lr_is_unsure_of(spam):
 
 @pytest.mark.parametrize("bad", [["focus_weight=-1"], ["focus_weight=4", "focus_below=1"], ["focus_below=0"]])
 def test_a_bad_focus_is_an_error_before_anything_is_written(spam, tmp_path, bad):
+    from tiergate.training.finetune_run import check_overrides
+
     with pytest.raises(ConfigError, match="focus"):
         train_finetune(spam, tmp_path / "out", cfg=tiny_cfg(), max_steps=1, progress=False, overrides=bad)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="focus"):  # what quickstart --large-set runs before fetching data
+        check_overrides("finetune-ensemble", bad)
 
 
 def test_weighted_loss_and_evaluation_follow_the_weights(tmp_path):

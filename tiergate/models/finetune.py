@@ -147,7 +147,7 @@ def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
     field, dotted into a nested config (``max_tokens``, ``train.lr``, ``vocab.word_features``); VALUE is read as
     JSON (``true``, ``512``, ``1e-4``, ``[16.0]``; anything else as a string) and must have the field's type (an
     int is taken where a float is expected). A malformed pair, an unknown key or a value of the wrong type is a
-    ConfigError naming the keys that exist."""
+    ConfigError naming the keys that exist; so is a setting out of its range (the cascade focus's)."""
     import json
 
     out = config_from_dict(config_to_dict(cfg))
@@ -185,6 +185,9 @@ def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
         if not ok:
             raise ConfigError(f"override {key}={raw}: expected {type(current).__name__} (now {current!r})")
         setattr(target, leaf, value)
+    if out.focus_weight < 0 or not 0.0 < out.focus_below < 1.0:
+        raise ConfigError(f"focus_weight must be >= 0 (got {out.focus_weight}) and focus_below strictly between "
+                          f"0 and 1 (got {out.focus_below})")
     return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from tiergate.errors import ModelError
-from tiergate.models.small import TextFeatures
+from tiergate.models.small import TextFeatures, softmax
 
 
 @dataclass
@@ -73,12 +73,10 @@ def focus_weights(logits_NC: np.ndarray, weight: float, below: float) -> np.ndar
     ``below`` or less gets ``1 + weight``, a certain one 1, linearly between (in 1 - max p); normalised to mean 1,
     so the learning rate keeps its meaning.
 
-    >>> focus_weights(np.array([[5.0, -5.0], [0.0, 0.0]]), 3.0, 0.9).round(3).tolist()
+    >>> [round(float(w), 3) for w in focus_weights(np.array([[5.0, -5.0], [0.0, 0.0]]), 3.0, 0.9)]
     [0.4, 1.6]
     """
-    z = logits_NC - logits_NC.max(1, keepdims=True)
-    p = np.exp(z)
-    pmax = (p / p.sum(1, keepdims=True)).max(1)
+    pmax = softmax(logits_NC).max(1)
     unsure = np.clip((1.0 - pmax) / max(1.0 - below, 1e-9), 0.0, 1.0)
     w = 1.0 + weight * unsure
     return (w / w.mean()).astype(np.float32)

@@ -166,10 +166,7 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
                               progress=progress, overrides=overrides)
     t0 = time.perf_counter()
     cfg = finetune_preset(cfg) if isinstance(cfg, str) else config_from_dict(config_to_dict(cfg))
-    cfg = with_overrides(cfg, overrides)
-    if cfg.focus_weight < 0 or not 0.0 < cfg.focus_below < 1.0:
-        raise ConfigError(f"focus_weight must be >= 0 (got {cfg.focus_weight}) and focus_below strictly between "
-                          f"0 and 1 (got {cfg.focus_below})")
+    cfg = with_overrides(cfg, overrides)  # checks the settings' ranges too
     cfg.train.seed = seed
     if max_steps is not None:
         cfg.train.max_steps = max_steps
