@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tiergate.data import load_dataset, make_item
-from tiergate.models.finetune import finetune_preset, with_overrides
+from tiergate.models.finetune import ENSEMBLE_MEMBERS, finetune_preset, with_overrides
 
 
 def variant_cfg(variant: str, args):
@@ -107,7 +107,7 @@ def record(ds, test, labels, proba_NC, extra: dict) -> dict:
             "proba": np.round(proba_NC, 5).tolist(), **extra}
 
 
-ENSEMBLE = ("upcycled-vocab", "dense-wide")  # the finetune-ensemble preset's members (ENSEMBLE_MEMBERS)
+ENSEMBLE = ("upcycled-vocab", "dense-wide")  # the finetune-ensemble preset's members, with ENSEMBLE_MEMBERS' overrides
 
 
 def member_overrides(pairs, k: int) -> list[str]:
@@ -132,8 +132,8 @@ def run_ensemble(ds, name: str, args, out: Path) -> dict:
 
     model_dir = Path(args.models) / f"{name}-ensemble"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    members = [(with_overrides(variant_cfg(v, args), member_overrides(args.member_set, k)), k)
-               for k, v in enumerate(ENSEMBLE)]
+    members = [(variant_cfg(v, args), k, [*own, *member_overrides(args.member_set, k)])
+               for k, (v, (_, _, own)) in enumerate(zip(ENSEMBLE, ENSEMBLE_MEMBERS, strict=True))]
     manifest = train_ensemble(ds, model_dir, members=members,
                               seed=args.seed, progress=False)
     test = ds.split("test")
@@ -273,7 +273,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a FinetuneConfig override, as `tiergate train large --set` (repeatable)")
     ap.add_argument("--member-set", action="append", default=[], metavar="K:KEY=VALUE",
-                    help="--variants ensemble: an override for member K only (after --set)")
+                    help="--variants ensemble: an override for member K only (after --set and the member's own, "
+                         "e.g. 0:focus_weight=0 for the unweighted member 0 of the runs before ft18)")
     ap.add_argument("--models", default="/tmp/models")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

@@ -135,14 +135,15 @@ def run_line(p: Path) -> str:
 
 # the seed-spread rows: (data, small tier's run, [(variant label, glob of its runs)])
 SEED_ROWS = [
-    ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE*-ensemble-m0|spamR0-ensemble-m0"),
+    ("spamassassin", "spamassassin-small", [("upcycled + vocab", "spamU*-upcycled-vocab|spamE[0-9]*-ensemble-m0|spamR0-ensemble-m0"),
                                             ("upcycled + vocab, cross-fitted LR (ft15)", "spamK*-upcycled-vocab"),
-                                            ("upcycled + vocab, cascade focus w = 8 (ft17)", "spamF[0-9]-upcycled-vocab"),
+                                            ("upcycled + vocab, cascade focus w = 8 (ft17, ft18)", "spamF[0-9]-upcycled-vocab|spamEF*-ensemble-m0"),
                                             ("upcycled + vocab, cascade focus w = 24 (ft17)", "spamFF*-upcycled-vocab"),
                                             ("dense + vocab", "spamD*-dense-vocab"),
                                             ("upcycled + hashed", "spamH[0-9]*-upcycled-wide"),
-                                            ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE*-ensemble-m1|spamR0-ensemble-m1|spamR0m1-dense-wide"),
-                                            ("finetune-ensemble", "spamE*-ensemble|spamR0-ensemble|spamR0b-ensemble")]),
+                                            ("dense + hashed", "spamH[0-9]*d-dense-wide|spamE[0-9]*-ensemble-m1|spamEF*-ensemble-m1|spamR0-ensemble-m1|spamR0m1-dense-wide"),
+                                            ("finetune-ensemble", "spamE[0-9]*-ensemble|spamR0-ensemble|spamR0b-ensemble"),
+                                            ("finetune-ensemble, focus w = 8 on member 0 (ft18)", "spamEF*-ensemble")]),
     ("five groups (JSONL)", "groupsH8-small", [("upcycled + vocab", "groups[AU]*-upcycled-vocab|groupsE*-ensemble-m0"),
                                               ("upcycled + vocab, cross-fitted LR (ft16)", "groupsK*-upcycled-vocab"),
                                               ("dense + vocab", "groupsD*-dense-vocab"),

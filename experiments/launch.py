@@ -331,7 +331,9 @@ def ft8() -> Preset:
 
 
 def _ensembles(t: float, spam: tuple[int, ...], groups: tuple[int, ...]) -> list[Job]:
-    """The finetune-ensemble preset end to end on the mail sets with the mail recipe, one job per seed."""
+    """The finetune-ensemble preset end to end on the mail sets with the mail recipe, one job per seed (its members
+    as ``ENSEMBLE_MEMBERS`` has them now: since ft18 member 0 has the cascade focus; ft9 and ft11 ran it
+    unweighted, which ``--member-set 0:focus_weight=0`` gives back)."""
     return [finetune(f"{name}E{s}", data, t, *MAIL, "--variants", "ensemble", "--seed", s)
             for name, data, seeds in (("spam", "spamassassin", spam), ("groups", GROUPS, groups)) for s in seeds]
 
@@ -433,9 +435,23 @@ def ft18() -> Preset:
                   fine=True)
 
 
+def ft20() -> Preset:
+    t = _env_num("T", 520)
+    jobs = [finetune(f"groupsEF{s}", GROUPS, t, *MAIL, "--variants", "ensemble", "--seed", s) for s in (0, 1, 2)]
+    jobs += [finetune("debianUF0", "debian-packages", t, "--variants", "upcycled-vocab", "--set", "focus_weight=8"),
+             finetune("spamEF0r", "spamassassin", t, *MAIL, "--variants", "ensemble", "--seed", 0)]
+    return Preset("the focus ensemble (ENSEMBLE_MEMBERS since ft18: member 0 with focus_weight=8) beyond "
+                  "spamassassin: the five groups at seeds 0-2, debian-packages' member 0 as a single run (paired "
+                  "offline with debianH1; a debian ensemble does not fit one call); and the spamassassin "
+                  "ensemble at seed 0 to come back whole (the command line packs /tmp/models/spamEF0r-ensemble "
+                  "into xz parts of 15 MiB, four per warm call)", (GROUPS, "debian-packages", "spamassassin"), jobs,
+                  fine=True)
+
+
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
                                                                      call8, ft1, ft2, ft3, ft4, ft5, ft6, ft7, ft8, ft9,
-                                                                     ft10, ft11, ft12, ft13, ft14, ft15, ft16, ft17, ft18)}
+                                                                     ft10, ft11, ft12, ft13, ft14, ft15, ft16, ft17, ft18,
+                                                                     ft20)}
 
 
 # ------------------------------------------------------------------------------------------------------- run

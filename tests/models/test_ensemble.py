@@ -51,12 +51,14 @@ def monkeypatch_module():
 def test_the_preset_trains_every_member_by_the_one_path(ensemble):
     out, manifest, _ = ensemble
     doc = json.loads((out / MANIFEST).read_text())
-    assert doc["members"] == ["0", "1"] and doc["presets"] == [p for p, _ in ENSEMBLE_MEMBERS]
-    assert doc["seeds"] == [3 + o for _, o in ENSEMBLE_MEMBERS]
+    assert doc["members"] == ["0", "1"] and doc["presets"] == [p for p, _, _ in ENSEMBLE_MEMBERS]
+    assert doc["seeds"] == [3 + o for _, o, _ in ENSEMBLE_MEMBERS]
+    assert doc["overrides"] == [["focus_weight=8", "max_tokens=40"], ["max_tokens=40"]]  # its own, then --set
     cfgs = [json.loads((out / "members" / m / "config.json").read_text())["model"] for m in doc["members"]]
     assert [c["wide_features"] for c in cfgs] == ["vocab", "hashed"]  # different recipes, on purpose
     assert cfgs[0]["n_upcycled"] == 1 and cfgs[1]["n_upcycled"] == 0
     assert [c["max_tokens"] for c in cfgs] == [40, 40]  # --set reaches every member
+    assert [c["focus_weight"] for c in cfgs] == [8.0, 0.0]  # the cascade focus on member 0 only
     assert [m["metrics"]["steps"] for m in manifest["member_manifests"]] == [2, 2]
 
 

@@ -204,8 +204,9 @@ def train_finetune(dataset, out_dir, *, cfg: FinetuneConfig | str = "finetune", 
 def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1, seed: int = 0,
                    max_steps: int | None = None, selection=None, progress: bool = True,
                    overrides: Sequence[str] = ()) -> dict:
-    """The ``finetune-ensemble`` preset: every ``(preset or FinetuneConfig, seed offset)`` of ``members``
-    (default ``ENSEMBLE_MEMBERS``) trained by :func:`train_finetune` at ``seed`` + its offset, then
+    """The ``finetune-ensemble`` preset: every ``(preset or FinetuneConfig, seed offset, overrides)`` of
+    ``members`` (default ``ENSEMBLE_MEMBERS``) trained by :func:`train_finetune` at ``seed`` + its offset, with
+    its own overrides and then the caller's (``overrides``, which win), then
     ``ensemble.json`` (tiergate.models.ensemble). The manifest returned holds the members' manifests. A member
     left by an earlier run is trained again: the folder is rewritten whole, so a half-written ensemble never
     mixes two runs."""
@@ -213,26 +214,28 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
 
     from tiergate.models.ensemble import MANIFEST, write_manifest
 
-    for member, _ in members:  # a bad override fails here, before the first member trains for minutes
-        check_overrides(member, overrides)
+    for member, _, own in members:  # a bad override fails here, before the first member trains for minutes
+        check_overrides(member, [*own, *overrides])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # no ensemble.json until every member is written
     t0 = time.perf_counter()
     names, manifests = [], []
-    for k, (member, offset) in enumerate(members):
+    for k, (member, offset, own) in enumerate(members):
         d = out / "members" / str(k)
         if d.exists():
             shutil.rmtree(d)
         if progress:
-            print(f"ensemble member {k + 1} of {len(members)}: {_preset_name(member)}, seed {seed + offset}",
+            extra = f" ({', '.join(own)})" if own else ""
+            print(f"ensemble member {k + 1} of {len(members)}: {_preset_name(member)}{extra}, seed {seed + offset}",
                   flush=True)
         manifests.append(train_finetune(dataset, d, cfg=member, nproc=nproc, seed=seed + offset,
                                         max_steps=max_steps, selection=selection, progress=progress,
-                                        overrides=overrides))
+                                        overrides=[*own, *overrides]))
         names.append(str(k))
     doc = write_manifest(out, names, [1.0] * len(names), manifests[0]["labels"],
-                         presets=[_preset_name(p) for p, _ in members], seeds=[seed + o for _, o in members],
+                         presets=[_preset_name(p) for p, _, _ in members], seeds=[seed + o for _, o, _ in members],
+                         overrides=[[*own, *overrides] for _, _, own in members],
                          total_seconds=round(time.perf_counter() - t0, 2))
     return {**doc, "member_manifests": manifests}
 
@@ -241,8 +244,8 @@ def check_overrides(cfg: FinetuneConfig | str, overrides: Sequence[str]) -> None
     """A ConfigError unless every ``KEY=VALUE`` of ``overrides`` applies to ``cfg`` (a finetune* preset's name,
     each member's for ``finetune-ensemble``, or a config)."""
     if cfg == "finetune-ensemble":
-        for member, _ in ENSEMBLE_MEMBERS:
-            check_overrides(member, overrides)
+        for member, _, own in ENSEMBLE_MEMBERS:
+            check_overrides(member, [*own, *overrides])
         return
     with_overrides(finetune_preset(cfg) if isinstance(cfg, str) else cfg, overrides)
 
