@@ -214,28 +214,29 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
 
     from tiergate.models.ensemble import MANIFEST, write_manifest
 
-    for member, _, own in members:  # a bad override fails here, before the first member trains for minutes
-        check_overrides(member, [*own, *overrides])
+    members = [(member, offset, [*own, *overrides]) for member, offset, own in members]
+    for member, _, sets in members:  # a bad override fails here, before the first member trains for minutes
+        check_overrides(member, sets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # no ensemble.json until every member is written
     t0 = time.perf_counter()
     names, manifests = [], []
-    for k, (member, offset, own) in enumerate(members):
+    for k, (member, offset, sets) in enumerate(members):
         d = out / "members" / str(k)
         if d.exists():
             shutil.rmtree(d)
         if progress:
-            extra = f" ({', '.join(own)})" if own else ""
+            extra = f" ({', '.join(sets)})" if sets else ""
             print(f"ensemble member {k + 1} of {len(members)}: {_preset_name(member)}{extra}, seed {seed + offset}",
                   flush=True)
         manifests.append(train_finetune(dataset, d, cfg=member, nproc=nproc, seed=seed + offset,
                                         max_steps=max_steps, selection=selection, progress=progress,
-                                        overrides=[*own, *overrides]))
+                                        overrides=sets))
         names.append(str(k))
     doc = write_manifest(out, names, [1.0] * len(names), manifests[0]["labels"],
                          presets=[_preset_name(p) for p, _, _ in members], seeds=[seed + o for _, o, _ in members],
-                         overrides=[[*own, *overrides] for _, _, own in members],
+                         overrides=[sets for _, _, sets in members],
                          total_seconds=round(time.perf_counter() - t0, 2))
     return {**doc, "member_manifests": manifests}
 
