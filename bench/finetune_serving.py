@@ -83,7 +83,7 @@ def bench_random(args) -> list[dict]:
     ``runtime: auto`` serves it with)."""
     from tiergate.models.finetune import ENSEMBLE_MEMBERS
 
-    presets = [p for p, _ in ENSEMBLE_MEMBERS] if args.preset == "finetune-ensemble" else [args.preset]
+    presets = [p for p, _, _ in ENSEMBLE_MEMBERS] if args.preset == "finetune-ensemble" else [args.preset]
     models = {p: random_model(p, 2) for p in presets}
     rows = []
     for threads in args.threads:
