@@ -6,7 +6,7 @@ confidence is below the small tier's calibrated threshold, with the config's own
 cheap, run here on CPU). Runs are read from experiments/results/finetune/ (globs, ``|``-separated).
 
     python experiments/escalated_sets.py --config runs/qs/tiergate.yaml --data spamassassin \\
-        --small-run spamassassin-small --runs "spamE*-ensemble" "spamE*-ensemble-m0" "spamE*-ensemble-m1"
+        --small-run spamassassin-small --runs "spamE[0-9]*-ensemble" "spamE[0-9]*-ensemble-m0" "spamE[0-9]*-ensemble-m1"
 """
 
 from __future__ import annotations
