@@ -35,7 +35,8 @@ def train_large_cmd(
                                "or -hashed suffix changes the wide path) | finetune-ensemble"),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: change a fine-tuned preset's setting (repeatable; "
                                    "max_tokens=512, read_headers=true, train.epochs=8, train.lr=1e-4: the mail "
-                                   "recipe docs/benchmarks.md measured); every member's in an ensemble"),
+                                   "recipe docs/benchmarks.md measured); every member's in an ensemble, after "
+                                   "the member's own (member 0: focus_weight=8)"),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="stop after this many optimizer steps"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="training processes (torch.distributed; gloo on CPU)"),
     selection: Path | None = typer.Option(None, "--selection", help="a selection file from `tiergate prune select`"),
