@@ -214,7 +214,7 @@ def train_ensemble(dataset, out_dir, *, members=ENSEMBLE_MEMBERS, nproc: int = 1
 
     from tiergate.models.ensemble import MANIFEST, write_manifest
 
-    members = [(member, offset, [*own, *overrides]) for member, offset, own in members]
+    members = _with_caller(members, overrides)
     for member, _, sets in members:  # a bad override fails here, before the first member trains for minutes
         check_overrides(member, sets)
     out = Path(out_dir)
@@ -245,10 +245,15 @@ def check_overrides(cfg: FinetuneConfig | str, overrides: Sequence[str]) -> None
     """A ConfigError unless every ``KEY=VALUE`` of ``overrides`` applies to ``cfg`` (a finetune* preset's name,
     each member's for ``finetune-ensemble``, or a config)."""
     if cfg == "finetune-ensemble":
-        for member, _, own in ENSEMBLE_MEMBERS:
-            check_overrides(member, [*own, *overrides])
+        for member, _, sets in _with_caller(ENSEMBLE_MEMBERS, overrides):
+            check_overrides(member, sets)
         return
     with_overrides(finetune_preset(cfg) if isinstance(cfg, str) else cfg, overrides)
+
+
+def _with_caller(members, overrides: Sequence[str]) -> list:
+    """Each ``(member, seed offset, own overrides)`` with the caller's overrides after its own (so they win)."""
+    return [(member, offset, [*own, *overrides]) for member, offset, own in members]
 
 
 def _preset_name(member) -> str:
