@@ -359,3 +359,23 @@ def test_a_finished_run_leaves_no_checkpoint_behind(spam, tmp_path):
     cfg.train = TrainConfig(lr=3e-3, batch_size=32, epochs=2)
     train_large(spam, tmp_path, preset=cfg, progress=False, checkpoint_every=2)
     assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_lr_fits_side_by_side_equal_the_sequential_ones():
+    """fit_lrs runs its fits in worker processes (each slicing its rows of one memory-mapped X); each LR is
+    the one a plain loop fits, and the order is the fits' order."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+
+    from tiergate.models.wide import fit_lrs
+
+    rng = np.random.default_rng(0)
+    X = sp.random(300, 50, density=0.2, format="csr", random_state=0, dtype=np.float64)
+    y = (X @ rng.normal(size=50) > 0).astype(int)
+    fits = [(np.arange(0, 200), 1.0), (np.arange(100, 300), 4.0), (np.arange(300), 0.25)]
+    got = fit_lrs(X, y, fits, max_iter=300)
+    assert len(got) == 3
+    for (rows, c), lr in zip(fits, got, strict=True):
+        want = LogisticRegression(C=c, max_iter=300).fit(X[rows], y[rows])
+        np.testing.assert_allclose(lr.coef_, want.coef_, rtol=1e-6, atol=1e-8)
+        assert lr.C == c

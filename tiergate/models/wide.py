@@ -41,27 +41,55 @@ class VocabWideConfig:
     oof_folds: int = 0
 
 
-def cross_fitted_logits(X: sp.csr_matrix, y: np.ndarray, n_classes: int, C: float, max_iter: int,
-                        folds: int, seed: int = 0) -> np.ndarray:
-    """Every row's logits (N, C) from an LR fitted on the other folds (stratified where each class has enough
-    rows, else plain K-fold): the out-of-fold view of a linear model, as stacking trains on it.
-
-    >>> X = sp.csr_matrix(np.eye(6, dtype=np.float32)[[0, 1, 2, 3, 4, 5] * 4])
-    >>> cross_fitted_logits(X, np.array([0, 1, 0, 1, 0, 1] * 4), 2, 1.0, 100, 4).shape
-    (24, 2)
-    """
+def _fit_lr(X: sp.csr_matrix, y: np.ndarray, rows: np.ndarray, C: float, max_iter: int):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LogisticRegression(C=C, max_iter=max_iter).fit(X[rows], y[rows])
+
+
+def fit_lrs(X: sp.csr_matrix, y: np.ndarray, fits: Sequence[tuple[np.ndarray, float]], max_iter: int) -> list:
+    """One lbfgs LogisticRegression per ``(rows, C)`` on ``X[rows], y[rows]``, side by side in worker
+    processes (one per fit, at most one per core; in this process when there is one fit or one core). ``X``
+    travels to the workers once, memory-mapped; each slices its own rows. Each fit is single-threaded and
+    independent, so K folds take about one fit's time where there are K cores, and the results are the ones a
+    sequential loop gives (lbfgs is deterministic)."""
+    import os
+
+    from joblib import Parallel, delayed
+
+    n_jobs = max(1, min(len(fits), os.cpu_count() or 1))
+    if n_jobs == 1:
+        return [_fit_lr(X, y, rows, c, max_iter) for rows, c in fits]
+    return Parallel(n_jobs=n_jobs)(delayed(_fit_lr)(X, y, rows, c, max_iter) for rows, c in fits)
+
+
+def fold_splits(y: np.ndarray, n_classes: int, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, test) index pairs over ``y``: stratified where each class has at least K rows, else plain."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     counts = np.bincount(y, minlength=n_classes)
     split = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts[counts > 0].min() >= folds
              else KFold(folds, shuffle=True, random_state=seed))
+    return list(split.split(np.zeros(len(y)), y))
+
+
+def cross_fitted_logits(X: sp.csr_matrix, y: np.ndarray, n_classes: int, C: float, max_iter: int,
+                        folds: int, seed: int = 0, fitted: Sequence | None = None) -> np.ndarray:
+    """Every row's logits (N, C) from an LR fitted on the other folds (:func:`fold_splits`): the out-of-fold
+    view of a linear model, as stacking trains on it. ``fitted``: the folds' LRs when the caller fitted them
+    already (with the C sweep, in one :func:`fit_lrs`), in :func:`fold_splits` order.
+
+    >>> X = sp.csr_matrix(np.eye(6, dtype=np.float32)[[0, 1, 2, 3, 4, 5] * 4])
+    >>> cross_fitted_logits(X, np.array([0, 1, 0, 1, 0, 1] * 4), 2, 1.0, 100, 4).shape
+    (24, 2)
+    """
+    splits = fold_splits(y, n_classes, folds, seed)
+    lrs = fitted if fitted is not None else fit_lrs(X, y, [(tr, C) for tr, _ in splits], max_iter)
     out = np.zeros((X.shape[0], n_classes), np.float32)
-    for tr, te in split.split(np.zeros(len(y)), y):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            lr = LogisticRegression(C=C, max_iter=max_iter).fit(X[tr], y[tr])
+    for (_, te), lr in zip(splits, lrs, strict=True):
         coef, icpt = logit_weights(lr, n_classes)
         out[te] = X[te] @ coef.T + icpt
     return out
@@ -129,8 +157,6 @@ class VocabWide:
         row of ``texts`` (N, C) that the head reads (cross-fitted on the fit rows when ``cfg.oof_folds`` > 1),
         and, when ``cfg.oof_folds`` > 1 or ``unseen``, every row's logits from an LR that did not see it
         (cross-fitted with max(oof_folds, 5) folds on the fit rows, the served LR's on the others), else None."""
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import log_loss
 
         cfg = cfg or VocabWideConfig()
@@ -143,11 +169,15 @@ class VocabWide:
         X = cls._features(word, char, texts)
         featurize_s = time.perf_counter() - t0
         max_iter = 100 if n_classes > 10 else cfg.max_iter
+        cs = sorted(float(c) for c in Cs)
+        folds = (cfg.oof_folds if cfg.oof_folds > 1 else 5) if cfg.oof_folds > 1 or unseen else 0
+        fit_idx = np.asarray(fit_idx)
+        # with one C, the folds' C is known before the sweep: every fit runs side by side in one go
+        fold_fits = ([(fit_idx[tr], cs[0]) for tr, _ in fold_splits(y[fit_idx], n_classes, folds)]
+                     if folds and len(cs) == 1 else [])
+        lrs = fit_lrs(X, y, [(fit_idx, c) for c in cs] + fold_fits, max_iter)
         best, tried = None, {}
-        for c in sorted(float(c) for c in Cs):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                lr = LogisticRegression(C=c, max_iter=max_iter).fit(X[fit_idx], y[fit_idx])
+        for c, lr in zip(cs, lrs, strict=False):
             score = (log_loss(y[hold_idx], lr.predict_proba(X[hold_idx]), labels=lr.classes_)
                      if len(hold_idx) else 0.0)
             tried[c] = round(float(score), 5)
@@ -155,18 +185,19 @@ class VocabWide:
                 best = (score, c, lr)
         _, c_best, lr = best
         coef, icpt = logit_weights(lr, n_classes)
+        fit_s = time.perf_counter() - t0 - featurize_s
         info = {"wide_features": "vocab", "wide_C": c_best, "wide_holdout_log_loss": tried,
                 "wide_n_features": int(X.shape[1]), "wide_featurize_seconds": round(featurize_s, 2),
-                "wide_fit_seconds": round(time.perf_counter() - t0 - featurize_s, 2)}
+                "wide_fit_seconds": round(fit_s, 2), "wide_lr_fits_side_by_side": len(lrs)}
         model = cls(word, char, coef, icpt)
         logits = np.asarray(X @ model.coef_CF.T + model.intercept_C, np.float32)
         held_out = None
-        if cfg.oof_folds > 1 or unseen:
+        if folds:
             t1 = time.perf_counter()
-            folds = cfg.oof_folds if cfg.oof_folds > 1 else 5
             held_out = logits.copy()
-            held_out[fit_idx] = cross_fitted_logits(X[fit_idx], y[fit_idx], n_classes, c_best, max_iter, folds)
-            seconds = round(time.perf_counter() - t1, 2)
+            held_out[fit_idx] = cross_fitted_logits(X[fit_idx], y[fit_idx], n_classes, c_best, max_iter, folds,
+                                                    fitted=lrs[len(cs):] or None)
+            seconds = round(time.perf_counter() - t1, 2)  # with one C the folds' fits are in wide_fit_seconds
             if cfg.oof_folds > 1:  # the head reads them
                 logits = held_out.copy()
                 info.update(wide_oof_folds=folds, wide_oof_seconds=seconds)
