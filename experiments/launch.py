@@ -442,7 +442,9 @@ def ft20() -> Preset:
              finetune("spamEF0r", "spamassassin", t, *MAIL, "--variants", "ensemble", "--seed", 0)]
     return Preset("the focus ensemble (ENSEMBLE_MEMBERS since ft18: member 0 with focus_weight=8) beyond "
                   "spamassassin: the five groups at seeds 0-2, debian-packages' member 0 as a single run (paired "
-                  "offline with debianH1; a debian ensemble does not fit one call); and the spamassassin "
+                  "offline with debianH1 by finetune_table.py --combine; a debian ensemble does not fit one call, "
+                  "and this run fits one only alone: ONLY=debianUF0 LIMIT=560 T=555, 498 s with the focus's "
+                  "LR folds fitted side by side); and the spamassassin "
                   "ensemble at seed 0 to come back whole (the command line packs /tmp/models/spamEF0r-ensemble "
                   "into xz parts of 15 MiB, four per warm call)", (GROUPS, "debian-packages", "spamassassin"), jobs,
                   fine=True)

@@ -177,7 +177,7 @@ class VocabWide:
                      if folds and len(cs) == 1 else [])
         lrs = fit_lrs(X, y, [(fit_idx, c) for c in cs] + fold_fits, max_iter)
         best, tried = None, {}
-        for c, lr in zip(cs, lrs, strict=False):
+        for c, lr in zip(cs, lrs[:len(cs)], strict=True):
             score = (log_loss(y[hold_idx], lr.predict_proba(X[hold_idx]), labels=lr.classes_)
                      if len(hold_idx) else 0.0)
             tried[c] = round(float(score), 5)
