@@ -362,8 +362,9 @@ def test_a_finished_run_leaves_no_checkpoint_behind(spam, tmp_path):
 
 
 def test_lr_fits_side_by_side_equal_the_sequential_ones():
-    """fit_lrs runs its fits in worker processes (each slicing its rows of one memory-mapped X); each LR is
-    the one a plain loop fits, and the order is the fits' order."""
+    """fit_lrs runs its fits in worker processes (on a machine of two or more cores), each slicing its own
+    rows of X (memory-mapped once X passes joblib's 1 MB threshold; this one does not); each LR is the one a
+    plain loop fits, and the order is the fits' order."""
     import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression
 
