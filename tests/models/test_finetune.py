@@ -517,3 +517,33 @@ def test_weighted_loss_and_evaluation_follow_the_weights(tmp_path):
     assert ev["loss"] == pytest.approx(float(ce[1])) and ev["acc"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="weights"):
         TokenTable.from_lists([[101, 102]], np.array([0]), weight=np.array([1.0, 1.0]))
+
+
+def test_header_budget_leaves_the_body_room_and_drops_trace_fields():
+    from tiergate.data.mail import without_trace_fields
+    from tiergate.models.finetune import item_text, with_overrides
+    from tiergate.models.finetune_io import WordPiece
+
+    relays = "".join(f"Received: from relay{i}.example.net (relay{i}.example.net [10.0.0.{i}])\n\tby mx.example.org "
+                     f"with ESMTP id ABC{i}; Mon, 1 Jul 2002 10:00:0{i % 10} +0100\n" for i in range(40))
+    mail = make_item(f"{relays}From: Dave <dave@writeme.example>\nTo: list@lists.example\nSubject: urgent concern\n\n"
+                     + "I am a serious officer of the bank and your transfer of ten million dollars awaits you.\n" * 5)
+    assert "Received" not in without_trace_fields(mail.fields["headers"])
+    assert "Subject: urgent concern" in without_trace_fields(mail.fields["headers"])
+    _, tok_json = pretrained_files()
+    tok = WordPiece(tok_json, 64)
+    whole = with_overrides(FinetuneConfig(), ["read_headers=true", "max_tokens=64"])
+    budget = with_overrides(whole, ["header_tokens=16"])
+    old, new = tok.encode_items([mail], whole)[0], tok.encode_items([mail], budget)[0]
+    assert old == tok.encode([item_text(mail, True)])[0]  # 0 reads as every artifact before the setting did
+    body = tok._pieces([item_text(mail)], 64)[0]
+    assert len(new) == len(old) == 64 and new[0] == old[0] and new[-1] == old[-1]  # [CLS] ... [SEP]
+    assert new[1 + 16:-1] == body[:64 - 2 - 16]  # 16 header tokens, then subject and body fill the rest
+    assert all(old[i:i + 4] != body[:4] for i in range(len(old)))  # which the whole block had cut off
+    # a short body leaves the headers more room; a text that is not mail reads as before
+    short = make_item("From: a@b.example\nSubject: hi\n\nok\n")
+    assert tok.encode_items([short], budget) == tok.encode_items([short], with_overrides(budget, ["header_tokens=0"]))
+    plain = make_item("plain text, no headers at all")
+    assert tok.encode_items([plain], budget) == tok.encode([plain.model_text])
+    with pytest.raises(ConfigError, match="header_tokens"):
+        with_overrides(budget, ["header_tokens=-1"])

@@ -154,6 +154,28 @@ def _parse_simple(head: str, body: str) -> dict[str, str] | None:
     return fields
 
 
+# Trace fields: the relays a message passed through, one or more lines each, most of a typical header block
+# (a mailing-list message's Received chain alone can be 500+ WordPiece tokens).
+TRACE_FIELDS = frozenset({"received", "x-received", "return-path", "delivered-to", "x-original-to", "message-id",
+                          "dkim-signature", "domainkey-signature", "authentication-results", "received-spf",
+                          "arc-seal", "arc-message-signature", "arc-authentication-results"})
+_FIELD_NAME = regex.compile(r"([\041-\071\073-\176]+):")
+
+
+def without_trace_fields(head: str) -> str:
+    """A header block without its trace fields (:data:`TRACE_FIELDS`, continuation lines included), every other
+    line as it was: what a reader of the message's origin and subject looks at."""
+    out: list[str] = []
+    keep = True
+    for line in head.splitlines():
+        if line[:1] not in (" ", "\t"):
+            m = _FIELD_NAME.match(line)
+            keep = not (m and m.group(1).lower() in TRACE_FIELDS)
+        if keep:
+            out.append(line)
+    return "\n".join(out)
+
+
 def parse_mail(text: str) -> dict[str, str]:
     """Parse an RFC 822 message into fields: ``headers``, ``subject``, ``from``, ``to``, ``body`` and
     ``header:<name>`` (lower case; repeated headers joined by newlines). Never raises."""

@@ -60,6 +60,10 @@ def _default_train() -> TrainConfig:
 class FinetuneConfig:
     max_tokens: int = 256            # WordPiece tokens per item, [CLS] and [SEP] included (MiniLM: <= 512)
     read_headers: bool = False       # mail: read the header block before subject and body
+    # with read_headers, how many tokens the header block may take: 0, the whole block first (so a long Received
+    # chain leaves the body no room: artifacts before this setting); N > 0, the block without its trace fields
+    # (tiergate.data.mail.without_trace_fields) cut to N tokens, more only where subject and body leave room
+    header_tokens: int = 0
     n_upcycled: int = 2              # top blocks whose FFN becomes a mixture of experts (0: dense fine-tune)
     n_experts: int = 8               # E experts per upcycled block, each a copy of the dense FFN at init
     top_k: int = 2                   # experts per token; gates renormalised over the k (so init == dense)
@@ -188,6 +192,8 @@ def with_overrides(cfg: FinetuneConfig, overrides) -> FinetuneConfig:
         if not ok:
             raise ConfigError(f"override {key}={raw}: expected {type(current).__name__} (now {current!r})")
         setattr(target, leaf, value)
+    if out.header_tokens < 0:
+        raise ConfigError(f"header_tokens must be >= 0 (got {out.header_tokens}; 0 reads the whole header block)")
     if out.focus_weight < 0 or not 0.0 < out.focus_below < 1.0:
         raise ConfigError(f"focus_weight must be >= 0 (got {out.focus_weight}) and focus_below strictly between "
                           f"0 and 1 (got {out.focus_below})")

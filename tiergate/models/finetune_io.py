@@ -64,12 +64,37 @@ class WordPiece:
         self.tok.no_padding()
         self.tok.enable_truncation(max_length=max_tokens)
         self.max_tokens = max_tokens
+        self._specials = self.tok.encode("").ids  # what the post-processor puts around a text: [CLS], [SEP]
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         # a WordPiece token covers at least one character: 8 per token keeps every token that survives the cut,
         # and a 100 kB mail is not tokenised whole to keep its first 256 tokens
         cut = [t[: self.max_tokens * 8] for t in texts]
         return [e.ids for e in self.tok.encode_batch(cut)] if cut else []
+
+    def encode_items(self, items: Sequence[Item], cfg: FinetuneConfig) -> list[list[int]]:
+        """What the encoder reads of each item, as ``cfg`` says (:func:`item_text`; with ``cfg.header_tokens``,
+        the header block without its trace fields in at most that many tokens, unless subject and body leave
+        more room, then subject and body: ``[CLS] headers subject body [SEP]``, at most ``max_tokens``)."""
+        if not (cfg.read_headers and cfg.header_tokens > 0):
+            return self.encode([item_text(it, cfg.read_headers) for it in items])
+        from tiergate.data.mail import without_trace_fields
+
+        room = self.max_tokens - len(self._specials)
+        heads = self._pieces([without_trace_fields(it.fields.get("headers", "")) if it.is_mail else ""
+                              for it in items], room)
+        bodies = self._pieces([item_text(it) for it in items], room)
+        first, last = self._specials[:1], self._specials[1:]
+        out = []
+        for h, b in zip(heads, bodies, strict=True):
+            h = h[: max(cfg.header_tokens, room - len(b))]
+            out.append(first + h + b[: room - len(h)] + last)
+        return out
+
+    def _pieces(self, texts: Sequence[str], limit: int) -> list[list[int]]:
+        cut = [t[: limit * 8] for t in texts]
+        ids = [e.ids for e in self.tok.encode_batch(cut, add_special_tokens=False)] if cut else []
+        return [i[:limit] for i in ids]
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -371,7 +396,7 @@ class FinetuneTier(Tier):
         return str(self.manifest.get("files", {}).get("model.safetensors.index.json", ""))[:16]
 
     def encode(self, items: Sequence[Item]) -> list[list[int]]:
-        return self.tokenizer.encode([item_text(it, self.cfg.read_headers) for it in items])
+        return self.tokenizer.encode_items(items, self.cfg)
 
     @torch.inference_mode()
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:

@@ -34,7 +34,6 @@ from tiergate.models.finetune import (
     config_from_dict,
     config_to_dict,
     finetune_preset,
-    item_text,
     with_overrides,
 )
 from tiergate.models.finetune_io import WordPiece, bag_featurizer, save_finetune
@@ -70,7 +69,7 @@ def prepare(dataset, cfg: FinetuneConfig, tokenizer_json: Path, seed: int = 0, s
     examples, y, labels, fingerprint = train_examples(dataset, selection)
     tok = WordPiece(tokenizer_json, cfg.max_tokens)
     items = [make_item(e.text) for e in examples]
-    rows = tok.encode([item_text(it, cfg.read_headers) for it in items])
+    rows = tok.encode_items(items, cfg)
     fit_idx, hold_idx = stratified_holdout(y, cfg.holdout_frac, seed)
     bag = idf = vocab = info = logits = unseen = weight = None
     focus = cfg.focus_weight > 0
