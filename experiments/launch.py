@@ -452,15 +452,19 @@ def ft20() -> Preset:
 
 def ft21() -> Preset:
     t = _env_num("T", 540)
-    budget = ("--set", f"header_tokens={_env_num('HEADER_TOKENS', 128):g}")
+    budgets = [int(x) for x in os.environ.get("HEADER_TOKENS", "128").split(",")]
     seeds = [int(x) for x in os.environ.get("SEEDS", "0,1,2").split(",")]
-    jobs = [finetune(f"{name}EB{s}", data, t, *MAIL, "--variants", "ensemble", *budget, "--seed", s)
-            for name, data in (("spam", "spamassassin"), ("groups", GROUPS)) for s in seeds]
-    return Preset("the finetune-ensemble (focus on member 0) with the header block cut to HEADER_TOKENS (default "
-                  "128) tokens without its trace fields: under the mail recipe's read_headers the whole block came "
-                  "first, and on spamassassin's test mails it alone took a median of 858 of the 512 tokens, so 82% "
-                  "of mails were read with fewer than 100 body tokens; spamassassin and the five groups at SEEDS "
-                  "(default 0-2), side by side", (GROUPS, "spamassassin"), jobs, fine=True)
+    sets = {"spam": "spamassassin", "groups": GROUPS}
+    sets = {k: v for k, v in sets.items() if k in os.environ.get("DATA", "spam,groups").split(",")}
+    jobs = [finetune(f"{name}EB{s}" if b == 128 else f"{name}EB{b}x{s}", data, t, *MAIL, "--variants", "ensemble",
+                     "--set", f"header_tokens={b}", "--seed", s)
+            for name, data in sets.items() for b in budgets for s in seeds]
+    return Preset("the finetune-ensemble (focus on member 0) with the header block cut to HEADER_TOKENS (a list; "
+                  "default 128) tokens without its trace fields: under the mail recipe's read_headers the whole block "
+                  "came first, and on spamassassin's test mails it alone took a median of 858 of the 512 tokens, so "
+                  "82% of mails were read with fewer than 100 body tokens; DATA (spam, groups: both by default) at "
+                  "SEEDS (default 0-2), side by side; jobs <data>EB<seed> at 128, <data>EB<budget>x<seed> otherwise",
+                  tuple(GROUPS if d == GROUPS else d for d in sets.values()), jobs, fine=True)
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {f.__name__: f for f in (call1, call2, call3, call4, call5, call6, call7,
