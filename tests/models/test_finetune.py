@@ -547,3 +547,28 @@ def test_header_budget_leaves_the_body_room_and_drops_trace_fields():
     assert tok.encode_items([plain], budget) == tok.encode([plain.model_text])
     with pytest.raises(ConfigError, match="header_tokens"):
         with_overrides(budget, ["header_tokens=-1"])
+
+
+@pytest.fixture(scope="module")
+def wordpiece_64():
+    from tiergate.models.finetune_io import WordPiece
+
+    return WordPiece(pretrained_files()[1], 64)
+
+
+def test_header_budget_takes_any_string(wordpiece_64):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tiergate.models.finetune import with_overrides
+
+    cfg = with_overrides(FinetuneConfig(), ["read_headers=true", "max_tokens=64", "header_tokens=8"])
+    mailish = st.builds(lambda h, b: f"Received: {h}\nSubject: {h}\n\n{b}", st.text(max_size=300), st.text(max_size=300))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.one_of(st.text(max_size=400), mailish))
+    def check(text):
+        ids = wordpiece_64.encode_items([make_item(text)], cfg)[0]
+        assert 2 <= len(ids) <= 64 and ids[0] == wordpiece_64._specials[0] and ids[-1] == wordpiece_64._specials[-1]
+
+    check()
