@@ -31,6 +31,7 @@ def main(data: str, specs: list[str]) -> None:
     y = np.array([prep.labels.index(e.label) for e in test])
     table, texts = prep.featurizer.table(items, y, progress=True), [L.texts_for(it)[1] for it in items]
     runs: dict[str, np.ndarray] = {}
+    train_texts = None  # the wide path's texts of the train rows, read once for every refit
     for spec in specs:
         kw = dict(kv.split("=") for kv in spec.split(",") if "=" in kv)
         p = copy.copy(prep)
@@ -43,11 +44,12 @@ def main(data: str, specs: list[str]) -> None:
         if "lr" in kw:
             p.cfg.train.lr = float(kw["lr"])
         if "oof" in kw or "C" in kw:  # refit the wide path (the features above are reused)
-            ex, ytr, labels, _ = train_examples(ds, None)
+            if train_texts is None:
+                ex, _, _, _ = train_examples(ds, None)
+                train_texts = [L.texts_for(make_item(e.text))[1] for e in ex]
             vc = VocabWideConfig(**{**L.config_to_dict(prep.cfg)["vocab"], "oof_folds": int(kw.get("oof", 0))})
-            wide, _, p.table.wide, _ = VocabWide.fit([L.texts_for(make_item(e.text))[1] for e in ex], ytr,
-                                                     len(labels), p.fit_idx, p.hold_idx,
-                                                     [float(kw.get("C", 32.0))], vc)
+            wide, _, p.table.wide, _ = VocabWide.fit(train_texts, prep.table.y, len(prep.labels), p.fit_idx,
+                                                     p.hold_idx, [float(kw.get("C", 32.0))], vc)
             t.wide = wide.logits(texts)
         p.cfg = L.scale_to_budget(p.cfg, len(p.fit_idx))
         model, res = L.fit_head(p)

@@ -536,7 +536,7 @@ def test_header_budget_leaves_the_body_room_and_drops_trace_fields():
     budget = with_overrides(whole, ["header_tokens=16"])
     old, new = tok.encode_items([mail], whole)[0], tok.encode_items([mail], budget)[0]
     assert old == tok.encode([item_text(mail, True)])[0]  # 0 reads as every artifact before the setting did
-    body = tok._pieces([item_text(mail)], 64)[0]
+    body = tok._ids([item_text(mail)], 64, specials=False)[0]
     assert len(new) == len(old) == 64 and new[0] == old[0] and new[-1] == old[-1]  # [CLS] ... [SEP]
     assert new[1 + 16:-1] == body[:64 - 2 - 16]  # 16 header tokens, then subject and body fill the rest
     assert all(old[i:i + 4] != body[:4] for i in range(len(old)))  # which the whole block had cut off

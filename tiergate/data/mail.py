@@ -159,7 +159,6 @@ def _parse_simple(head: str, body: str) -> dict[str, str] | None:
 TRACE_FIELDS = frozenset({"received", "x-received", "return-path", "delivered-to", "x-original-to", "message-id",
                           "dkim-signature", "domainkey-signature", "authentication-results", "received-spf",
                           "arc-seal", "arc-message-signature", "arc-authentication-results"})
-_FIELD_NAME = regex.compile(r"([\041-\071\073-\176]+):")
 
 
 def without_trace_fields(head: str) -> str:
@@ -169,8 +168,8 @@ def without_trace_fields(head: str) -> str:
     keep = True
     for line in head.splitlines():
         if line[:1] not in (" ", "\t"):
-            m = _FIELD_NAME.match(line)
-            keep = not (m and m.group(1).lower() in TRACE_FIELDS)
+            m = _HEADER_LINE.match(line)  # "Name:" (its group keeps the colon) or an mbox "From " line
+            keep = not (m and m.group(1)[:-1].lower() in TRACE_FIELDS)
         if keep:
             out.append(line)
     return "\n".join(out)

@@ -67,10 +67,13 @@ class WordPiece:
         self._specials = self.tok.encode("").ids  # what the post-processor puts around a text: [CLS], [SEP]
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._ids(texts, self.max_tokens, specials=True)
+
+    def _ids(self, texts: Sequence[str], limit: int, specials: bool) -> list[list[int]]:
         # a WordPiece token covers at least one character: 8 per token keeps every token that survives the cut,
         # and a 100 kB mail is not tokenised whole to keep its first 256 tokens
-        cut = [t[: self.max_tokens * 8] for t in texts]
-        return [e.ids for e in self.tok.encode_batch(cut)] if cut else []
+        cut = [t[: limit * 8] for t in texts]
+        return [e.ids[:limit] for e in self.tok.encode_batch(cut, add_special_tokens=specials)] if cut else []
 
     def encode_items(self, items: Sequence[Item], cfg: FinetuneConfig) -> list[list[int]]:
         """What the encoder reads of each item, as ``cfg`` says (:func:`item_text`; with ``cfg.header_tokens``,
@@ -81,20 +84,15 @@ class WordPiece:
         from tiergate.data.mail import without_trace_fields
 
         room = self.max_tokens - len(self._specials)
-        heads = self._pieces([without_trace_fields(it.fields.get("headers", "")) if it.is_mail else ""
-                              for it in items], room)
-        bodies = self._pieces([item_text(it) for it in items], room)
+        heads = self._ids([without_trace_fields(it.fields.get("headers", "")) if it.is_mail else ""
+                           for it in items], room, specials=False)
+        bodies = self._ids([item_text(it) for it in items], room, specials=False)
         first, last = self._specials[:1], self._specials[1:]
         out = []
         for h, b in zip(heads, bodies, strict=True):
             h = h[: max(cfg.header_tokens, room - len(b))]
             out.append(first + h + b[: room - len(h)] + last)
         return out
-
-    def _pieces(self, texts: Sequence[str], limit: int) -> list[list[int]]:
-        cut = [t[: limit * 8] for t in texts]
-        ids = [e.ids for e in self.tok.encode_batch(cut, add_special_tokens=False)] if cut else []
-        return [i[:limit] for i in ids]
 
 
 # ---------------------------------------------------------------------------------------------- saving
